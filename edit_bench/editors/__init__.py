@@ -1,0 +1,25 @@
+"""Editors. The folder is the registry: every module here is imported by :func:`discover`, and every
+concrete :class:`Editor` subclass found gets the contract tests."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .base import Editor
+from .ridge import ridge_update
+
+__all__ = ["Editor", "ridge_update", "discover"]
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def discover() -> dict[str, type[Editor]]:
+    """Import every module of this package; return ``{class name: class}`` of all editors."""
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+    return {c.__name__: c for c in _subclasses(Editor)}

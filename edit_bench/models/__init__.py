@@ -1,0 +1,94 @@
+"""Loading text-to-image models: ``load_t2i(spec) -> T2IModel``.
+
+Specs:
+    ``tiny:sd1`` | ``tiny:sd2`` | ``tiny:sdxl``: random tiny models with the real layouts (tests only).
+    a local diffusers folder (``model_index.json`` with ``unet/``, ``vae/``, ``text_encoder/`` ...).
+    a Hugging Face hub id (``CompVis/stable-diffusion-v1-4``), taken from the local cache only.
+
+Nothing is ever downloaded: a model missing locally is an immediate error that says how to get it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+from .adapter import Conditioning, CrossAttnSite, T2IModel, TextLayer
+
+__all__ = ["load_t2i", "T2IModel", "CrossAttnSite", "TextLayer", "Conditioning", "ModelNotAvailable"]
+
+
+class ModelNotAvailable(FileNotFoundError):
+    """The model spec names nothing that is available on this machine."""
+
+
+def _load_folder(path: Path) -> dict:
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ModelNotAvailable(
+            f"{path} is not a diffusers pipeline folder (no model_index.json). Point --model.base at the "
+            "folder written by `pipeline.save_pretrained(...)` (it holds model_index.json, unet/, vae/, text_encoder/)."
+        )
+    index = json.loads(index_file.read_text())
+    comps: dict = {}
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+        entry = index.get(name)
+        if not entry or entry[0] is None or not (path / name).is_dir():
+            continue
+        lib, cls_name = entry
+        cls = getattr(importlib.import_module(lib), cls_name)
+        comps[name] = cls.from_pretrained(path / name, local_files_only=True)
+    sched_file = path / "scheduler" / "scheduler_config.json"
+    if not sched_file.is_file():
+        raise ModelNotAvailable(f"{path} has no scheduler/scheduler_config.json")
+    comps["scheduler"] = {k: v for k, v in json.loads(sched_file.read_text()).items() if not k.startswith("_")}
+    comps["force_zeros_for_empty_prompt"] = index.get("force_zeros_for_empty_prompt", False)
+    missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer") if n not in comps]
+    if missing:
+        raise ModelNotAvailable(f"{path} lacks the components {missing}: is it a Stable Diffusion pipeline folder?")
+    return comps
+
+
+def _hub_cache_dir(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as e:
+        home = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        raise ModelNotAvailable(
+            f"model {repo_id!r} is not in the local Hugging Face cache ({home}) and edit_bench never "
+            f"downloads. Fetch it once where there is internet, e.g. `hf download {repo_id}` "
+            "(or `huggingface-cli download ...`), or pass a local diffusers folder: --model.base /path/to/folder"
+        ) from e
+
+
+def load_t2i(spec: str, dtype=None, device=None) -> T2IModel:
+    """Load a text-to-image model by spec (see the module docstring)."""
+    import torch
+
+    if not isinstance(spec, str) or not spec:
+        raise ModelNotAvailable(f"model spec must be a non-empty string, got {spec!r}")
+    if spec.startswith("tiny:"):
+        from .tiny import FAMILIES, tiny_components
+
+        family = spec.split(":", 1)[1]
+        if family not in FAMILIES:
+            raise ModelNotAvailable(f"unknown tiny model {spec!r}: use tiny:sd1, tiny:sd2 or tiny:sdxl")
+        comps = tiny_components(family)
+    elif Path(spec).expanduser().exists():
+        comps = _load_folder(Path(spec).expanduser())
+    elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        comps = _load_folder(_hub_cache_dir(spec))
+    else:
+        raise ModelNotAvailable(
+            f"model {spec!r} is not available: it is neither a local folder nor a hub id of the form "
+            "'org/name'. Use tiny:sd1|sd2|sdxl, a local diffusers folder, or a cached hub id."
+        )
+    model = T2IModel(comps, spec).eval()
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype if dtype is not None else torch.float32)
+    return model

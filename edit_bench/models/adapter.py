@@ -1,0 +1,335 @@
+"""`T2IModel`: the one place that knows diffusers module paths, layer order and conditioning.
+
+Editors reach the network only through this adapter, for SD-1.x, SD-2.x and SDXL alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+# Scheduler names of a benchmark's sampler -> diffusers class names.
+SCHEDULERS = {
+    "pndm": "PNDMScheduler",
+    "ddim": "DDIMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "ddpm": "DDPMScheduler",
+}
+
+
+@dataclass(frozen=True)
+class CrossAttnSite:
+    """One UNet cross-attention layer (``attn2``).
+
+    Attributes:
+        name: module path inside the UNet, e.g. ``"up_blocks.1.attentions.1.transformer_blocks.0.attn2"``.
+        index: position in forward order (down -> mid -> up).
+        to_k, to_v: the key and value projections, ``Linear(d_context -> d_out)`` without bias.
+    """
+
+    name: str
+    index: int
+    to_k: nn.Linear
+    to_v: nn.Linear
+
+    @property
+    def param_names(self) -> tuple[str, str]:
+        """Parameter names of ``to_k`` and ``to_v`` weights, as the adapter's ``get_parameter`` takes them."""
+        return f"unet.{self.name}.to_k.weight", f"unet.{self.name}.to_v.weight"
+
+
+@dataclass(frozen=True)
+class TextLayer:
+    """One transformer layer of a text encoder (``encoder`` is the text-encoder component name)."""
+
+    name: str
+    index: int
+    encoder: str
+    module: nn.Module
+
+
+@dataclass
+class Conditioning:
+    """What the UNet is conditioned on: ``context`` ``[B, 77, D]`` (what attn2 sees) and, for SDXL,
+    the pooled text embedding ``[B, D_pool]``."""
+
+    context: Tensor
+    pooled: Tensor | None = None
+
+    def __len__(self):
+        return self.context.shape[0]
+
+    @staticmethod
+    def cat(items: list["Conditioning"]) -> "Conditioning":
+        pooled = None if items[0].pooled is None else torch.cat([c.pooled for c in items])
+        return Conditioning(torch.cat([c.context for c in items]), pooled)
+
+
+def _site_order(name: str) -> tuple:
+    """Forward order of an attn2 module name: down blocks, then the mid block, then up blocks, each
+    by their numeric indices (plain sorting breaks once an index reaches 10)."""
+    part = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}[name.split(".")[0]]
+    return (part, *[int(x) for x in re.findall(r"\d+", name)])
+
+
+class T2IModel(nn.Module):
+    """A Stable Diffusion model (SD-1.x, SD-2.x or SDXL) seen through the operations editors need.
+
+    Build it with :func:`edit_bench.models.load_t2i`. Components are submodules, so Lightning moves
+    and casts them with the editor.
+    """
+
+    def __init__(self, components: dict, spec: str):
+        super().__init__()
+        self.spec = spec
+        self.unet = components["unet"]
+        self.vae = components["vae"]
+        self.text_encoder = components["text_encoder"]
+        self.text_encoder_2 = components.get("text_encoder_2")
+        self.tokenizers = [components["tokenizer"]] + (
+            [components["tokenizer_2"]] if components.get("tokenizer_2") is not None else []
+        )
+        self.scheduler_config = dict(components["scheduler"])
+        self.force_zeros_for_empty_prompt = bool(components.get("force_zeros_for_empty_prompt", False))
+        self.family = self.detect_family()
+        self.requires_grad_(False)
+
+    # ----------------------------------------------------------------- structure
+    def detect_family(self) -> str:
+        """``sd1``, ``sd2`` or ``sdxl``, read from the component configs (never from a name)."""
+        cfg = self.unet.config
+        if cfg.get("addition_embed_type") == "text_time":
+            if self.text_encoder_2 is None:
+                raise ValueError("UNet expects SDXL text_time conditioning but the model has one text encoder")
+            return "sdxl"
+        if cfg.get("addition_embed_type") is not None or cfg.get("class_embed_type") is not None:
+            raise ValueError(
+                f"unsupported UNet: addition_embed_type={cfg.get('addition_embed_type')!r}, "
+                f"class_embed_type={cfg.get('class_embed_type')!r}; edit_bench supports SD-1.x, SD-2.x and SDXL layouts"
+            )
+        return "sd2" if cfg.get("use_linear_projection") else "sd1"
+
+    @property
+    def tokenizer(self):
+        return self.tokenizers[0]
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.unet.config.cross_attention_dim)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def text_encoders(self) -> list[tuple[str, nn.Module]]:
+        out = [("text_encoder", self.text_encoder)]
+        if self.text_encoder_2 is not None:
+            out.append(("text_encoder_2", self.text_encoder_2))
+        return out
+
+    def cross_attn(self, select: list[str] | None = None) -> list[CrossAttnSite]:
+        """The UNet's cross-attention sites in forward order (down -> mid -> up).
+
+        Args:
+            select: site names to keep (full names, or the prefix up to ``attentions.N``, e.g.
+                ``"up_blocks.1.attentions.1"``). ``None`` keeps all. An unknown name is an error.
+        """
+        from diffusers.models.attention_processor import Attention
+
+        found = sorted(
+            (name for name, m in self.unet.named_modules() if isinstance(m, Attention) and m.is_cross_attention),
+            key=_site_order,
+        )
+        sites = []
+        for i, name in enumerate(found):
+            m = self.unet.get_submodule(name)
+            sites.append(CrossAttnSite(name, i, m.to_k, m.to_v))
+        if select is None:
+            return sites
+        chosen = []
+        for want in select:
+            match = [s for s in sites if s.name == want or s.name.startswith(want.rstrip(".") + ".")]
+            if not match:
+                raise ValueError(
+                    f"no cross-attention site named {want!r} in this {self.family} UNet; "
+                    f"sites are: {', '.join(s.name for s in sites)}"
+                )
+            chosen += [s for s in match if s not in chosen]
+        return sorted(chosen, key=lambda s: s.index)
+
+    def text_layers(self) -> list[TextLayer]:
+        """Every transformer layer of every text encoder, in forward order."""
+        out = []
+        for comp, enc in self.text_encoders():
+            for i, layer in enumerate(enc.text_model.encoder.layers if hasattr(enc, "text_model") else enc.encoder.layers):
+                path = "text_model.encoder.layers" if hasattr(enc, "text_model") else "encoder.layers"
+                out.append(TextLayer(f"{comp}.{path}.{i}", i, comp, layer))
+        return out
+
+    def get_parameter(self, name: str) -> nn.Parameter:
+        """A parameter by its full name, e.g. ``"unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"``."""
+        comp, _, rest = name.partition(".")
+        module = getattr(self, comp, None) if comp in ("unet", "vae", "text_encoder", "text_encoder_2") else None
+        if module is None:
+            raise KeyError(f"no component {comp!r} in {name!r}: names start with unet., vae., text_encoder. or text_encoder_2.")
+        try:
+            return module.get_parameter(rest)
+        except AttributeError as e:
+            raise KeyError(f"this {self.family} model has no parameter {name!r}") from e
+
+    # ----------------------------------------------------------------- text
+    def tokenize(self, prompts: list[str], tokenizer_index: int = 0) -> Tensor:
+        """Token ids ``[B, 77]``, padded as the tokenizer pads and truncated at 77."""
+        tok = self.tokenizers[tokenizer_index]
+        out = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        return out.input_ids
+
+    def n_tokens(self, prompt: str) -> int:
+        """Number of tokens of ``prompt`` including BOS and EOS, before truncation."""
+        return len(self.tokenizer(prompt, truncation=False).input_ids)
+
+    def eos_index(self, prompt: str, tokenizer_index: int = 0) -> int:
+        """Position of the first EOS token of ``prompt`` (padding may equal EOS, as in SD-1.x)."""
+        tok = self.tokenizers[tokenizer_index]
+        ids = self.tokenize([prompt], tokenizer_index)[0].tolist()
+        return ids.index(tok.eos_token_id)
+
+    def token_index(self, prompt: str, subject: str | None = None, tokenizer_index: int = 0) -> int:
+        """Position of the last token of ``subject`` inside ``prompt`` (its last occurrence).
+
+        With ``subject=None`` the last token before EOS. Works when PAD == EOS (SD-1.x) because it
+        looks for the first EOS, not for padding.
+        """
+        eos = self.eos_index(prompt, tokenizer_index)
+        if subject is None:
+            return eos - 1
+        tok = self.tokenizers[tokenizer_index]
+        ids = self.tokenize([prompt], tokenizer_index)[0].tolist()[:eos]
+        sub = tok(subject, add_special_tokens=False).input_ids
+        if not sub:
+            raise ValueError(f"subject {subject!r} has no tokens")
+        for start in range(len(ids) - len(sub), 0, -1):
+            if ids[start : start + len(sub)] == sub:
+                return start + len(sub) - 1
+        raise ValueError(
+            f"subject {subject!r} (tokens {tok.convert_ids_to_tokens(sub)}) does not occur in prompt {prompt!r} "
+            f"(tokens {tok.convert_ids_to_tokens(ids)}); give a subject that is a word span of the prompt"
+        )
+
+    def _encoder_states(self, enc: nn.Module, ids: Tensor, hidden_state: int | None):
+        out = enc(ids.to(self.device), output_hidden_states=hidden_state is not None)
+        states = out[0] if hidden_state is None else out.hidden_states[hidden_state]
+        return states, out
+
+    def condition(self, prompts: list[str]) -> Conditioning:
+        """The conditioning of ``prompts``; ``context`` is exactly what every attn2 sees."""
+        if self.family != "sdxl":
+            ctx, _ = self._encoder_states(self.text_encoder, self.tokenize(prompts), None)
+            return Conditioning(ctx)
+        # SDXL: both encoders' penultimate hidden states, concatenated; pooled from the second.
+        h1, _ = self._encoder_states(self.text_encoder, self.tokenize(prompts, 0), -2)
+        h2, out2 = self._encoder_states(self.text_encoder_2, self.tokenize(prompts, 1), -2)
+        return Conditioning(torch.cat([h1, h2], dim=-1), out2.text_embeds)
+
+    def encode(self, prompts: list[str]) -> Tensor:
+        """Context ``[B, 77, D]`` that cross-attention sees (SDXL: both encoders' penultimate states)."""
+        return self.condition(prompts).context
+
+    def unconditional(self, n: int) -> Conditioning:
+        """The negative-prompt conditioning of classifier-free guidance (the empty prompt)."""
+        c = self.condition([""])
+        if self.force_zeros_for_empty_prompt:
+            c = Conditioning(torch.zeros_like(c.context), None if c.pooled is None else torch.zeros_like(c.pooled))
+        return Conditioning(c.context.expand(n, -1, -1), None if c.pooled is None else c.pooled.expand(n, -1))
+
+    # ----------------------------------------------------------------- images
+    def make_scheduler(self, name: str):
+        import diffusers
+
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
+        return getattr(diffusers, SCHEDULERS[name]).from_config(self.scheduler_config)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seeds: list[int], sampler, conditioning: Conditioning | None = None) -> Tensor:
+        """Images ``[B, 3, H, W]`` in [0, 1] with batched classifier-free guidance.
+
+        Each sample draws its initial noise (and any scheduler noise) from its own
+        ``torch.Generator("cpu").manual_seed(seed)``, so an image never depends on the rest of its batch.
+
+        Args:
+            prompts: B prompts (ignored where ``conditioning`` is given, except for their count).
+            seeds: B seeds.
+            sampler: a :class:`~edit_bench.types.SamplerConfig`.
+            conditioning: precomputed conditioning for the B samples (conditioning-only evaluation).
+        """
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        n = len(seeds)
+        device, dtype = self.device, self.dtype
+        size = sampler.size or self.native_size
+        mult = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if size % mult:
+            raise ValueError(f"sampler.size {size} must be a multiple of {mult} for this {self.family} model")
+        h = size // self.vae_scale_factor
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        latents = torch.stack(
+            [torch.randn((self.unet.config.in_channels, h, h), generator=g, dtype=torch.float32) for g in gens]
+        ).to(device)
+        sched = self.make_scheduler(sampler.scheduler)
+        sched.set_timesteps(sampler.steps, device=device)
+        latents = latents * sched.init_noise_sigma
+
+        cond = conditioning if conditioning is not None else self.condition(prompts)
+        cfg = sampler.guidance != 1.0
+        both = Conditioning.cat([self.unconditional(n), cond]) if cfg else cond
+        added = None
+        if self.family == "sdxl":
+            time_ids = torch.tensor([size, size, 0, 0, size, size], device=device, dtype=both.context.dtype)
+            added = {"text_embeds": both.pooled, "time_ids": time_ids.expand(len(both), -1)}
+        step_kw = inspect.signature(sched.step).parameters
+        extra = {}
+        if "generator" in step_kw:
+            extra["generator"] = gens
+        if "eta" in step_kw:
+            extra["eta"] = sampler.eta
+        for t in sched.timesteps:
+            x = torch.cat([latents, latents]) if cfg else latents
+            x = sched.scale_model_input(x, t).to(dtype)
+            eps = self.unet(x, t, encoder_hidden_states=both.context.to(dtype), added_cond_kwargs=added).sample
+            if cfg:
+                eps_u, eps_c = eps.float().chunk(2)
+                eps = eps_u + sampler.guidance * (eps_c - eps_u)
+            latents = sched.step(eps.float(), t, latents, **extra).prev_sample
+        return self.decode(latents)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> images in [0, 1]. Decodes in float32 where the VAE asks for it (SDXL's overflows in fp16)."""
+        vae = self.vae
+        if vae.config.get("force_upcast") and vae.dtype != torch.float32:
+            vae.to(torch.float32)
+        z = latents / vae.config.scaling_factor
+        if vae.config.get("shift_factor"):
+            z = z + vae.config.shift_factor
+        with torch.autocast(latents.device.type, enabled=False):
+            img = vae.decode(z.to(vae.dtype)).sample
+        return (img.float() / 2 + 0.5).clamp(0, 1)

@@ -1,0 +1,102 @@
+"""Tiny random pipelines with the real SD-1, SD-2 and SDXL layouts, for contract tests.
+
+The UNets keep the block structure of the full models, so their cross-attention sites carry the real
+names (16 for SD-1/SD-2, 70 for SDXL); widths are cut to a few channels. Weights are random but
+deterministic (built under a fixed seed without touching the caller's RNG). Numbers from these models
+mean nothing: they exist to exercise code paths offline in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+
+# The SD-1.x / SD-2.x scheduler settings (the pipelines' default PNDM with the scaled-linear betas).
+SD_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    skip_prk_steps=True,
+    steps_offset=1,
+    set_alpha_to_one=False,
+    clip_sample=False,
+    prediction_type="epsilon",
+)
+
+
+def _text_encoder(tokenizer, hidden: int, act: str, projection: int | None = None):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=projection or hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)
+
+
+def tiny_components(family: str) -> dict:
+    """Random components of a tiny pipeline of ``family`` (``sd1``, ``sd2`` or ``sdxl``)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from .tokenizer import clip_tokenizer
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny family {family!r}: use one of {', '.join(FAMILIES)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tok = clip_tokenizer()
+        vae = AutoencoderKL(
+            block_out_channels=[8, 16],
+            norm_num_groups=4,
+            latent_channels=4,
+            sample_size=32,
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
+            force_upcast=family == "sdxl",
+        )
+        if family == "sdxl":
+            te1 = _text_encoder(tok, 32, "quick_gelu")
+            te2 = _text_encoder(tok, 32, "gelu", projection=32)
+            unet = UNet2DConditionModel(
+                sample_size=16,
+                layers_per_block=2,
+                block_out_channels=(8, 16, 16),
+                norm_num_groups=4,
+                attention_head_dim=(2, 4, 4),
+                use_linear_projection=True,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 10),
+                cross_attention_dim=64,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=6 * 8 + 32,
+            )
+            return dict(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
+                        tokenizer_2=clip_tokenizer(), scheduler=dict(SD_SCHEDULER),
+                        force_zeros_for_empty_prompt=True)
+        hidden, act = (32, "quick_gelu") if family == "sd1" else (48, "gelu")
+        te = _text_encoder(tok, hidden, act)
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            layers_per_block=2,
+            block_out_channels=(8, 16, 16, 16),
+            norm_num_groups=4,
+            attention_head_dim=2 if family == "sd1" else (2, 4, 4, 4),
+            use_linear_projection=family == "sd2",
+            cross_attention_dim=hidden,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
+        return dict(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=dict(SD_SCHEDULER))

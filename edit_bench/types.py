@@ -1,0 +1,115 @@
+"""The vocabulary shared by editors, benchmarks and metrics: small frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+GROUPS = ("efficacy", "generality", "specificity")
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """Make ``source`` render as ``target``.
+
+    Args:
+        source: the prompt whose rendering changes, e.g. ``"A banana"``.
+        target: what it should render as, e.g. ``"A blue banana"``; ``""`` means the unconditional
+            embedding (erasure).
+        subject: the span whose last token carries the edit (Diff-QuickFix, UCE, LocoEdit). ``None``
+            means the whole source prompt.
+    """
+
+    source: str
+    target: str
+    subject: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError(f"EditRequest.source must be a non-empty prompt, got {self.source!r}")
+        if not isinstance(self.target, str):
+            raise ValueError(f"EditRequest.target must be a string, got {self.target!r}")
+        if self.source.strip().lower() == self.target.strip().lower():
+            raise ValueError(
+                f"EditRequest source and target are the same prompt ({self.source!r}): an edit needs a "
+                "different target. Fix the row, or drop it."
+            )
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """One prompt to generate and the two labels the judge compares.
+
+    ``expect="new"`` for efficacy and generality, ``"old"`` for specificity: success is always
+    "the expected label wins", so metric code has no sign flips.
+    """
+
+    prompt: str
+    old: str
+    new: str
+    expect: Literal["old", "new"]
+
+
+@dataclass(frozen=True)
+class EditCase:
+    """One benchmark row: a request, the prompts that measure it, and an optional preserve set."""
+
+    id: str
+    request: EditRequest
+    groups: dict[str, tuple[PromptPair, ...]]
+    preserve: tuple[str, ...] = ()
+
+    def samples(self, seeds) -> list["Sample"]:
+        """All samples of this case, ordered by group, prompt and seed."""
+        return [
+            Sample(self.id, group, k, seed, pair)
+            for group in GROUPS
+            if group in self.groups
+            for k, pair in enumerate(self.groups[group])
+            for seed in seeds
+        ]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The unit of evaluation. Its id ``case/group/k/seed`` keys every stored result."""
+
+    case_id: str
+    group: str
+    prompt_index: int
+    seed: int
+    pair: PromptPair
+
+    @property
+    def id(self) -> str:
+        return f"{self.case_id}/{self.group}/{self.prompt_index}/{self.seed}"
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How images are generated: part of a benchmark's protocol.
+
+    Args:
+        scheduler: ``pndm`` (the SD pipeline default, TIME/ReFACT), ``ddim``, ``lms`` (ESD/UCE),
+            ``euler``, ``euler_a`` or ``dpm``.
+        steps: denoising steps.
+        guidance: classifier-free guidance scale.
+        size: image side in pixels; ``None`` = the model's native size.
+        seeds: the seeds; each sample gets its own noise tensor from ``torch.Generator("cpu").manual_seed``.
+        eta: DDIM eta (Concept Ablation uses 1.0).
+    """
+
+    scheduler: str = "pndm"
+    steps: int = 50
+    guidance: float = 7.5
+    size: int | None = 512
+    seeds: list[int] = field(default_factory=lambda: list(range(25)))
+    eta: float = 0.0
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
+        if not self.seeds:
+            raise ValueError("sampler.seeds is empty: give at least one seed, e.g. [0]")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"sampler.seeds has duplicates: {self.seeds}")
