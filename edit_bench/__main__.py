@@ -4,6 +4,16 @@ import os
 import sys
 
 
+def _unwrap(msg: str) -> str:
+    """jsonargparse reports an error raised while building ``--model``/``--data`` inside a listing of
+    every Union member it tried; keep only the real error."""
+    if "Does not validate against any of the Union subtypes" not in msg:
+        return msg
+    errors = [line.strip()[2:] for line in msg.splitlines()
+              if line.strip().startswith("- ") and "Expected a <class 'NoneType'>" not in line]
+    return "\n".join(errors) or msg
+
+
 def run(args=None) -> int:
     # Before any hub library is imported: a missing model must fail at once, not after minutes of retries.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,7 +24,7 @@ def run(args=None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:
         if os.environ.get("EDIT_BENCH_DEBUG"):
             raise
-        print(f"edit_bench: error: {e}\n(set EDIT_BENCH_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"edit_bench: error: {_unwrap(str(e))}\n(set EDIT_BENCH_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
     return 0
 

@@ -222,9 +222,30 @@ TRAINER_DEFAULTS = {
 }
 
 
+def _check_class_args(args: list[str], kinds: dict[str, dict[str, type]]) -> None:
+    """A clear error for ``--model NAME`` / ``--data NAME`` naming no known class (before jsonargparse's)."""
+    for i, a in enumerate(args):
+        key, _, val = a.partition("=")
+        if key not in kinds or (not val and i + 1 >= len(args)):
+            continue
+        val = val or args[i + 1]
+        if val.startswith("{") or "\n" in val or Path(val).is_file() or "." in val.split("/")[-1]:
+            continue  # a YAML string, a file, or a dotted import path: jsonargparse resolves it
+        known = kinds[key]
+        if val not in known:
+            what = "editor" if key == "--model" else "benchmark/data module"
+            raise ValueError(f"unknown {what} {val!r} for {key}: use a YAML file (configs/...), a class path, "
+                             f"or one of {', '.join(sorted(known))}")
+
+
 def main(args: list[str] | None = None):
-    discover_editors()
-    discover_benchmarks()
+    import sys
+    import warnings
+
+    editors, benchmarks = discover_editors(), discover_benchmarks()
+    _check_class_args(sys.argv[1:] if args is None else list(args), {"--model": editors, "--data": benchmarks})
+    warnings.filterwarnings("ignore", message=".*transfer_batch_to_device.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     torch.set_float32_matmul_precision("high")
     return EditCLI(
         Editor,

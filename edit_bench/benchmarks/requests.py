@@ -24,7 +24,8 @@ class EditRequests(EditData):
         if path is not None:
             p = resolve_path(path)
             if p.suffix.lower() == ".csv":
-                items += read_csv(p, ["source", "target"], optional=("subject",))
+                rows = read_csv(p, ["source", "target"], optional=("subject",))
+                items += [{**r, "_where": f"{p}: line {i + 2}"} for i, r in enumerate(rows)]
             else:
                 import yaml
 
@@ -42,7 +43,7 @@ class EditRequests(EditData):
             try:
                 self._requests.append(EditRequest(it["source"], it["target"], it.get("subject") or None))
             except ValueError as e:
-                raise ValueError(f"request {i}: {e}") from None
+                raise ValueError(f"{it.get('_where', f'request {i}')}: {e}") from None
 
     def requests(self):
         return list(self._requests)

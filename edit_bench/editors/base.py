@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from ..models import load_t2i
+from ..models import T2IModel, load_t2i
 from ..types import EditRequest, Sample
 
 
@@ -43,13 +43,23 @@ class Editor(L.LightningModule):
     def __init__(self, base: str = "tiny:sd1", delta: str | None = None):
         super().__init__()
         self.base = base
-        self.t2i = load_t2i(base)
+        self.delta_path = delta
         self._snapshot: dict[str, Tensor] | None = None
         self._active: str | None = None
         self.edit_times: list[float] = []
-        self.delta_path = delta
-        if delta is not None:
-            self.load_delta(delta)
+
+    @property
+    def t2i(self) -> T2IModel:
+        """The model, loaded on first use (so a config is cheap to build and a missing model fails
+        inside the command, with its own message), with ``delta`` applied."""
+        if "_t2i" not in self._modules:
+            self._t2i = load_t2i(self.base)
+            if self.delta_path is not None:
+                self.load_delta(self.delta_path)
+        return self._modules["_t2i"]
+
+    def configure_model(self) -> None:
+        self.t2i  # Lightning calls this hook before moving the module: load the model in time
 
     # ------------------------------------------------------------------ the method
     def edited_parameters(self) -> dict[str, torch.nn.Parameter]:
