@@ -3,15 +3,8 @@
 import os
 from pathlib import Path  # noqa: E402
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("tiny:sd1", "tiny:sd2", "tiny:sdxl")
-
-
-@pytest.fixture
-def root():
-    return ROOT
 
 
 def run_cli(args, cwd=None):

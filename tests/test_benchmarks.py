@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from edit_bench.benchmarks.requests import EditRequests
+from edit_bench.benchmarks.timed import TIMED
+from edit_bench.metrics import EditScores
+from edit_bench.types import SamplerConfig
+
+
+def test_timed_rows_become_cases():
+    b = TIMED(path="datasets/timed/TIMED_test_set_filtered_SD14.csv", sampler=SamplerConfig(seeds=[0, 1]))
+    cases = b.cases()
+    assert len(cases) == 104
+    c = cases[0]
+    assert (c.request.source, c.request.target) == ("A banana", "A blue banana")
+    assert [len(c.groups[g]) for g in ("efficacy", "generality", "specificity")] == [1, 5, 5]
+    eff, gen, spec = c.groups["efficacy"][0], c.groups["generality"][0], c.groups["specificity"][0]
+    assert (eff.prompt, eff.old, eff.new, eff.expect) == ("A banana", "A banana", "A blue banana", "new")
+    assert (gen.prompt, gen.new, gen.expect) == ("A bowl of bananas", "A bowl of blue bananas", "new")
+    assert (spec.prompt, spec.old, spec.new, spec.expect) == ("An apple", "An apple", "A blue apple", "old")
+    ids = [s.id for s in b.samples()]
+    assert len(ids) == 104 * 11 * 2 == len(set(ids))
+    assert len(TIMED(path="datasets/timed/TIMED_test_set.csv").cases()) == 147
+    assert [c.id for c in TIMED(rows="3,5").cases()][-1].endswith(":0005")
+
+
+def _write(path, header, rows):
+    path.write_text("\n".join([",".join(header)] + [",".join(r) for r in rows]) + "\n")
+    return path
+
+
+def test_bad_timed_files(tmp_path):
+    from edit_bench.benchmarks.timed import COLUMNS
+
+    with pytest.raises(ValueError, match=r"missing columns \['gn5'\]"):
+        TIMED(path=str(_write(tmp_path / "a.csv", COLUMNS[:-1], [["x"] * 21])))
+    row = ["A cat", "A blue cat"] + ["p"] * 20
+    row[5] = ""
+    with pytest.raises(ValueError, match=r"line 2.*empty cells in \['gt2'\]"):
+        TIMED(path=str(_write(tmp_path / "b.csv", COLUMNS, [row])))
+    with pytest.raises(ValueError, match="same prompt"):
+        TIMED(path=str(_write(tmp_path / "c.csv", COLUMNS, [["A cat", "a cat"] + ["p"] * 20])))
+    with pytest.raises(ValueError, match="out of range"):
+        TIMED(rows="200")
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        TIMED(path="nope.csv")
+
+
+def test_long_prompts_error_or_truncate(tmp_path):
+    from edit_bench.benchmarks.timed import COLUMNS
+    from edit_bench.models import load_t2i
+
+    long = " ".join(["red"] * 90)
+    path = str(_write(tmp_path / "l.csv", COLUMNS, [["A cat", "A blue cat"] + [long] + ["p"] * 19]))
+    n_tokens = load_t2i("tiny:sd1").n_tokens
+    with pytest.raises(ValueError, match=r"92 tokens.*truncate_long_prompts"):
+        TIMED(path=path).check_prompts(n_tokens)
+    b = TIMED(path=path, truncate_long_prompts=True)
+    b.check_prompts(n_tokens)
+    assert b.truncated == [long] and b.protocol_info()["truncated_prompts"] == [long]
+
+
+def test_requests_from_yaml_and_csv(tmp_path):
+    y = tmp_path / "r.yaml"
+    y.write_text("requests:\n  - {source: A rose, target: A blue rose, subject: rose}\npreserve: [A tulip]\n")
+    r = EditRequests(path=str(y))
+    assert r.requests()[0].subject == "rose" and r.preserve() == ["A tulip"]
+    c = _write(tmp_path / "r.csv", ["source", "target"], [["A rose", "A blue rose"], ["A pear", "A pear"]])
+    with pytest.raises(ValueError, match="r.csv: line 3.*same prompt"):
+        EditRequests(path=str(c))
+
+
+def test_edit_scores_by_hand():
+    m = EditScores(seeds=[0, 1])
+    recs = ([dict(group="efficacy", seed=0, success=True), dict(group="efficacy", seed=1, success=False)]
+            + [dict(group="generality", seed=s, success=ok) for s, ok in [(0, 1), (0, 1), (1, 1), (1, 0)]]
+            + [dict(group="specificity", seed=s, success=ok) for s, ok in [(0, 1), (0, 0), (1, 1), (1, 1)]])
+    m.update_records(recs)
+    out = m.compute()
+    assert out["efficacy"] == {"mean": 0.5, "std": 0.5, "n": 2}
+    assert out["generality"]["mean"] == 0.75 and out["generality"]["std"] == pytest.approx(0.25)
+    assert out["specificity"]["mean"] == 0.75 and out["specificity"]["n"] == 4
+    assert out["f1"]["mean"] == pytest.approx(0.75)
+    # per-seed F1: sqrt(1 * 0.5), sqrt(0.5 * 1) -> equal, so std 0
+    assert out["f1"]["std"] == pytest.approx(0.0)
+
+
+def test_judge_prefers_matching_label_shape():
+    from edit_bench.metrics import ClipJudge, JudgeConfig
+
+    j = ClipJudge(JudgeConfig(model="tiny:random"))
+    p = j.preference(torch.rand(3, 3, 32, 32), ["a", "b", "c"], ["x", "y", "z"])
+    assert p.shape == (3,) and ((0 <= p) & (p <= 1)).all()
+    same = j.preference(torch.rand(1, 3, 32, 32), ["a cat"], ["a cat"])
+    assert same.item() == pytest.approx(0.5)
+
+
+def test_missing_judge_fails_with_instructions():
+    from edit_bench.metrics import ClipJudge, JudgeConfig
+    from edit_bench.models import ModelNotAvailable
+
+    with pytest.raises(ModelNotAvailable, match="hf download laion"):
+        ClipJudge(JudgeConfig())

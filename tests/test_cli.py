@@ -1,0 +1,156 @@
+"""`python -m edit_bench fit | eval` end to end on tiny:sd1 (2 TIMED rows, 1 seed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, run_cli
+
+EDITOR = ROOT / "configs/editor/time.yaml"
+BENCH = ROOT / "configs/benchmark/timed_tiny.yaml"
+
+
+def _eval(out, *extra):
+    return run_cli(["eval", "--model", EDITOR, "--data", BENCH, "--out_dir", out, *extra])
+
+
+def test_fit_then_eval_the_delta(tmp_path):
+    req = tmp_path / "req.yaml"
+    req.write_text("requests:\n  - {source: A banana, target: A blue banana}\n  - {source: A bear, target: A polar bear}\n")
+    assert run_cli(["fit", "--model", EDITOR, "--data", "EditRequests", "--data.path", req, "--out_dir", tmp_path / "fit"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "fit/edit.safetensors"), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert len(keys) == 32 and all(".attn2.to_" in k for k in keys)  # the delta only: 16 sites x (to_k, to_v)
+    assert meta["editor"] == "TIME" and meta["base"] == "tiny:sd1"
+    edit = json.loads((tmp_path / "fit/edit.json").read_text())
+    assert len(edit["requests"]) == 2 and edit["timing"]["edit_s"] > 0
+
+    out = tmp_path / "ev"
+    assert run_cli(["eval", "--model", ROOT / "configs/editor/unedited.yaml", "--model.delta", tmp_path / "fit/edit.safetensors",
+                    "--data", BENCH, "--out_dir", out]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["delta"].endswith("edit.safetensors") and res["timing"]["edits"] == 0
+    base = tmp_path / "base"
+    assert run_cli(["eval", "--model", ROOT / "configs/editor/unedited.yaml", "--data", BENCH, "--out_dir", base]) == 0
+    p_edit = {r["id"]: r["p_new"] for r in map(json.loads, (out / "samples/rank0.jsonl").read_text().splitlines())}
+    p_base = {r["id"]: r["p_new"] for r in map(json.loads, (base / "samples/rank0.jsonl").read_text().splitlines())}
+    assert p_edit.keys() == p_base.keys() and p_edit != p_base  # the delta changed the images
+
+
+def test_eval_results_schema_records_and_resume(tmp_path):
+    out = tmp_path / "run"
+    assert _eval(out) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) >= {"editor", "benchmark", "model", "metrics", "protocol", "timing", "versions", "config"}
+    assert {k: v["n"] for k, v in res["metrics"].items()} == {"efficacy": 2, "generality": 10, "specificity": 10, "f1": 20}
+    assert res["protocol"]["sampler"]["scheduler"] == "pndm" and res["protocol"]["seeds"] == [0]
+    assert res["protocol"]["judge"]["model"] == "tiny:random"
+    assert res["timing"]["edits"] == 2 and res["timing"]["edit_s"] > 0
+    assert "class_path: edit_bench.editors.time.TIME" in (out / "config.yaml").read_text()
+    lines = (out / "samples/rank0.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert len(recs) == 22 == len({r["id"] for r in recs})
+
+    # a crash after 15 samples, mid-line: the rerun computes only the rest and gets the same numbers
+    (out / "samples/rank0.jsonl").write_text("\n".join(lines[:15]) + "\n" + lines[15][:20])
+    (out / "results.json").unlink()
+    assert _eval(out) == 0
+    res2 = json.loads((out / "results.json").read_text())
+    assert res2["samples"]["stored_before"] == 15 and res2["samples"]["new_this_process"] == 7
+    assert res2["metrics"] == res["metrics"]
+    assert _eval(out) == 0  # nothing left to do
+    assert json.loads((out / "results.json").read_text())["samples"]["new_this_process"] == 0
+
+
+def _assert_error(code, capsys, *needles):
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for n in needles:
+        assert n in err, err
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--model", "NoSuchEditor"], ["unknown editor 'NoSuchEditor'", "TIME"]),
+    (["--data", "NoSuchBench"], ["unknown benchmark/data module 'NoSuchBench'", "TIMED"]),
+    (["--model.base", "someone/missing-model"], ["someone/missing-model", "hf download"]),
+    (["--data.judge.model", "hf-hub:someone/missing-judge"], ["someone/missing-judge", "hf download"]),
+])
+def test_bad_input_is_a_clear_error_and_leaves_no_run_dir(tmp_path, capsys, args, needles):
+    out = tmp_path / "run"
+    base = ["eval", "--model", EDITOR, "--data", BENCH, "--out_dir", out]
+    for i in range(0, len(args), 2):  # replace or add the flag
+        if args[i] in base:
+            base[base.index(args[i]) + 1] = args[i + 1]
+        else:
+            base += args[i:i + 2]
+    _assert_error(run_cli(base), capsys, *needles)
+    assert not out.exists()
+
+
+def test_bad_csv_and_long_prompt(tmp_path, capsys):
+    from edit_bench.benchmarks.timed import COLUMNS
+
+    def write(name, header, row):
+        p = tmp_path / name
+        p.write_text(",".join(header) + "\n" + ",".join(row) + "\n")
+        return p
+
+    out = tmp_path / "run"
+    row = ["A cat", "A blue cat"] + ["a cat"] * 20
+    cases = [
+        (write("missing.csv", COLUMNS[:-2], row[:-2]), ["missing columns ['negative5', 'gn5']"]),
+        (write("empty.csv", COLUMNS, row[:3] + [""] + row[4:]), ["empty cells in ['gt1']"]),
+        (write("same.csv", COLUMNS, ["A cat", "A cat"] + row[2:]), ["same prompt"]),
+        (write("long.csv", COLUMNS, row[:2] + ["cat " * 80] + row[3:]), ["82 tokens", "truncate_long_prompts"]),
+    ]
+    for path, needles in cases:
+        _assert_error(run_cli(["eval", "--model", EDITOR, "--data", BENCH, "--data.path", path, "--data.rows", "0:1",
+                               "--out_dir", out]), capsys, *needles)
+        assert not out.exists()
+    assert run_cli(["eval", "--model", EDITOR, "--data", BENCH, "--data.path", cases[3][0], "--data.rows", "0:1",
+                    "--data.truncate_long_prompts", "true", "--out_dir", out]) == 0
+    assert "truncated 1 prompt(s)" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["protocol"]["truncated_prompts"] == ["cat " * 79 + "cat"]
+
+
+def test_out_dir_of_another_config_is_refused_untouched(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _eval(out, "--data.rows", "0:1") == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    _assert_error(_eval(out, "--data.rows", "0:1", "--model.lam", "0.5"), capsys, "different config", "model.init_args.lam")
+    assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/notes.txt").write_text("mine")
+    _assert_error(_eval(tmp_path / "other"), capsys, "not an edit_bench run directory")
+
+
+def test_print_config_and_help(capsys):
+    assert run_cli(["eval", "--model", EDITOR, "--data", BENCH, "--model.lam", "0.3", "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "lam: 0.3" in out and "class_path: edit_bench.benchmarks.timed.TIMED" in out
+    r = subprocess.run([sys.executable, "-m", "edit_bench", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "eval" in r.stdout and "fit" in r.stdout
+
+
+def test_two_processes_count_every_sample_once(tmp_path):
+    """11 samples over 2 DDP ranks (gloo, CPU): no padded duplicates, exact n."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "edit_bench", "eval", "--model", EDITOR, "--data", BENCH,
+                        "--data.rows", "0:1", "--data.batch_size", "2", "--trainer.accelerator", "cpu",
+                        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
+                        "--out_dir", out], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ids = [json.loads(x)["id"] for f in sorted((out / "samples").glob("rank*.jsonl")) for x in f.read_text().splitlines()]
+    assert len(ids) == 11 == len(set(ids))
+    assert len(list((out / "samples").glob("rank*.jsonl"))) == 2
+    res = json.loads((out / "results.json").read_text())
+    assert {k: v["n"] for k, v in res["metrics"].items()} == {"efficacy": 1, "generality": 5, "specificity": 5, "f1": 10}
+    single = tmp_path / "single"
+    assert _eval(single, "--data.rows", "0:1") == 0
+    assert json.loads((single / "results.json").read_text())["metrics"] == res["metrics"]
