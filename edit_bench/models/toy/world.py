@@ -1,0 +1,223 @@
+"""The toy world: a renderer of 32x32 scenes, a caption grammar over them, and a ground-truth analyser.
+
+A scene is one shape (circle, square, triangle, diamond, star) of one colour, size and texture on a
+background. Captions name any subset of the attributes; what they leave out takes its default. The
+defaults are the world's implicit assumptions, like TIMED's "a rose" is red:
+
+- an unqualified shape has a default colour (``"a circle"`` is red, ``"a square"`` blue, ...);
+- size defaults to medium, texture to plain, background to white;
+- a named entity has a fixed rendering, like RoAD's roles (``"the king"`` is a yellow star).
+
+Captions may start with a framing prefix ("a photo of ...") that changes nothing, so TIME-style
+augmentations stay in distribution. ``parse(caption)`` resolves a caption to its scene;
+``analyse(images)`` reads colour, shape, size and background back from pixels (the ground truth
+against which generated images and the judge are measured).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SIZE_PX = 32
+SHAPES = ("circle", "square", "triangle", "diamond", "star")
+COLOURS = {
+    "red": (0.86, 0.16, 0.16),
+    "green": (0.16, 0.66, 0.24),
+    "blue": (0.16, 0.31, 0.86),
+    "yellow": (0.92, 0.80, 0.16),
+    "purple": (0.59, 0.24, 0.75),
+    "orange": (0.96, 0.55, 0.12),
+}
+BACKGROUNDS = {"white": (0.96, 0.96, 0.96), "black": (0.06, 0.06, 0.06), "gray": (0.50, 0.50, 0.50)}
+SIZES = {"small": 6.0, "medium": 9.0, "big": 12.5}  # radius in pixels
+TEXTURES = ("plain", "striped", "dotted")
+DEFAULT_COLOUR = {"circle": "red", "square": "blue", "triangle": "green", "diamond": "purple", "star": "orange"}
+ENTITIES = {"the king": ("star", "yellow"), "the queen": ("circle", "purple"), "the knight": ("square", "green"),
+            "the jester": ("triangle", "orange")}
+PREFIXES = ("a photo of ", "an image of ", "a picture of ", "a drawing of ")
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A resolved scene (every attribute set); position comes from the seed, not the caption."""
+
+    shape: str
+    colour: str
+    size: str = "medium"
+    texture: str = "plain"
+    background: str = "white"
+
+    def key(self) -> tuple:
+        return (self.shape, self.colour, self.size, self.texture, self.background)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def caption(shape: str, colour: str | None = None, size: str | None = None, texture: str | None = None,
+            background: str | None = None, prefix: str = "", entity: str | None = None) -> str:
+    """Write a caption; ``None`` attributes are left out (so they take their defaults)."""
+    if entity is not None:
+        phrase = entity
+    else:
+        words = [w for w in (size, texture, colour) if w] + [shape]
+        phrase = f"{_article(words[0])} {' '.join(words)}"
+    if background:
+        phrase += f" on a {background} background"
+    return prefix + phrase
+
+
+def parse(text: str) -> Scene:
+    """The scene a caption denotes (defaults filled in). Raises ``ValueError`` outside the grammar."""
+    t = " ".join(text.lower().strip().split())
+    for p in PREFIXES:
+        if t.startswith(p):
+            t = t[len(p):]
+    background = "white"
+    if " on a " in t and t.endswith(" background"):
+        t, _, bg = t.partition(" on a ")
+        background = bg[: -len(" background")]
+        if background not in BACKGROUNDS:
+            raise ValueError(f"unknown background in {text!r}")
+    if t in ENTITIES:
+        shape, colour = ENTITIES[t]
+        return Scene(shape, colour, background=background)
+    words = t.split()
+    if not words or words[0] not in ("a", "an") or words[-1] not in SHAPES:
+        raise ValueError(f"{text!r} is not a caption of the toy world")
+    shape, mods = words[-1], words[1:-1]
+    size = next((w for w in mods if w in SIZES), "medium")
+    texture = next((w for w in mods if w in TEXTURES), "plain")
+    colour = next((w for w in mods if w in COLOURS), DEFAULT_COLOUR[shape])
+    unknown = [w for w in mods if w not in SIZES and w not in TEXTURES and w not in COLOURS]
+    if unknown:
+        raise ValueError(f"unknown words {unknown} in {text!r}")
+    return Scene(shape, colour, size, texture, background)
+
+
+def random_caption(rng: random.Random) -> str:
+    """A caption drawn from the training distribution (10 % empty, for classifier-free guidance)."""
+    u = rng.random()
+    if u < 0.10:
+        return ""
+    prefix = rng.choice(PREFIXES) if rng.random() < 0.35 else ""
+    background = rng.choice(list(BACKGROUNDS)) if rng.random() < 0.4 else None
+    if u < 0.25:
+        return caption("", prefix=prefix, entity=rng.choice(list(ENTITIES)), background=background)
+    pick = lambda options, p: rng.choice(list(options)) if rng.random() < p else None  # noqa: E731
+    return caption(rng.choice(SHAPES), colour=pick(COLOURS, 0.55), size=pick(SIZES, 0.35),
+                   texture=pick(TEXTURES, 0.3), background=background, prefix=prefix)
+
+
+def random_scene(rng: random.Random) -> Scene:
+    """A scene with every attribute uniformly random (what an empty caption may show)."""
+    return Scene(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES)), rng.choice(TEXTURES),
+                 rng.choice(list(BACKGROUNDS)))
+
+
+def _shape_mask(shape: str, x, y, r):
+    """Soft-free boolean mask of a shape of radius ``r`` centred at the origin (x right, y down)."""
+    if shape == "circle":
+        return x**2 + y**2 <= r**2
+    if shape == "square":
+        return (x.abs() <= 0.82 * r) & (y.abs() <= 0.82 * r)
+    if shape == "diamond":
+        return x.abs() + y.abs() <= 1.15 * r
+    if shape == "triangle":
+        top, bottom = -r, 0.75 * r
+        return (y >= top) & (y <= bottom) & (x.abs() <= (y - top) / (bottom - top) * 1.05 * r)
+    if shape == "star":
+        theta = torch.atan2(y, x) + math.pi / 2
+        radius = r * (0.45 + 0.55 * torch.cos(5 * theta).clamp(min=0) ** 0.8)
+        return x**2 + y**2 <= radius**2
+    raise ValueError(shape)
+
+
+def render(scenes: list[Scene], seeds: list[int] | None = None, rng: random.Random | None = None) -> torch.Tensor:
+    """Images ``[B, 3, 32, 32]`` in [0, 1]; positions jitter by ``seeds`` (or ``rng``), 2x supersampled."""
+    ss, n = 2, SIZE_PX * 2
+    coords = (torch.arange(n, dtype=torch.float32) + 0.5) / ss
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    out = torch.empty(len(scenes), 3, n, n)
+    for i, s in enumerate(scenes):
+        g = random.Random(seeds[i]) if seeds is not None else rng or random.Random()
+        r = SIZES[s.size]
+        room = max(0.0, min(5.0, SIZE_PX / 2 - r - 1.5))
+        cx, cy = SIZE_PX / 2 + g.uniform(-room, room), SIZE_PX / 2 + g.uniform(-room, room)
+        x, y = xx - cx, yy - cy
+        mask = _shape_mask(s.shape, x, y, r)
+        fg = torch.tensor(COLOURS[s.colour])[:, None, None].expand(3, n, n).clone()
+        if s.texture == "striped":
+            fg = torch.where(((x + y) % 6 < 2.2)[None], fg * 0.45, fg)
+        elif s.texture == "dotted":
+            fg = torch.where((((x % 6) - 3) ** 2 + ((y % 6) - 3) ** 2 <= 2.0)[None], fg * 0.45, fg)
+        bg = torch.tensor(BACKGROUNDS[s.background])[:, None, None]
+        out[i] = torch.where(mask[None], fg, bg)
+    return F.avg_pool2d(out, ss)
+
+
+# ------------------------------------------------------------------------------------------ analysis
+_TEMPLATES: dict = {}
+_NORM = 16  # side of the bounding-box-normalised masks that are compared
+
+
+def _normalise(mask: torch.Tensor) -> torch.Tensor:
+    """Crop a boolean mask to its bounding box and resize it to 16x16 (scale and position invariant)."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    crop = mask[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].float()
+    return F.interpolate(crop[None, None], size=(_NORM, _NORM), mode="bilinear", align_corners=False)[0, 0] > 0.5
+
+
+def _templates():
+    if not _TEMPLATES:
+        c = (torch.arange(128, dtype=torch.float32) + 0.5) / 4 - SIZE_PX / 2
+        yy, xx = torch.meshgrid(c, c, indexing="ij")
+        for shape in SHAPES:
+            _TEMPLATES[shape] = _normalise(_shape_mask(shape, xx, yy, 12.0))
+    return _TEMPLATES
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the analyser reads from an image."""
+
+    colour: str | None
+    shape: str | None
+    background: str
+    area: float
+
+
+def analyse(images: torch.Tensor) -> list[Reading]:
+    """Ground truth from pixels: background = nearest background colour of the border; foreground = pixels
+    far from it; colour = nearest palette colour of the brightest half of the foreground (textures are
+    darker shades); shape = best IoU with each shape's template, both cropped to their bounding box."""
+    names_c, pal = list(COLOURS), torch.tensor(list(COLOURS.values()))
+    names_b, bgs = list(BACKGROUNDS), torch.tensor(list(BACKGROUNDS.values()))
+    out = []
+    for img in images.float().clamp(0, 1):
+        border = torch.cat([img[:, 0], img[:, -1], img[:, :, 0], img[:, :, -1]], dim=1)  # [3, 4*32]
+        bg_col = border.median(dim=1).values
+        background = names_b[int(((bgs - bg_col) ** 2).sum(1).argmin())]
+        fg = ((img - bg_col[:, None, None]) ** 2).sum(0) > 0.06
+        area = float(fg.float().sum())
+        if area < 8:
+            out.append(Reading(None, None, background, area))
+            continue
+        px = img[:, fg].T  # [N, 3]
+        bright = px[px.sum(1) >= px.sum(1).median()]
+        colour = names_c[int(((pal[None] - bright.mean(0)[None, None]) ** 2).sum(-1).argmin())]
+        # fill texture holes (a closing), then match the bounding-box-normalised mask to each shape
+        filled = F.max_pool2d(fg[None, None].float(), 3, 1, 1)
+        filled = (-F.max_pool2d(-filled, 3, 1, 1))[0, 0] > 0.5
+        norm = _normalise(filled)
+        ious = {k: float((t & norm).sum()) / max(1.0, float((t | norm).sum())) for k, t in _templates().items()}
+        best = max(ious, key=ious.get)
+        out.append(Reading(colour, best, background, area))
+    return out
+
