@@ -43,21 +43,21 @@ def _fingerprint(config: dict | None, model: Editor, data: EditData, precision) 
 class SampleWriter(BasePredictionWriter):
     """Appends each batch's records to ``DIR/samples/rank{R}.jsonl`` and updates the metric."""
 
-    def __init__(self, run: RunDir, metric: EditScores, save_images: bool):
+    def __init__(self, run: RunDir, variant: str, metric: EditScores, save_images: bool):
         super().__init__(write_interval="batch")
-        self.run, self.metric, self.save_images = run, metric, save_images
+        self.run, self.variant, self.metric, self.save_images = run, variant, metric, save_images
         self.generate_s, self.n = 0.0, 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         records = prediction["records"]
-        self.run.append_records(trainer.global_rank, records)
+        self.run.append_records(trainer.global_rank, records, self.variant)
         self.metric.to(pl_module.device).update_records(records)
         self.generate_s += prediction["generate_s"]
         self.n += len(records)
         if self.save_images:
             from torchvision.utils import save_image
 
-            img_dir = self.run.path / "images"
+            img_dir = self.run.path / f"images_{self.variant}"
             img_dir.mkdir(exist_ok=True)
             for r, img in zip(records, prediction["images"]):
                 save_image(img, img_dir / (r["id"].replace("/", "_").replace(":", "_") + ".png"))
@@ -83,7 +83,7 @@ class EditTrainer(L.Trainer):
             model: the editor.
             datamodule: the benchmark.
             out_dir: the run directory; rerunning the same command resumes it.
-            save_images: also save every generated image as OUT_DIR/images/<sample id>.png.
+            save_images: also save every image as OUT_DIR/images_samples/<sample id>.png (and images_baseline/).
         """
         bench = datamodule
         if not isinstance(bench, Benchmark):
@@ -93,33 +93,18 @@ class EditTrainer(L.Trainer):
         bench.judge
         run = self._run_dir(out_dir, "eval", model, bench)
         resumed = run.check()
-        ids = {s.id for s in bench.samples()}
-        stored = {k: v for k, v in run.load_records().items() if k in ids}
-        bench.exclude(set(stored))
         if self.is_global_zero:
             run.create(self._config_yaml())
-        metric = EditScores(bench.sampler.seeds)
-        if self.is_global_zero:
-            metric.update_records(list(stored.values()))
-        if model.delta_path is None and bench.protocol == "fixed":
-            model.apply_edit(bench.requests(), bench.preserve())
-        writer = SampleWriter(run, metric, save_images)
-        self.callbacks.append(writer)
-        t0 = time.perf_counter()
-        try:
-            if bench.pending():
-                self.predict(model, datamodule=bench, return_predictions=False)
-        finally:
-            self.callbacks.remove(writer)
-            model.restore()
-        wall = time.perf_counter() - t0
-        scores = metric.to(model.device).compute()
+        baseline = bench.baseline and model.edits != "none" and model.delta_path is None
+        base = self._score(model, bench, run, "baseline", save_images, edit=False) if baseline else None
+        scores, writer, stored, wall = self._score(model, bench, run, "samples", save_images, edit=True)
         results = {
             "editor": type(model).__name__,
             "benchmark": type(bench).__name__,
             "model": model.base,
             "delta": model.delta_path,
             "metrics": scores,
+            "baseline": None if base is None else base[0],
             "protocol": {**bench.protocol_info(), "formula": FORMULA, "precision": str(self.precision)},
             "timing": {
                 "edit_s": sum(model.edit_times) / len(model.edit_times) if model.edit_times else None,
@@ -127,10 +112,10 @@ class EditTrainer(L.Trainer):
                 "generate_s": writer.generate_s,
                 "images_per_s": writer.n / writer.generate_s if writer.generate_s else None,
                 "wall_s": wall,
-                "note": "this process's new samples only" + (", resumed run" if resumed else ""),
+                "note": "this process's new samples of the evaluated model" + (", resumed run" if resumed else ""),
             },
-            "samples": {"total": len(ids), "stored_before": len(stored), "new_this_process": writer.n,
-                        "records": str(run.samples_dir)},
+            "samples": {"total": len(bench.samples()), "stored_before": stored, "new_this_process": writer.n,
+                        "records": str(run.samples_dir())},
             "versions": versions(),
             "config": self._config_yaml(),
         }
@@ -138,6 +123,30 @@ class EditTrainer(L.Trainer):
             path = run.write_json("results.json", results)
             print(format_table(results, path))
         return results
+
+    def _score(self, model: Editor, bench: Benchmark, run: RunDir, variant: str, save_images: bool, edit: bool):
+        """Generate and judge every pending sample (resuming from stored records); the metrics are
+        computed over all records, synced across processes."""
+        ids = {s.id for s in bench.samples()}
+        stored = {k: v for k, v in run.load_records(variant).items() if k in ids}
+        bench.exclude(set(stored))
+        metric = EditScores(bench.sampler.seeds)
+        if self.is_global_zero:
+            metric.update_records(list(stored.values()))
+        writer = SampleWriter(run, variant, metric, save_images)
+        self.callbacks.append(writer)
+        model.editing = edit
+        t0 = time.perf_counter()
+        try:
+            if edit and model.delta_path is None and bench.protocol == "fixed":
+                model.apply_edit(bench.requests(), bench.preserve())
+            if bench.pending():
+                self.predict(model, datamodule=bench, return_predictions=False)
+        finally:
+            self.callbacks.remove(writer)
+            model.restore()
+            model.editing = True
+        return metric.to(model.device).compute(), writer, len(stored), time.perf_counter() - t0
 
     def fit(self, model: Editor, train_dataloaders=None, val_dataloaders=None, datamodule: EditData | None = None,
             ckpt_path: str | None = None, out_dir: str = "runs/edit"):
@@ -181,11 +190,16 @@ class EditTrainer(L.Trainer):
 
 
 def format_table(results: dict, path) -> str:
-    m = results["metrics"]
+    m, b = results["metrics"], results.get("baseline")
     lines = [f"edit_bench eval: {results['editor']} on {results['benchmark']} ({results['model']}), "
-             f"{results['samples']['total']} samples, {len(results['protocol']['seeds'])} seed(s)",
-             "| metric | mean | std | n |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['mean']:.3f} | {v['std']:.3f} | {v['n']} |" for k, v in m.items()]
+             f"{results['samples']['total']} samples, {len(results['protocol']['seeds'])} seed(s)"]
+    if b:
+        lines += ["| metric | baseline (unedited) | edited | n |", "|---|---|---|---|"]
+        lines += [f"| {k} | {b[k]['mean']:.3f} ± {b[k]['std']:.3f} | {v['mean']:.3f} ± {v['std']:.3f} | {v['n']} |"
+                  for k, v in m.items()]
+    else:
+        lines += ["| metric | mean | std | n |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['mean']:.3f} | {v['std']:.3f} | {v['n']} |" for k, v in m.items()]
     t = results["timing"]
     tail = []
     if t["edit_s"] is not None:

@@ -5,6 +5,7 @@ Layout::
     DIR/run.json              what produced the run: command and config fingerprint
     DIR/config.yaml           the resolved config
     DIR/samples/rank{R}.jsonl one JSON record per sample id, appended batch by batch by rank R
+    DIR/baseline/rank{R}.jsonl the same for the unedited model, when the benchmark asks for a baseline
     DIR/results.json          the metrics, protocol, timing and versions (eval)
     DIR/edit.safetensors      the delta (fit)
 """
@@ -51,9 +52,9 @@ class RunDir:
         self.command = command
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
-    @property
-    def samples_dir(self) -> Path:
-        return self.path / "samples"
+    def samples_dir(self, variant: str = "samples") -> Path:
+        """Where records go: ``samples/`` for the evaluated model, ``baseline/`` for the unedited one."""
+        return self.path / variant
 
     def check(self) -> bool:
         """Whether this directory already holds a run of the same config (resume); raises if it holds
@@ -79,17 +80,17 @@ class RunDir:
         return True
 
     def create(self, config_yaml: str) -> None:
-        self.samples_dir.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
         if not (self.path / "run.json").exists():
             write_atomic(self.path / "config.yaml", config_yaml)
             write_atomic(self.path / "run.json", json.dumps({"command": self.command, "fingerprint": self.fingerprint}, indent=1))
 
-    def load_records(self) -> dict[str, dict]:
+    def load_records(self, variant: str = "samples") -> dict[str, dict]:
         """Stored records by sample id, merged over ranks. A torn last line (a crash mid-write) is skipped."""
         out = {}
-        if not self.samples_dir.is_dir():
+        if not self.samples_dir(variant).is_dir():
             return out
-        for f in sorted(self.samples_dir.glob("rank*.jsonl")):
+        for f in sorted(self.samples_dir(variant).glob("rank*.jsonl")):
             for line in f.read_text().splitlines():
                 try:
                     rec = json.loads(line)
@@ -98,10 +99,11 @@ class RunDir:
                 out.setdefault(rec["id"], rec)
         return out
 
-    def append_records(self, rank: int, records: list[dict]) -> None:
+    def append_records(self, rank: int, records: list[dict], variant: str = "samples") -> None:
         if not records:
             return
-        path = self.samples_dir / f"rank{rank}.jsonl"
+        self.samples_dir(variant).mkdir(parents=True, exist_ok=True)
+        path = self.samples_dir(variant) / f"rank{rank}.jsonl"
         torn = False
         if path.exists() and path.stat().st_size > 0:
             with open(path, "rb") as f:

@@ -11,16 +11,17 @@ from helpers import ROOT, run_cli
 
 EDITOR = ROOT / "configs/editor/time.yaml"
 BENCH = ROOT / "configs/benchmark/timed_tiny.yaml"
+TINY = ["--model.base", "tiny:sd1"]  # plumbing tests: the random tiny model, in seconds
 
 
 def _eval(out, *extra):
-    return run_cli(["eval", "--model", EDITOR, "--data", BENCH, "--out_dir", out, *extra])
+    return run_cli(["eval", "--model", EDITOR, *TINY, "--data", BENCH, "--out_dir", out, *extra])
 
 
 def test_fit_then_eval_the_delta(tmp_path):
     req = tmp_path / "req.yaml"
     req.write_text("requests:\n  - {source: A banana, target: A blue banana}\n  - {source: A bear, target: A polar bear}\n")
-    assert run_cli(["fit", "--model", EDITOR, "--data", "EditRequests", "--data.path", req, "--out_dir", tmp_path / "fit"]) == 0
+    assert run_cli(["fit", "--model", EDITOR, *TINY, "--data", "EditRequests", "--data.path", req, "--out_dir", tmp_path / "fit"]) == 0
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "fit/edit.safetensors"), "pt") as f:
@@ -31,12 +32,12 @@ def test_fit_then_eval_the_delta(tmp_path):
     assert len(edit["requests"]) == 2 and edit["timing"]["edit_s"] > 0
 
     out = tmp_path / "ev"
-    assert run_cli(["eval", "--model", ROOT / "configs/editor/unedited.yaml", "--model.delta", tmp_path / "fit/edit.safetensors",
+    assert run_cli(["eval", "--model", ROOT / "configs/editor/unedited.yaml", "--model.delta", tmp_path / "fit/edit.safetensors", *TINY,
                     "--data", BENCH, "--out_dir", out]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["delta"].endswith("edit.safetensors") and res["timing"]["edits"] == 0
     base = tmp_path / "base"
-    assert run_cli(["eval", "--model", ROOT / "configs/editor/unedited.yaml", "--data", BENCH, "--out_dir", base]) == 0
+    assert run_cli(["eval", "--model", ROOT / "configs/editor/unedited.yaml", *TINY, "--data", BENCH, "--out_dir", base]) == 0
     p_edit = {r["id"]: r["p_new"] for r in map(json.loads, (out / "samples/rank0.jsonl").read_text().splitlines())}
     p_base = {r["id"]: r["p_new"] for r in map(json.loads, (base / "samples/rank0.jsonl").read_text().splitlines())}
     assert p_edit.keys() == p_base.keys() and p_edit != p_base  # the delta changed the images
@@ -82,7 +83,7 @@ def _assert_error(code, capsys, *needles):
 ])
 def test_bad_input_is_a_clear_error_and_leaves_no_run_dir(tmp_path, capsys, args, needles):
     out = tmp_path / "run"
-    base = ["eval", "--model", EDITOR, "--data", BENCH, "--out_dir", out]
+    base = ["eval", "--model", EDITOR, *TINY, "--data", BENCH, "--out_dir", out]
     for i in range(0, len(args), 2):  # replace or add the flag
         if args[i] in base:
             base[base.index(args[i]) + 1] = args[i + 1]
@@ -109,10 +110,10 @@ def test_bad_csv_and_long_prompt(tmp_path, capsys):
         (write("long.csv", COLUMNS, row[:2] + ["cat " * 80] + row[3:]), ["82 tokens", "truncate_long_prompts"]),
     ]
     for path, needles in cases:
-        _assert_error(run_cli(["eval", "--model", EDITOR, "--data", BENCH, "--data.path", path, "--data.rows", "0:1",
+        _assert_error(run_cli(["eval", "--model", EDITOR, *TINY, "--data", BENCH, "--data.path", path, "--data.rows", "0:1",
                                "--out_dir", out]), capsys, *needles)
         assert not out.exists()
-    assert run_cli(["eval", "--model", EDITOR, "--data", BENCH, "--data.path", cases[3][0], "--data.rows", "0:1",
+    assert run_cli(["eval", "--model", EDITOR, *TINY, "--data", BENCH, "--data.path", cases[3][0], "--data.rows", "0:1",
                     "--data.truncate_long_prompts", "true", "--out_dir", out]) == 0
     assert "truncated 1 prompt(s)" in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text())["protocol"]["truncated_prompts"] == ["cat " * 79 + "cat"]
@@ -141,7 +142,7 @@ def test_two_processes_count_every_sample_once(tmp_path):
     """11 samples over 2 DDP ranks (gloo, CPU): no padded duplicates, exact n."""
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "edit_bench", "eval", "--model", EDITOR, "--data", BENCH,
+    r = subprocess.run([sys.executable, "-m", "edit_bench", "eval", "--model", EDITOR, *TINY, "--data", BENCH,
                         "--data.rows", "0:1", "--data.batch_size", "2", "--trainer.accelerator", "cpu",
                         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
                         "--out_dir", out], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
@@ -154,3 +155,11 @@ def test_two_processes_count_every_sample_once(tmp_path):
     single = tmp_path / "single"
     assert _eval(single, "--data.rows", "0:1") == 0
     assert json.loads((single / "results.json").read_text())["metrics"] == res["metrics"]
+
+
+def test_fixed_protocol_edits_once_with_every_request(tmp_path):
+    out = tmp_path / "fixed"
+    assert _eval(out, "--data.protocol", "fixed", "--data.baseline", "true") == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["timing"]["edits"] == 1 and res["protocol"]["protocol"] == "fixed"
+    assert res["baseline"]["efficacy"]["n"] == 2 and len((out / "baseline/rank0.jsonl").read_text().splitlines()) == 22

@@ -30,7 +30,8 @@ def test_readme_setup_has_exactly_two_commands_and_ci_runs_the_test_one():
     setup = README.split("## Set-up", 1)[1].split("\n## ", 1)[0]
     cmds = [c for b in re.findall(r"```bash\n(.*?)```", setup, flags=re.S) for c in b.strip().splitlines()]
     assert len(cmds) == 2
-    assert cmds[0].startswith("pip install -e . && python -m edit_bench eval")
+    assert cmds[0] == ("pip install -e . && python -m edit_bench eval --model configs/editor/time.yaml "
+                       "--data configs/benchmark/toy_timed.yaml --out_dir runs/quickstart")
     assert cmds[1] == 'pip install -e ".[dev]" && python -m pytest'
     assert cmds[1] in (ROOT / ".ci/run").read_text()
 
@@ -54,8 +55,7 @@ def test_every_readme_command_runs(tmp_path, capsys):
         out = tmp_path / args[args.index("--out_dir") + 1]
         assert (out / ("results.json" if args[0] == "eval" else "edit.safetensors")).is_file(), cmd
     res = json.loads((tmp_path / "runs/quickstart/results.json").read_text())
-    assert res["editor"] == "TIME" and res["model"] == "tiny:sd1"
-    assert "numbers mean nothing" in README  # the quick start runs on a random model and says so
+    assert res["editor"] == "TIME" and res["model"] == "toy" and res["baseline"] is not None
 
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))

@@ -84,12 +84,15 @@ class Benchmark(EditData):
         batch_size: samples per generation batch (may span cases).
         truncate_long_prompts: prompts over 77 tokens are an error unless this is true, when they are
             truncated to 77 tokens (as Stable Diffusion's pipelines do) and listed in the results.
+        baseline: also score the unedited model on the same samples, so results and the printed table
+            show baseline and edited side by side.
     """
 
     def __init__(self, sampler: SamplerConfig = SamplerConfig(), judge: JudgeConfig = JudgeConfig(),
                  protocol: Literal["per_case", "fixed"] = "per_case", batch_size: int = 8,
-                 truncate_long_prompts: bool = False):
+                 truncate_long_prompts: bool = False, baseline: bool = False):
         super().__init__()
+        self.baseline = baseline
         if protocol not in ("per_case", "fixed"):
             raise ValueError(f"protocol must be 'per_case' or 'fixed', got {protocol!r}")
         self.sampler = sampler

@@ -2,7 +2,8 @@
 
 Each row is one case: the request ``old -> new``; efficacy generates ``old`` and expects ``new``;
 generality generates ``positiveK`` and expects ``gtK`` over ``positiveK``; specificity generates
-``negativeK`` and expects ``negativeK`` over ``gnK`` (ReFACT §3.3).
+``negativeK`` and expects ``negativeK`` over ``gnK`` (ReFACT §3.3). An optional ``preserve`` column
+(prompts separated by ``;``) gives the case a preserve set, for editors that take one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class TIMED(Benchmark):
         super().__init__(**kwargs)
         self.path = path
         self.rows = rows
-        table = read_csv(path, COLUMNS)
+        table = read_csv(path, COLUMNS, optional=("preserve",))
         self._table = [(i, table[i]) for i in select_rows(len(table), rows)]
         self._cases  # parse now: a bad row fails at construction, before any output exists
 
@@ -48,5 +49,6 @@ class TIMED(Benchmark):
                 "generality": tuple(PromptPair(r[f"positive{k}"], r[f"positive{k}"], r[f"gt{k}"], "new") for k in range(1, K + 1)),
                 "specificity": tuple(PromptPair(r[f"negative{k}"], r[f"negative{k}"], r[f"gn{k}"], "old") for k in range(1, K + 1)),
             }
-            out.append(EditCase(f"{stem}:{i:04d}", request, groups))
+            preserve = tuple(p.strip() for p in r.get("preserve", "").split(";") if p.strip())
+            out.append(EditCase(f"{stem}:{i:04d}", request, groups, preserve))
         return out

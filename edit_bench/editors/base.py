@@ -32,7 +32,7 @@ class Editor(L.LightningModule):
         supports_batch: whether ``edit()`` takes several requests at once.
 
     Args:
-        base: the model spec for :func:`~edit_bench.models.load_t2i`.
+        base: the model spec for :func:`~edit_bench.models.load_t2i` (default: the shipped toy world).
         delta: an ``edit.safetensors`` written by ``fit``; it is applied on load and the model is then
             evaluated as edited (no further per-case edits).
     """
@@ -40,13 +40,14 @@ class Editor(L.LightningModule):
     edits: ClassVar[str] = "none"
     supports_batch: ClassVar[bool] = False
 
-    def __init__(self, base: str = "tiny:sd1", delta: str | None = None):
+    def __init__(self, base: str = "toy", delta: str | None = None):
         super().__init__()
         self.base = base
         self.delta_path = delta
         self._snapshot: dict[str, Tensor] | None = None
         self._active: str | None = None
         self.edit_times: list[float] = []
+        self.editing = True  # False: evaluate the unedited model (baseline pass)
 
     @property
     def t2i(self) -> T2IModel:
@@ -165,7 +166,7 @@ class Editor(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def activate(self, case) -> None:
         """Make the model the edited model of ``case`` (per-case protocol), editing only when it changes."""
-        if self.delta_path is not None or self._active == case.id:
+        if not self.editing or self.delta_path is not None or self._active == case.id:
             return
         self.apply_edit([case.request], case.preserve)
         self._active = case.id

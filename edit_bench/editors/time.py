@@ -79,7 +79,7 @@ class TIME(Editor):
     supports_batch = True
 
     def __init__(self, lam: float = 0.1, with_to_k: bool = True, augmentations: Sequence[str] = AUGMENTATIONS,
-                 base: str = "tiny:sd1", delta: str | None = None):
+                 base: str = "toy", delta: str | None = None):
         super().__init__(base=base, delta=delta)
         if lam <= 0:
             raise ValueError(f"lam must be > 0 (paper: 0.1), got {lam}")

@@ -33,7 +33,8 @@ class JudgeConfig:
 
     Args:
         model: ``hf-hub:org/name`` (from the local cache), ``local-dir:/path`` (an open_clip folder), an
-            open_clip architecture name with ``pretrained``, or ``tiny:random`` (tests only).
+            open_clip architecture name with ``pretrained``, ``toy`` (the toy world's judge) or
+            ``tiny:random`` (tests only).
         pretrained: a weights file (or cached open_clip tag) for an architecture name.
         scale: the softmax temperature multiplier (ReFACT: 100).
     """
@@ -52,6 +53,10 @@ def _load(cfg: JudgeConfig):
     import open_clip
 
     spec = cfg.model
+    if spec == "toy":  # the toy world's judge, shipped as an open_clip folder
+        from ..models.toy import judge_dir
+
+        spec = f"local-dir:{judge_dir()}"
     if spec == "tiny:random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """Loading text-to-image models: ``load_t2i(spec) -> T2IModel``.
 
 Specs:
+    ``toy``: the shipped, trained toy world (an SD-1-layout pipeline folder; see ``edit_bench.models.toy``).
     ``tiny:sd1`` | ``tiny:sd2`` | ``tiny:sdxl``: random tiny models with the real layouts (tests only).
     a local diffusers folder (``model_index.json`` with ``unet/``, ``vae/``, ``text_encoder/`` ...).
     a Hugging Face hub id (``CompVis/stable-diffusion-v1-4``), taken from the local cache only.
@@ -72,7 +73,11 @@ def load_t2i(spec: str, dtype=None, device=None) -> T2IModel:
 
     if not isinstance(spec, str) or not spec:
         raise ModelNotAvailable(f"model spec must be a non-empty string, got {spec!r}")
-    if spec.startswith("tiny:"):
+    if spec == "toy":
+        from .toy import pipeline_dir
+
+        comps = _load_folder(pipeline_dir())
+    elif spec.startswith("tiny:"):
         from .tiny import FAMILIES, tiny_components
 
         family = spec.split(":", 1)[1]
@@ -88,7 +93,5 @@ def load_t2i(spec: str, dtype=None, device=None) -> T2IModel:
             f"model {spec!r} is not available: it is neither a local folder nor a hub id of the form "
             "'org/name'. Use tiny:sd1|sd2|sdxl, a local diffusers folder, or a cached hub id."
         )
-    model = T2IModel(comps, spec).eval()
-    if dtype is not None or device is not None:
-        model.to(device=device, dtype=dtype if dtype is not None else torch.float32)
-    return model
+    # float32 unless asked otherwise (folders may hold fp16 weights); Lightning's precision casts later
+    return T2IModel(comps, spec).eval().to(device=device, dtype=dtype or torch.float32)

@@ -1,0 +1,30 @@
+"""The toy world: a trained tiny text-to-image model and CLIP judge of a synthetic shapes world.
+
+``load_t2i("toy")`` loads the shipped pipeline folder through the same code path as a real Stable
+Diffusion folder; a benchmark's ``judge: {model: toy}`` loads the shipped open_clip folder. ``world``
+defines the world (renderer, captions, defaults, analyser); ``train`` trains both models;
+``quality`` measures them against the renderer's ground truth; ``cases`` writes the toy benchmarks.
+"""
+
+from pathlib import Path
+
+WEIGHTS = Path(__file__).parent / "weights"
+_HOW = "train them with `python -m edit_bench.models.toy.train` (see the README, 'The toy world')"
+
+
+def pipeline_dir() -> Path:
+    d = WEIGHTS / "pipeline"
+    if not (d / "model_index.json").is_file():
+        from .. import ModelNotAvailable
+
+        raise ModelNotAvailable(f"the toy world's pipeline is missing from {d}: {_HOW}")
+    return d
+
+
+def judge_dir() -> Path:
+    d = WEIGHTS / "judge"
+    if not (d / "open_clip_config.json").is_file():
+        from .. import ModelNotAvailable
+
+        raise ModelNotAvailable(f"the toy world's judge is missing from {d}: {_HOW}")
+    return d

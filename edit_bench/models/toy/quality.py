@@ -1,0 +1,108 @@
+"""Measure the toy world against the renderer's ground truth.
+
+    python -m edit_bench.models.toy.quality [--n 240] [--steps 20] [--guidance 4] [--out quality.json]
+
+Reports, with counts:
+- generated images of prompts that name a colour: right colour, right shape (read by ``world.analyse``);
+- generated images of implicit prompts ("a circle", "the king"): the default colour (and shape);
+- the judge on rendered images: zero-shot colour among the 6 colours and shape among the 5 shapes;
+- the judge on generated images: the same, against what the analyser reads from the pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import torch
+
+from ...types import SamplerConfig
+from . import world
+
+
+def _judge_pick(judge, images, texts_per_image):
+    """Index of the caption with the highest cosine for each image."""
+    img = judge.image_features(images)
+    out = []
+    for f, texts in zip(img, texts_per_image):
+        out.append(int((judge.text_features(texts) @ f).argmax()))
+    return out
+
+
+def judge_accuracy(judge, images, colours, shapes):
+    """Zero-shot colour (given the shape) and shape (given the colour) accuracy of the judge."""
+    cs, ss = list(world.COLOURS), list(world.SHAPES)
+    pc = _judge_pick(judge, images, [[world.caption(s, colour=c) for c in cs] for s in shapes])
+    ps = _judge_pick(judge, images, [[world.caption(s, colour=c) for s in ss] for c in colours])
+    ok_c = [cs[p] == c for p, c in zip(pc, colours)]
+    ok_s = [ss[p] == s for p, s in zip(ps, shapes)]
+    return {"colour": sum(ok_c) / len(ok_c), "shape": sum(ok_s) / len(ok_s),
+            "both": sum(a and b for a, b in zip(ok_c, ok_s)) / len(ok_c), "n": len(ok_c)}
+
+
+@torch.no_grad()
+def measure(n: int = 240, steps: int = 20, guidance: float = 4.0, scheduler: str = "ddim", seed: int = 1234) -> dict:
+    from ...metrics import ClipJudge, JudgeConfig
+    from .. import load_t2i
+
+    rng = random.Random(seed)
+    model = load_t2i("toy")
+    judge = ClipJudge(JudgeConfig(model="toy"))
+    sampler = SamplerConfig(scheduler=scheduler, steps=steps, guidance=guidance, size=32, seeds=[0])
+
+    def generate(prompts):
+        seeds = list(range(len(prompts)))
+        return torch.cat([model.generate(prompts[i:i + 64], seeds[i:i + 64], sampler) for i in range(0, len(prompts), 64)])
+
+    explicit = []
+    while len(explicit) < n:
+        c = world.random_caption(rng)
+        if c and any(col in c.split() for col in world.COLOURS):
+            explicit.append(c)
+    scenes = [world.parse(c) for c in explicit]
+    gen = generate(explicit)
+    read = world.analyse(gen)
+    implicit = [world.caption(s, **kw) for s in world.SHAPES for kw in ({}, {"prefix": "a photo of "}, {"size": "big"},
+                                                                         {"background": "black"})]
+    implicit += [world.caption("", entity=e, **kw) for e in world.ENTITIES for kw in ({}, {"background": "gray"})]
+    implicit = implicit * max(1, n // (2 * len(implicit)))
+    imp_scenes = [world.parse(c) for c in implicit]
+    imp_read = world.analyse(generate(implicit))
+    rendered_scenes = [world.random_scene(rng) for _ in range(n)]
+    rendered = world.render(rendered_scenes, rng=rng)
+    readable = [i for i, r in enumerate(read) if r.colour and r.shape]
+    out = {
+        "protocol": {"n": n, "scheduler": scheduler, "steps": steps, "guidance": guidance, "seed": seed},
+        "generated_explicit": {"colour": sum(r.colour == s.colour for r, s in zip(read, scenes)) / n,
+                               "shape": sum(r.shape == s.shape for r, s in zip(read, scenes)) / n,
+                               "background": sum(r.background == s.background for r, s in zip(read, scenes)) / n,
+                               "n": n},
+        "generated_implicit": {"default_colour": sum(r.colour == s.colour for r, s in zip(imp_read, imp_scenes)) / len(implicit),
+                               "shape": sum(r.shape == s.shape for r, s in zip(imp_read, imp_scenes)) / len(implicit),
+                               "n": len(implicit)},
+        "judge_rendered": judge_accuracy(judge, rendered, [s.colour for s in rendered_scenes], [s.shape for s in rendered_scenes]),
+        "judge_generated": judge_accuracy(judge, gen[readable], [read[i].colour for i in readable], [read[i].shape for i in readable]),
+        "analyser_rendered": {"colour": sum(r.colour == s.colour for r, s in zip(world.analyse(rendered), rendered_scenes)) / n},
+    }
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Measure the toy world against the renderer's ground truth")
+    p.add_argument("--n", type=int, default=240)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--scheduler", default="ddim")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    res = measure(a.n, a.steps, a.guidance, a.scheduler)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
