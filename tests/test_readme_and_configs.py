@@ -18,12 +18,11 @@ def _bash_commands():
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
-def _edit_bench_args(cmd):
-    """The arguments after ``python -m edit_bench`` in a command line (after any ``pip install ... &&``)."""
-    part = cmd.split("&&")[-1].strip()
-    words = shlex.split(part)
-    assert words[:3] == ["python", "-m", "edit_bench"], cmd
-    return words[3:]
+def _module_args(cmd):
+    """``(module, args)`` of a ``python -m MODULE ARGS`` command line (after any ``pip install ... &&``)."""
+    words = shlex.split(cmd.split("&&")[-1].strip())
+    assert words[:2] == ["python", "-m"], cmd
+    return words[2], words[3:]
 
 
 def test_readme_setup_has_exactly_two_commands_and_ci_runs_the_test_one():
@@ -43,9 +42,25 @@ def test_every_readme_command_runs(tmp_path, capsys):
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     (tmp_path / "datasets").symlink_to(ROOT / "datasets")
     cmds = [c for c in _bash_commands() if "python -m edit_bench" in c]
-    assert len(cmds) >= 5
+    assert len(cmds) >= 7
     for cmd in cmds:
-        args = _edit_bench_args(cmd)
+        module, args = _module_args(cmd)
+        if module == "edit_bench.models.toy.train":  # the real run takes 46 min: same code, a few steps
+            from edit_bench.models import load_t2i
+            from edit_bench.models.toy import train
+
+            out = tmp_path / "retrained"
+            train.main(args + ["--out", str(out), "--n", "256", "--vae_steps", "2", "--t2i_steps", "2",
+                               "--judge_steps", "2", "--batch", "16", "--accelerator", "cpu"])
+            assert load_t2i(str(out / "pipeline")).family == "sd1" and (out / "judge/open_clip_config.json").is_file()
+            continue
+        if module == "edit_bench.models.toy.quality":
+            from edit_bench.models.toy import quality
+
+            quality.main(args + ["--n", "12", "--steps", "4", "--out", str(tmp_path / "q.json")])
+            assert json.loads((tmp_path / "q.json").read_text())["judge_rendered"]["n"] == 12
+            continue
+        assert module == "edit_bench", cmd
         code = run_cli(args, cwd=tmp_path)
         err = capsys.readouterr().err
         if "configs/experiment/" in cmd:

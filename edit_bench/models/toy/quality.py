@@ -5,7 +5,8 @@
 Reports, with counts:
 - generated images of prompts that name a colour: right colour, right shape (read by ``world.analyse``);
 - generated images of implicit prompts ("a circle", "the king"): the default colour (and shape);
-- the judge on rendered images: zero-shot colour among the 6 colours and shape among the 5 shapes;
+- the judge on rendered images: zero-shot colour among the 6 colours and shape among the 5 shapes
+  (candidate captions name the image's texture, so each has exactly one true caption);
 - the judge on generated images: the same, against what the analyser reads from the pixels.
 """
 
@@ -30,11 +31,13 @@ def _judge_pick(judge, images, texts_per_image):
     return out
 
 
-def judge_accuracy(judge, images, colours, shapes):
-    """Zero-shot colour (given the shape) and shape (given the colour) accuracy of the judge."""
+def judge_accuracy(judge, images, colours, shapes, textures):
+    """Zero-shot colour (among the 6, given shape and texture) and shape (among the 5, given colour and
+    texture) accuracy of the judge."""
     cs, ss = list(world.COLOURS), list(world.SHAPES)
-    pc = _judge_pick(judge, images, [[world.caption(s, colour=c) for c in cs] for s in shapes])
-    ps = _judge_pick(judge, images, [[world.caption(s, colour=c) for s in ss] for c in colours])
+    tx = [None if t == "plain" else t for t in textures]
+    pc = _judge_pick(judge, images, [[world.caption(s, colour=c, texture=t) for c in cs] for s, t in zip(shapes, tx)])
+    ps = _judge_pick(judge, images, [[world.caption(s, colour=c, texture=t) for s in ss] for c, t in zip(colours, tx)])
     ok_c = [cs[p] == c for p, c in zip(pc, colours)]
     ok_s = [ss[p] == s for p, s in zip(ps, shapes)]
     return {"colour": sum(ok_c) / len(ok_c), "shape": sum(ok_s) / len(ok_s),
@@ -81,8 +84,11 @@ def measure(n: int = 240, steps: int = 20, guidance: float = 4.0, scheduler: str
         "generated_implicit": {"default_colour": sum(r.colour == s.colour for r, s in zip(imp_read, imp_scenes)) / len(implicit),
                                "shape": sum(r.shape == s.shape for r, s in zip(imp_read, imp_scenes)) / len(implicit),
                                "n": len(implicit)},
-        "judge_rendered": judge_accuracy(judge, rendered, [s.colour for s in rendered_scenes], [s.shape for s in rendered_scenes]),
-        "judge_generated": judge_accuracy(judge, gen[readable], [read[i].colour for i in readable], [read[i].shape for i in readable]),
+        "judge_rendered": judge_accuracy(judge, rendered, [s.colour for s in rendered_scenes],
+                                         [s.shape for s in rendered_scenes], [s.texture for s in rendered_scenes]),
+        # on generated images the truth is what the analyser reads (it does not read texture: the prompt's)
+        "judge_generated": judge_accuracy(judge, gen[readable], [read[i].colour for i in readable],
+                                          [read[i].shape for i in readable], [scenes[i].texture for i in readable]),
         "analyser_rendered": {"colour": sum(r.colour == s.colour for r, s in zip(world.analyse(rendered), rendered_scenes)) / n},
     }
     return out

@@ -5,7 +5,8 @@
 Three Lightning stages, all from one seed: (1) an ``AutoencoderKL`` 32x32x3 -> 8x8x4; (2) a
 ``CLIPTextModel`` and an SD-1-layout ``UNet2DConditionModel`` (16 cross-attention sites with the real
 names) trained jointly with the epsilon objective on the VAE latents, with SD's scheduler; (3) an
-open_clip ``CLIP`` judge trained contrastively (captions that denote the same scene are all positives).
+open_clip ``CLIP`` judge trained contrastively, every caption that is true of an image a positive
+(``world.constraints``: unnamed colour and texture mean the defaults, unnamed size and background are free).
 The pipeline is written with ``save_pretrained`` as a standard diffusers folder (fp16) and the judge as
 an open_clip ``local-dir`` folder, so both load through the code paths of real models.
 """
@@ -118,15 +119,16 @@ class JudgeStage(L.LightningModule):
             c = world.random_caption(self.rng)
             if c:
                 caps.append(c)
-        scenes = [world.parse(c) for c in caps]
+        scenes = [world.scene_for(c, self.rng) for c in caps]
         x = world.render(scenes, rng=self.rng).to(self.device)
         x = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)  # robustness to generated images
         mean = torch.tensor((0.48145466, 0.4578275, 0.40821073), device=x.device)[:, None, None]
         std = torch.tensor((0.26862954, 0.26130258, 0.27577711), device=x.device)[:, None, None]
         img = F.normalize(self.clip.encode_image((x - mean) / std), dim=-1)
         txt = F.normalize(self.clip.encode_text(self.tokenize(caps).to(self.device)), dim=-1)
-        keys = [s.key() for s in scenes]
-        pos = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32, device=x.device)
+        # image i and caption j are a positive pair when the caption is true of the scene
+        cons = [world.constraints(c) for c in caps]
+        pos = torch.tensor([[world.matches(c, s) for c in cons] for s in scenes], dtype=torch.float32, device=x.device)
         logits = self.clip.logit_scale.exp().clamp(max=100) * img @ txt.T
         loss = 0.5 * (torch.sum(-pos / pos.sum(1, keepdim=True) * logits.log_softmax(1), 1).mean()
                       + torch.sum(-pos / pos.sum(0, keepdim=True) * logits.log_softmax(0), 0).mean())
@@ -154,7 +156,7 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=60000, help="pre-rendered (caption, image) pairs")
     p.add_argument("--vae_steps", type=int, default=800)
     p.add_argument("--t2i_steps", type=int, default=3000)
-    p.add_argument("--judge_steps", type=int, default=600)
+    p.add_argument("--judge_steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--stages", default="vae,t2i,judge")

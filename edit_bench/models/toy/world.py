@@ -75,30 +75,56 @@ def caption(shape: str, colour: str | None = None, size: str | None = None, text
 
 def parse(text: str) -> Scene:
     """The scene a caption denotes (defaults filled in). Raises ``ValueError`` outside the grammar."""
+    return _parse(text)[0]
+
+
+def constraints(text: str) -> dict:
+    """What a caption says of an image, as a judge should read it: shape, colour and texture always (an
+    unmentioned colour or texture is the default: the implicit assumption), size and background only
+    when named."""
+    scene, mentioned = _parse(text)
+    return {k: getattr(scene, k) for k in ("shape", "colour", "texture", *mentioned)}
+
+
+def matches(constraint: dict, scene: Scene) -> bool:
+    return all(getattr(scene, k) == v for k, v in constraint.items())
+
+
+def scene_for(text: str, rng: random.Random) -> Scene:
+    """A scene the caption is true of (unnamed size and background drawn at random)."""
+    scene, mentioned = _parse(text)
+    return Scene(scene.shape, scene.colour, scene.size if "size" in mentioned else rng.choice(list(SIZES)),
+                 scene.texture, scene.background if "background" in mentioned else rng.choice(list(BACKGROUNDS)))
+
+
+def _parse(text: str) -> tuple[Scene, set]:
     t = " ".join(text.lower().strip().split())
     for p in PREFIXES:
         if t.startswith(p):
             t = t[len(p):]
-    background = "white"
+    background, mentioned = "white", set()
     if " on a " in t and t.endswith(" background"):
         t, _, bg = t.partition(" on a ")
         background = bg[: -len(" background")]
+        mentioned.add("background")
         if background not in BACKGROUNDS:
             raise ValueError(f"unknown background in {text!r}")
     if t in ENTITIES:
         shape, colour = ENTITIES[t]
-        return Scene(shape, colour, background=background)
+        return Scene(shape, colour, background=background), mentioned
     words = t.split()
     if not words or words[0] not in ("a", "an") or words[-1] not in SHAPES:
         raise ValueError(f"{text!r} is not a caption of the toy world")
     shape, mods = words[-1], words[1:-1]
+    if any(w in SIZES for w in mods):
+        mentioned.add("size")
     size = next((w for w in mods if w in SIZES), "medium")
     texture = next((w for w in mods if w in TEXTURES), "plain")
     colour = next((w for w in mods if w in COLOURS), DEFAULT_COLOUR[shape])
     unknown = [w for w in mods if w not in SIZES and w not in TEXTURES and w not in COLOURS]
     if unknown:
         raise ValueError(f"unknown words {unknown} in {text!r}")
-    return Scene(shape, colour, size, texture, background)
+    return Scene(shape, colour, size, texture, background), mentioned
 
 
 def random_caption(rng: random.Random) -> str:
