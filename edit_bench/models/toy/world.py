@@ -52,9 +52,6 @@ class Scene:
     texture: str = "plain"
     background: str = "white"
 
-    def key(self) -> tuple:
-        return (self.shape, self.colour, self.size, self.texture, self.background)
-
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
