@@ -160,9 +160,7 @@ class EditTrainer(L.Trainer):
         if datamodule is None:
             raise ValueError("fit needs --data: a requests file (edit_bench.benchmarks.requests.EditRequests) or a benchmark")
         requests, preserve = datamodule.requests(), datamodule.preserve()
-        for p in [t for r in requests for t in (r.source, r.target)] + list(preserve):
-            if (n := model.t2i.n_tokens(p)) > 77:
-                raise ValueError(f"prompt {p!r} has {n} tokens, over the text encoder's 77: shorten it")
+        datamodule.check_prompts(model.t2i.n_tokens)
         run = self._run_dir(out_dir, "fit", model, datamodule)
         if run.check() and (run.path / "edit.safetensors").is_file():
             print(f"edit_bench fit: {run.path}/edit.safetensors already holds this config's edit; nothing to do")
@@ -179,13 +177,12 @@ class EditTrainer(L.Trainer):
         edit_s = time.perf_counter() - t0
         if self.is_global_zero:
             meta = {"requests": [r.__dict__ for r in requests], "preserve": list(preserve)}
-            delta = model.save_delta(run.path / "edit.safetensors", metadata=meta)
+            path = model.save_delta(run.path / "edit.safetensors", metadata=meta)
+            changed = {k: list(v.shape) for k, v in model.delta_state_dict().items()}
             run.write_json("edit.json", {"editor": type(model).__name__, "model": model.base, **meta,
-                                         "timing": {"edit_s": edit_s},
-                                         "changed": {k: list(v.shape) for k, v in model.delta_state_dict().items()},
-                                         "versions": versions()})
+                                         "timing": {"edit_s": edit_s}, "changed": changed, "versions": versions()})
             print(f"edit_bench fit: {type(model).__name__} applied {len(requests)} request(s) in {edit_s:.3f} s; "
-                  f"delta of {len(model.delta_state_dict())} tensors -> {delta}")
+                  f"delta of {len(changed)} tensors -> {path}")
         return None
 
 

@@ -66,11 +66,33 @@ def select_rows(n: int, rows: str | None) -> list[int]:
 class EditData(L.LightningDataModule):
     """Anything that yields edit requests (for ``fit``)."""
 
+    truncate_long_prompts: bool = False
+    truncated: list[str] = []
+
     def requests(self) -> list[EditRequest]:
         raise NotImplementedError  # abstract
 
     def preserve(self) -> list[str]:
         return []
+
+    def prompts(self) -> list[str]:
+        """Every prompt this data feeds the text encoder."""
+        out = [t for r in self.requests() for t in (r.source, r.target)] + list(self.preserve())
+        return list(dict.fromkeys(out))
+
+    def check_prompts(self, n_tokens) -> None:
+        """Fail (or truncate, with ``truncate_long_prompts``) on prompts over 77 tokens."""
+        long = [(p, n) for p in self.prompts() if (n := n_tokens(p)) > 77]
+        if not long:
+            return
+        listing = "; ".join(f"{p!r} ({n} tokens)" for p, n in long[:5]) + (" ..." if len(long) > 5 else "")
+        if not self.truncate_long_prompts:
+            raise ValueError(
+                f"{len(long)} prompt(s) exceed the text encoder's 77 tokens: {listing}. Shorten them, or set "
+                "--data.init_args.truncate_long_prompts true to truncate them to 77 tokens as SD pipelines do"
+            )
+        self.truncated = [p for p, _ in long]
+        print(f"edit_bench: truncated {len(long)} prompt(s) to 77 tokens: {listing}")
 
 
 class Benchmark(EditData):
@@ -135,20 +157,6 @@ class Benchmark(EditData):
             out += [c.request.source, c.request.target, *c.preserve]
             out += [p.prompt for pairs in c.groups.values() for p in pairs]
         return list(dict.fromkeys(out))
-
-    def check_prompts(self, n_tokens) -> None:
-        """Fail (or truncate, with ``truncate_long_prompts``) on prompts over 77 tokens."""
-        long = [(p, n) for p in self.prompts() if (n := n_tokens(p)) > 77]
-        if not long:
-            return
-        listing = "; ".join(f"{p!r} ({n} tokens)" for p, n in long[:5]) + (" ..." if len(long) > 5 else "")
-        if not self.truncate_long_prompts:
-            raise ValueError(
-                f"{len(long)} prompt(s) exceed the text encoder's 77 tokens: {listing}. Shorten them, or set "
-                "--data.init_args.truncate_long_prompts true to truncate them to 77 tokens as SD pipelines do"
-            )
-        self.truncated = [p for p, _ in long]
-        print(f"edit_bench: truncated {len(long)} prompt(s) to 77 tokens: {listing}")
 
     # -- the judge (loaded once, on first use)
     @functools.cached_property

@@ -14,11 +14,15 @@ class EditRequests(EditData):
             columns ``source,target[,subject]``.
         requests: inline requests (instead of, or added to, ``path``).
         preserve: prompts whose renderings the edit should keep (methods with a preserve term).
+        truncate_long_prompts: prompts over 77 tokens are an error unless this is true, when they are
+            truncated to 77 tokens as Stable Diffusion's pipelines do.
     """
 
-    def __init__(self, path: str | None = None, requests: list[dict] | None = None, preserve: list[str] | None = None):
+    def __init__(self, path: str | None = None, requests: list[dict] | None = None, preserve: list[str] | None = None,
+                 truncate_long_prompts: bool = False):
         super().__init__()
         self.path = path
+        self.truncate_long_prompts = truncate_long_prompts
         items = list(requests or [])
         self._preserve = list(preserve or [])
         if path is not None:

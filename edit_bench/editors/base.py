@@ -39,6 +39,7 @@ class Editor(L.LightningModule):
 
     edits: ClassVar[str] = "none"
     supports_batch: ClassVar[bool] = False
+    needs_grad: ClassVar[bool] = False  # edit() runs with gradients enabled (optimising editors)
 
     def __init__(self, base: str = "toy", delta: str | None = None):
         super().__init__()
@@ -112,8 +113,6 @@ class Editor(L.LightningModule):
             yield self
         finally:
             self.restore()
-
-    needs_grad: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ delta checkpoints
     def delta_state_dict(self) -> dict[str, Tensor]:

@@ -145,7 +145,7 @@ def random_scene(rng: random.Random) -> Scene:
 
 
 def _shape_mask(shape: str, x, y, r):
-    """Soft-free boolean mask of a shape of radius ``r`` centred at the origin (x right, y down)."""
+    """Boolean mask of a shape of radius ``r`` centred at the origin (x right, y down)."""
     if shape == "circle":
         return x**2 + y**2 <= r**2
     if shape == "square":
