@@ -116,6 +116,7 @@ class EditTrainer(L.Trainer):
             },
             "samples": {"total": len(bench.samples()), "stored_before": stored, "new_this_process": writer.n,
                         "records": str(run.samples_dir())},
+            "editor_info": model.report(),
             "versions": versions(),
             "config": self._config_yaml(),
         }
@@ -180,7 +181,8 @@ class EditTrainer(L.Trainer):
             path = model.save_delta(run.path / "edit.safetensors", metadata=meta)
             changed = {k: list(v.shape) for k, v in model.delta_state_dict().items()}
             run.write_json("edit.json", {"editor": type(model).__name__, "model": model.base, **meta,
-                                         "timing": {"edit_s": edit_s}, "changed": changed, "versions": versions()})
+                                         "timing": {"edit_s": edit_s}, "changed": changed,
+                                         "editor_info": model.report(), "versions": versions()})
             print(f"edit_bench fit: {type(model).__name__} applied {len(requests)} request(s) in {edit_s:.3f} s; "
                   f"delta of {len(changed)} tensors -> {path}")
         return None

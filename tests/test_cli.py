@@ -163,3 +163,14 @@ def test_fixed_protocol_edits_once_with_every_request(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["timing"]["edits"] == 1 and res["protocol"]["protocol"] == "fixed"
     assert res["baseline"]["efficacy"]["n"] == 2 and len((out / "baseline/rank0.jsonl").read_text().splitlines()) == 22
+
+
+def test_refact_optimises_inside_eval(tmp_path):
+    """ReFACT needs gradients inside Lightning's predict loop; its statistics source lands in results."""
+    out = tmp_path / "refact"
+    assert run_cli(["eval", "--model", ROOT / "configs/editor/refact.yaml", *TINY, "--model.init_args.steps", "5",
+                    "--model.init_args.stats_samples", "200", "--data", BENCH, "--data.rows", "0:1", "--out_dir", out]) == 0
+    res = json.loads((out / "results.json").read_text())
+    info = res["editor_info"]
+    assert info["stats_corpus"] == "datasets/coco/coco_30k.csv" and info["edits"] == 1 and info["stats_tokens"][0] > 1000
+    assert 1 <= info["mean_steps"] <= 5 and res["timing"]["edit_s"] > 0

@@ -71,6 +71,10 @@ class Editor(L.LightningModule):
     def edit(self, requests: Sequence[EditRequest], preserve: Sequence[str] = ()) -> None:
         """Apply the edit in place. Subclasses implement it; the identity editor does nothing."""
 
+    def report(self) -> dict:
+        """What the method wants recorded in ``results.json`` / ``edit.json`` (e.g. statistics it used)."""
+        return {}
+
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict[str, Tensor]:
         """Copy the edited parameters (once); ``restore()`` returns to exactly this state."""

@@ -26,14 +26,14 @@ SD_SCHEDULER = dict(
 )
 
 
-def _text_encoder(tokenizer, hidden: int, act: str, projection: int | None = None):
+def _text_encoder(tokenizer, hidden: int, act: str, layers: int, projection: int | None = None):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=3,
+        num_hidden_layers=layers,  # the real model's depth, so layer indices of papers (ReFACT L=9) apply
         num_attention_heads=4,
         max_position_embeddings=77,
         hidden_act=act,
@@ -66,8 +66,8 @@ def tiny_components(family: str) -> dict:
             force_upcast=family == "sdxl",
         )
         if family == "sdxl":
-            te1 = _text_encoder(tok, 32, "quick_gelu")
-            te2 = _text_encoder(tok, 32, "gelu", projection=32)
+            te1 = _text_encoder(tok, 32, "quick_gelu", 12)
+            te2 = _text_encoder(tok, 32, "gelu", 32, projection=32)
             unet = UNet2DConditionModel(
                 sample_size=16,
                 layers_per_block=2,
@@ -87,7 +87,7 @@ def tiny_components(family: str) -> dict:
                         tokenizer_2=clip_tokenizer(), scheduler=dict(SD_SCHEDULER),
                         force_zeros_for_empty_prompt=True)
         hidden, act = (32, "quick_gelu") if family == "sd1" else (48, "gelu")
-        te = _text_encoder(tok, hidden, act)
+        te = _text_encoder(tok, hidden, act, 12 if family == "sd1" else 23)
         unet = UNet2DConditionModel(
             sample_size=16,
             layers_per_block=2,

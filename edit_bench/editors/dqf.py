@@ -1,0 +1,111 @@
+"""Diff-QuickFix (Basu, Zhao, Morariu, Feizi & Manjunatha, ICLR 2024, arXiv 2310.13730).
+
+Causal tracing finds one causal state in the CLIP text encoder: the first self-attention layer at the
+last subject token. The edit is a closed form on that layer's output projection
+(``encoder.layers[0].self_attn.out_proj``):
+
+    W' = (lam W + sum_i v_i k_i^T)(lam I + sum_i k_i k_i^T)^-1,   lam = 0.01
+
+- ``k_i``: the *input* of ``out_proj`` (the concatenated heads) while encoding the source caption, at its
+  last subject token and every later position up to 76 (EOS and padding included);
+- ``v_i``: the *output* of ``out_proj`` for the target caption, from its last token on, aligned position by
+  position (a shorter target list is padded with position 76, a longer one truncated);
+- the pair plus the TIME prefixes "A photo of ", "An image of ", "A picture of ".
+
+**Bias.** ``out_proj`` has a bias ``b``. The authors' values are the layer's outputs ``W_t k + b``, while
+the fit is on the weight only, so the edited layer outputs ``≈ W' k + b`` and counts ``b`` twice for the
+edited keys. ``bias="as_authors"`` (default) reproduces that; ``bias="subtract"`` fits ``v_i - b``, so
+the edited layer reproduces the target's outputs exactly.
+
+The authors edit the text tower of ``openai/clip-vit-large-patch14-336`` and swap it into SD-1.4; we edit
+the pipeline's own text encoder. On SDXL (not in the paper) both text encoders are edited, each with its
+own tokenizer, keys and values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from ..types import EditRequest
+from .base import Editor
+from .ridge import ridge_update
+from .time import AUGMENTATIONS, augment
+
+
+class DiffQuickFix(Editor):
+    """Diff-QuickFix closed-form editor.
+
+    Args:
+        lam: ridge strength λ (the notebook's ``reg = 0.01``).
+        layer: text-encoder layer whose ``self_attn.out_proj`` is edited (the paper's finding: 0).
+        augmentations: prefixes added to both captions (the notebook uses TIME's three).
+        bias: ``"as_authors"`` or ``"subtract"``; see the module docstring.
+        base, delta: see :class:`~edit_bench.editors.base.Editor`.
+    """
+
+    edits = "text_encoder"
+    supports_batch = True
+
+    def __init__(self, lam: float = 0.01, layer: int = 0, augmentations: Sequence[str] = AUGMENTATIONS,
+                 bias: Literal["as_authors", "subtract"] = "as_authors", base: str = "toy", delta: str | None = None):
+        super().__init__(base=base, delta=delta)
+        if lam <= 0:
+            raise ValueError(f"lam must be > 0 (paper: 0.01), got {lam}")
+        if bias not in ("as_authors", "subtract"):
+            raise ValueError(f"bias must be 'as_authors' (the authors' values) or 'subtract', got {bias!r}")
+        self.lam, self.layer, self.augmentations, self.bias = lam, layer, tuple(augmentations), bias
+
+    def _layers(self):
+        layers = [tl for tl in self.t2i.text_layers() if tl.index == self.layer]
+        if not layers:
+            n = max(tl.index for tl in self.t2i.text_layers()) + 1
+            raise ValueError(f"DiffQuickFix layer={self.layer}, but the text encoder has {n} layers (0..{n - 1})")
+        return layers
+
+    def edited_parameters(self):
+        return {f"{tl.name}.self_attn.out_proj.weight": tl.module.self_attn.out_proj.weight for tl in self._layers()}
+
+    def prompt_pairs(self, requests: Sequence[EditRequest]) -> list[tuple[str, str, str | None]]:
+        out = []
+        for r in requests:
+            out.append((r.source, r.target, r.subject))
+            out += [(augment(r.source, a), augment(r.target, a), r.subject) for a in self.augmentations]
+        return out
+
+    def positions(self, source: str, target: str, subject: str | None, tokenizer_index: int = 0):
+        """Aligned source and target positions: last (subject) token .. 76 of each, padded with 76."""
+        i_s = self.t2i.token_index(source, subject, tokenizer_index)
+        i_t = self.t2i.token_index(target, None, tokenizer_index) if target else 0
+        src = list(range(i_s, 77))
+        dst = list(range(i_t, 77))[: len(src)]
+        return src, dst + [76] * (len(src) - len(dst))
+
+    def capture(self, layer, prompts: list[str], tokenizer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``out_proj`` inputs and outputs ``[B, 77, D]`` while the encoder reads ``prompts``."""
+        proj, store = layer.module.self_attn.out_proj, {}
+        hook = proj.register_forward_hook(lambda m, i, o: store.update(x=i[0].detach(), y=o.detach()))
+        try:
+            getattr(self.t2i, layer.encoder)(self.t2i.tokenize(prompts, tokenizer_index).to(self.device))
+        finally:
+            hook.remove()
+        return store["x"].float(), store["y"].float()
+
+    @torch.no_grad()
+    def edit(self, requests, preserve=()):
+        pairs = self.prompt_pairs(requests)
+        for tl in self._layers():
+            ti = 0 if tl.encoder == "text_encoder" else 1
+            x, y = self.capture(tl, [p[0] for p in pairs] + [p[1] for p in pairs], ti)
+            keys, values = [], []
+            for j, (s, t, subj) in enumerate(pairs):
+                ps, pt = self.positions(s, t, subj, ti)
+                keys.append(x[j, ps])
+                values.append(y[len(pairs) + j, pt])
+            K, V = torch.cat(keys).T, torch.cat(values).T
+            proj = tl.module.self_attn.out_proj
+            if self.bias == "subtract" and proj.bias is not None:
+                V = V - proj.bias.float()[:, None]
+            proj.weight.copy_(ridge_update(proj.weight.float(), K, V, self.lam).to(proj.weight.dtype))

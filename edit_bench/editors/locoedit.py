@@ -1,0 +1,93 @@
+"""LocoEdit (Basu et al., ICML 2024, arXiv 2405.01008): a closed-form edit of the few cross-attention
+layers that LocoGen localises a concept to.
+
+On the chosen sites only (selected by name), ``to_k`` and ``to_v`` solve
+
+    W' = argmin sum_i ||W' k_i - W v||^2 + lam ||W' - W||^2 = (lam W + sum_i W v k_i^T)(lam I + sum_i k_i k_i^T)^-1
+
+with ``k_i`` the final text-encoder outputs (what cross-attention reads) at the last subject token of the
+concept and of its templates, ``v`` the same for the anchor's last token, and ``lam = 0.01``.
+
+Site choice. The authors index layers in the lexicographic order of the 32 names ``...attn2.to_k|to_v``
+and edit entries ``[2 start_loc, 2 start_loc + seq)`` with ``start_loc = 8, seq = 4``; on SD-1 that order
+is down0.a0, down0.a1, down1.a0, down1.a1, down2.a0, down2.a1, mid, up1.a0, up1.a1, up1.a2, ..., so the
+entries 16..19 are ``to_k``/``to_v`` of ``up_blocks.1.attentions.1`` and ``up_blocks.1.attentions.2``.
+We select sites by name, so the choice means the same on every model; for other models, localise first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..types import EditRequest
+from .base import Editor
+from .ridge import ridge_update
+
+SD1_SITES = ("up_blocks.1.attentions.1", "up_blocks.1.attentions.2")
+TEMPLATES = ("{}", "a painting in the style of {}", "a photo in the style of {}", "a picture in the style of {}")
+
+
+class LocoEdit(Editor):
+    """LocoEdit closed-form editor.
+
+    Args:
+        sites: cross-attention sites to edit, by name (default: LocoGen's SD-1 localisation).
+        lam: ridge strength λ (``reg_key = 0.01``).
+        templates: prompts built around the concept whose last subject token gives a key (the authors':
+            the concept, "a painting / a photo / a picture in the style of {}").
+        anchor: the prompt whose last token gives the value. ``None`` takes each request's target (the
+            authors hard-code "a painting"); an empty target means the unconditional prompt's BOS.
+        with_to_k: also edit ``to_k`` (the authors edit both).
+        base, delta: see :class:`~edit_bench.editors.base.Editor`.
+    """
+
+    edits = "cross_attn_kv"
+    supports_batch = True
+
+    def __init__(self, sites: Sequence[str] = SD1_SITES, lam: float = 0.01, templates: Sequence[str] = TEMPLATES,
+                 anchor: str | None = None, with_to_k: bool = True, base: str = "toy", delta: str | None = None):
+        super().__init__(base=base, delta=delta)
+        if lam <= 0:
+            raise ValueError(f"lam must be > 0 (paper: 0.01), got {lam}")
+        if not sites:
+            raise ValueError("LocoEdit needs at least one site (e.g. up_blocks.1.attentions.1)")
+        bad = [t for t in templates if t.count("{}") != 1]
+        if bad:
+            raise ValueError(f"each template needs exactly one '{{}}' for the concept; got {bad}")
+        self.sites, self.lam, self.templates = tuple(sites), lam, tuple(templates)
+        self.anchor, self.with_to_k = anchor, with_to_k
+
+    def edited_parameters(self):
+        out = {}
+        for site in self.t2i.cross_attn(list(self.sites)):
+            k_name, v_name = site.param_names
+            if self.with_to_k:
+                out[k_name] = site.to_k.weight
+            out[v_name] = site.to_v.weight
+        return out
+
+    def keys_values(self, requests: Sequence[EditRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys ``[D, N]`` and the embeddings ``[D, N]`` whose projections are their values."""
+        prompts, subjects, anchors = [], [], []
+        for r in requests:
+            for t in self.templates:
+                prompts.append(t.format(r.source))
+                subjects.append(r.subject or r.source)
+                anchors.append(self.anchor if self.anchor is not None else r.target)
+        emb = self.t2i.encode(prompts).float()
+        K = torch.stack([emb[j, self.t2i.token_index(p, s)] for j, (p, s) in enumerate(zip(prompts, subjects))])
+        uniq = list(dict.fromkeys(anchors))
+        emb_a = self.t2i.encode(uniq).float()
+        last = {a: emb_a[j, self.t2i.token_index(a) if a else 0] for j, a in enumerate(uniq)}
+        return K.T, torch.stack([last[a] for a in anchors]).T
+
+    @torch.no_grad()
+    def edit(self, requests, preserve=()):
+        K, A = self.keys_values(requests)
+        params = list(self.edited_parameters().values())
+        W = torch.cat([p.float() for p in params])
+        W_new = ridge_update(W, K, W @ A, self.lam)
+        for p, w in zip(params, W_new.split([p.shape[0] for p in params])):
+            p.copy_(w.to(p.dtype))
