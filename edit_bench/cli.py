@@ -91,6 +91,7 @@ class EditTrainer(L.Trainer):
         # Everything that can fail on bad input fails here, before the run directory exists.
         bench.check_prompts(model.t2i.n_tokens)
         bench.judge
+        model.edited_parameters()  # resolves the editor's sites/layers on this model (a bad layer fails here)
         run = self._run_dir(out_dir, "eval", model, bench)
         resumed = run.check()
         if self.is_global_zero:
@@ -162,6 +163,7 @@ class EditTrainer(L.Trainer):
             raise ValueError("fit needs --data: a requests file (edit_bench.benchmarks.requests.EditRequests) or a benchmark")
         requests, preserve = datamodule.requests(), datamodule.preserve()
         datamodule.check_prompts(model.t2i.n_tokens)
+        model.edited_parameters()
         run = self._run_dir(out_dir, "fit", model, datamodule)
         if run.check() and (run.path / "edit.safetensors").is_file():
             print(f"edit_bench fit: {run.path}/edit.safetensors already holds this config's edit; nothing to do")

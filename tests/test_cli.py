@@ -80,6 +80,10 @@ def _assert_error(code, capsys, *needles):
     (["--data", "NoSuchBench"], ["unknown benchmark/data module 'NoSuchBench'", "TIMED"]),
     (["--model.base", "someone/missing-model"], ["someone/missing-model", "hf download"]),
     (["--data.judge.model", "hf-hub:someone/missing-judge"], ["someone/missing-judge", "hf download"]),
+    (["--model", ROOT / "configs/editor/refact.yaml", "--model.init_args.layer", "40"],
+     ["ReFACT layer 40 does not exist", "--model.init_args.layer N"]),
+    (["--model", ROOT / "configs/editor/locoedit.yaml", "--model.init_args.sites", "[up_blocks.9.attentions.0]"],
+     ["no cross-attention site named 'up_blocks.9.attentions.0'"]),
 ])
 def test_bad_input_is_a_clear_error_and_leaves_no_run_dir(tmp_path, capsys, args, needles):
     out = tmp_path / "run"

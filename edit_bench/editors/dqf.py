@@ -62,7 +62,7 @@ class DiffQuickFix(Editor):
         layers = [tl for tl in self.t2i.text_layers() if tl.index == self.layer]
         if not layers:
             n = max(tl.index for tl in self.t2i.text_layers()) + 1
-            raise ValueError(f"DiffQuickFix layer={self.layer}, but the text encoder has {n} layers (0..{n - 1})")
+            raise ValueError(f"DiffQuickFix layer={self.layer}, but the text encoder has {n} layers: pass --model.init_args.layer N with N in 0..{n - 1}")
         return layers
 
     def edited_parameters(self):

@@ -84,7 +84,8 @@ class ReFACT(Editor):
             want = self.layer if comp == "text_encoder" else (
                 self.layer_2 if self.layer_2 is not None else round(self.layer * n / 12))
             if not 0 <= want < n:
-                raise ValueError(f"ReFACT layer {want} does not exist: {comp} has {n} layers (0..{n - 1})")
+                raise ValueError(f"ReFACT layer {want} does not exist: {comp} has {n} layers (0..{n - 1}); "
+                                 f"pass --model.init_args.layer{'' if comp == 'text_encoder' else '_2'} N with N in 0..{n - 1}")
             out.append(next(tl for tl in self.t2i.text_layers() if tl.encoder == comp and tl.index == want))
         return out
 
