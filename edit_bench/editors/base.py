@@ -68,6 +68,16 @@ class Editor(L.LightningModule):
         """Exactly the weights ``edit()`` may change, by full name (``unet.…``, ``text_encoder.…``)."""
         return {}
 
+    def cross_attn_kv(self, select: list[str] | None = None, with_to_k: bool = True) -> dict[str, torch.nn.Parameter]:
+        """``to_k`` (optional) and ``to_v`` weights of the chosen cross-attention sites, by full name."""
+        out = {}
+        for site in self.t2i.cross_attn(select):
+            k_name, v_name = site.param_names
+            if with_to_k:
+                out[k_name] = site.to_k.weight
+            out[v_name] = site.to_v.weight
+        return out
+
     def edit(self, requests: Sequence[EditRequest], preserve: Sequence[str] = ()) -> None:
         """Apply the edit in place. Subclasses implement it; the identity editor does nothing."""
 

@@ -66,7 +66,7 @@ class DiffQuickFix(Editor):
         return layers
 
     def edited_parameters(self):
-        return {f"{tl.name}.self_attn.out_proj.weight": tl.module.self_attn.out_proj.weight for tl in self._layers()}
+        return {tl.param_name(tl.attn_out): tl.attn_out.weight for tl in self._layers()}
 
     def prompt_pairs(self, requests: Sequence[EditRequest]) -> list[tuple[str, str, str | None]]:
         out = []
@@ -85,7 +85,7 @@ class DiffQuickFix(Editor):
 
     def capture(self, layer, prompts: list[str], tokenizer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``out_proj`` inputs and outputs ``[B, 77, D]`` while the encoder reads ``prompts``."""
-        proj, store = layer.module.self_attn.out_proj, {}
+        proj, store = layer.attn_out, {}
         hook = proj.register_forward_hook(lambda m, i, o: store.update(x=i[0].detach(), y=o.detach()))
         try:
             getattr(self.t2i, layer.encoder)(self.t2i.tokenize(prompts, tokenizer_index).to(self.device))
@@ -97,7 +97,7 @@ class DiffQuickFix(Editor):
     def edit(self, requests, preserve=()):
         pairs = self.prompt_pairs(requests)
         for tl in self._layers():
-            ti = 0 if tl.encoder == "text_encoder" else 1
+            ti = tl.tokenizer_index
             x, y = self.capture(tl, [p[0] for p in pairs] + [p[1] for p in pairs], ti)
             keys, values = [], []
             for j, (s, t, subj) in enumerate(pairs):
@@ -105,7 +105,7 @@ class DiffQuickFix(Editor):
                 keys.append(x[j, ps])
                 values.append(y[len(pairs) + j, pt])
             K, V = torch.cat(keys).T, torch.cat(values).T
-            proj = tl.module.self_attn.out_proj
+            proj = tl.attn_out
             if self.bias == "subtract" and proj.bias is not None:
                 V = V - proj.bias.float()[:, None]
             proj.weight.copy_(ridge_update(proj.weight.float(), K, V, self.lam).to(proj.weight.dtype))

@@ -60,13 +60,7 @@ class LocoEdit(Editor):
         self.anchor, self.with_to_k = anchor, with_to_k
 
     def edited_parameters(self):
-        out = {}
-        for site in self.t2i.cross_attn(list(self.sites)):
-            k_name, v_name = site.param_names
-            if self.with_to_k:
-                out[k_name] = site.to_k.weight
-            out[v_name] = site.to_v.weight
-        return out
+        return self.cross_attn_kv(list(self.sites), self.with_to_k)
 
     def keys_values(self, requests: Sequence[EditRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys ``[D, N]`` and the embeddings ``[D, N]`` whose projections are their values."""

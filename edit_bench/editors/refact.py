@@ -90,13 +90,13 @@ class ReFACT(Editor):
         return out
 
     def edited_parameters(self):
-        return {f"{tl.name}.mlp.fc2.weight": tl.module.mlp.fc2.weight for tl in self._layers()}
+        return {tl.param_name(tl.mlp_out): tl.mlp_out.weight for tl in self._layers()}
 
     # ------------------------------------------------------------------ pieces
     def _fc2_io(self, tl, prompts: list[str], ti: int) -> tuple[torch.Tensor, torch.Tensor]:
         """fc2 inputs and outputs ``[B, 77, d]`` of ``prompts``."""
         store = {}
-        h = tl.module.mlp.fc2.register_forward_hook(lambda m, i, o: store.update(x=i[0].detach(), y=o.detach()))
+        h = tl.mlp_out.register_forward_hook(lambda m, i, o: store.update(x=i[0].detach(), y=o.detach()))
         try:
             with torch.no_grad():
                 getattr(self.t2i, tl.encoder)(self.t2i.tokenize(prompts, ti).to(self.device))
@@ -133,7 +133,7 @@ class ReFACT(Editor):
         max_norm = self.clamp * m0.norm()
         p_target, step = 0.0, 0
         for step in range(1, self.steps + 1):
-            h = tl.module.mlp.fc2.register_forward_hook(add_delta)
+            h = tl.mlp_out.register_forward_hook(add_delta)
             try:
                 feats = self.features(enc, ids)  # [P, d]
             finally:
@@ -158,7 +158,7 @@ class ReFACT(Editor):
         subject = (r.subject or r.source).lower()
         info = {}
         for tl in self._layers():
-            ti = 0 if tl.encoder == "text_encoder" else 1
+            ti = tl.tokenizer_index
             C, n_tokens, stats_file = second_moment(self.t2i, tl, ti, self.corpus, self.stats_samples, self.stats_dir)
             ctx = [t.format(src) for t in self.templates]
             x, _ = self._fc2_io(tl, ctx, ti)
@@ -171,7 +171,7 @@ class ReFACT(Editor):
             delta, steps, p = self.optimise_delta(tl, ti, prompts, subject, contrast, m0)
             u = torch.linalg.solve(C.double().to(self.device), k_bar.double())
             u = (u / u.norm()).float()
-            W = tl.module.mlp.fc2.weight
+            W = tl.mlp_out.weight
             with torch.no_grad():
                 W.copy_(self.rank_one(W.float(), u, k_star, delta).to(W.dtype))
             self.vectors[tl.name] = {"u": u, "k_star": k_star, "k_bar": k_bar, "m0": m0, "v_star": m0 + delta}

@@ -62,13 +62,13 @@ def second_moment(t2i, layer, tokenizer_index: int, corpus: str, limit: int, sta
     """``(C [d, d] float32, number of token positions, cache file)`` for ``layer.module.mlp.fc2``'s input."""
     from safetensors.torch import load_file, save_file
 
-    fc2 = layer.module.mlp.fc2
+    fc2 = layer.mlp_out
     digest = hashlib.sha1()
     for t in layer.module.state_dict().values():
         digest.update(t.detach().cpu().float().numpy().tobytes())
     texts = read_corpus(corpus, limit)
     digest.update("\n".join(texts).encode())
-    name = f"{_slug(t2i.spec)}__{layer.name}.mlp.fc2__{_slug(Path(corpus).stem)}-{len(texts)}__{digest.hexdigest()[:12]}.safetensors"
+    name = f"{_slug(t2i.spec)}__{layer.param_name(fc2).removesuffix('.weight')}__{_slug(Path(corpus).stem)}-{len(texts)}__{digest.hexdigest()[:12]}.safetensors"
     path = cache_dir(stats_dir) / name
     if path.is_file():
         saved = load_file(str(path))

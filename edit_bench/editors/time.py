@@ -88,13 +88,7 @@ class TIME(Editor):
         self.augmentations = tuple(augmentations)
 
     def edited_parameters(self):
-        out = {}
-        for site in self.t2i.cross_attn():
-            k_name, v_name = site.param_names
-            if self.with_to_k:
-                out[k_name] = site.to_k.weight
-            out[v_name] = site.to_v.weight
-        return out
+        return self.cross_attn_kv(None, self.with_to_k)
 
     def prompt_pairs(self, requests: Sequence[EditRequest]) -> list[tuple[str, str]]:
         """Every (source, destination) pair the closed form sums over: each request and its augmentations."""

@@ -77,13 +77,7 @@ class UCE(Editor):
         self.preserve, self.with_to_k = tuple(preserve), with_to_k
 
     def edited_parameters(self):
-        out = {}
-        for site in self.t2i.cross_attn():
-            k_name, v_name = site.param_names
-            if self.with_to_k:
-                out[k_name] = site.to_k.weight
-            out[v_name] = site.to_v.weight
-        return out
+        return self.cross_attn_kv(None, self.with_to_k)
 
     # ------------------------------------------------------------------ keys and values
     def concept_pairs(self, requests: Sequence[EditRequest]) -> list[tuple[str, str, str | None]]:

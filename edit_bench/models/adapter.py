@@ -54,6 +54,26 @@ class TextLayer:
     encoder: str
     module: nn.Module
 
+    @property
+    def tokenizer_index(self) -> int:
+        """Which tokenizer feeds this layer's encoder (SDXL: 1 for ``text_encoder_2``)."""
+        return 0 if self.encoder == "text_encoder" else 1
+
+    @property
+    def attn_out(self) -> nn.Linear:
+        """The self-attention output projection (``self_attn.out_proj``)."""
+        return self.module.self_attn.out_proj
+
+    @property
+    def mlp_out(self) -> nn.Linear:
+        """The MLP's second linear layer (``mlp.fc2``)."""
+        return self.module.mlp.fc2
+
+    def param_name(self, linear: nn.Linear) -> str:
+        """The full parameter name of ``linear``'s weight, as ``T2IModel.get_parameter`` takes it."""
+        rel = next(n for n, m in self.module.named_modules() if m is linear)
+        return f"{self.name}.{rel}.weight"
+
 
 @dataclass
 class Conditioning:
