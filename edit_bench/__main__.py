@@ -17,11 +17,17 @@ def _unwrap(msg: str) -> str:
 def run(args=None) -> int:
     # Before any hub library is imported: a missing model must fail at once, not after minutes of retries.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .cli import main
-
+    argv = sys.argv[1:] if args is None else list(args)
     try:
-        main(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+        if argv[:1] == ["trace"]:
+            from .localize.command import run as trace
+
+            trace(argv[1:])
+        else:
+            from .cli import main
+
+            main(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         if os.environ.get("EDIT_BENCH_DEBUG"):
             raise
         print(f"edit_bench: error: {_unwrap(str(e))}\n(set EDIT_BENCH_DEBUG=1 for the traceback)", file=sys.stderr)

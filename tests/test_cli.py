@@ -1,4 +1,4 @@
-"""`python -m edit_bench fit | eval` end to end on tiny:sd1 (2 TIMED rows, 1 seed)."""
+"""`python -m edit_bench fit | eval` end to end on tiny:sd1 (2 TIMED rows, 1 seed), and `trace` on the toy world."""
 
 import json
 import os
@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from helpers import ROOT, run_cli
 
@@ -178,3 +179,41 @@ def test_refact_optimises_inside_eval(tmp_path):
     info = res["editor_info"]
     assert info["stats_corpus"] == "datasets/coco/coco_30k.csv" and info["edits"] == 1 and info["stats_tokens"][0] > 1000
     assert 1 <= info["mean_steps"] <= 5 and res["timing"]["edit_s"] > 0
+
+
+TRACE = ["trace", "--config", ROOT / "configs/trace/toy.yaml", "--sampler.steps", "2", "--sampler.seeds", "[0]",
+         "--progress", "false"]
+
+
+def test_trace_writes_json_png_and_never_overwrites(tmp_path, capsys):
+    out = tmp_path / "tr"
+    assert run_cli([*TRACE, "--prompt", "a blue circle", "--subject", "blue", "--parts", "[unet]", "--out_dir", out]) == 0
+    res = json.loads((out / "trace.json").read_text())
+    t = res["traces"][0]
+    assert res["method"] == "causal_trace" and res["protocol"]["noise"] == 3.0 and t["seeds"] == [0]
+    assert "text" not in t and len(t["unet"]["components"]) == 70 and (out / "trace.png").stat().st_size > 1000
+    assert run_cli([*TRACE, "--prompt", "a blue circle", "--subject", "red", "--out_dir", out]) == 2
+    assert "exists" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    assert run_cli([*TRACE, "--prompt", "a blue circle", "--subject", "red", "--out_dir", bad]) == 2
+    assert "does not occur in prompt" in capsys.readouterr().err and not bad.exists()
+    assert run_cli([*TRACE, "--method", "causal", "--prompt", "a blue circle", "--subject", "blue", "--out_dir", bad]) == 2
+    assert "unknown --method" in capsys.readouterr().err and not bad.exists()
+
+
+def test_trace_locogen_chooses_sites_that_locoedit_takes(tmp_path):
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("prompt,subject,target,neutral\na big star,big,,\nthe king,king,a yellow star,a square\n")
+    out = tmp_path / "lg"
+    assert run_cli([*TRACE, "--method", "locogen", "--prompts", prompts, "--out_dir", out]) == 0
+    res = json.loads((out / "trace.json").read_text())
+    assert [t["neutral"] for t in res["traces"]] == ["a star", "a square"]
+    agg = res["aggregate"]
+    assert agg["chosen"]["p_attribute"] == min(agg["p_attribute"]) and len(agg["p_attribute"]) == 16
+    cfg = yaml.safe_load((out / "locoedit.yaml").read_text())
+    assert cfg["init_args"]["sites"] == agg["chosen"]["sites"]
+    fit = tmp_path / "fit"
+    assert run_cli(["fit", "--model", out / "locoedit.yaml", "--data", "EditRequests",
+                    "--data.path", ROOT / "configs/requests/toy_blue_circle.yaml", "--out_dir", fit]) == 0
+    changed = json.loads((fit / "edit.json").read_text())["changed"]
+    assert sorted({k.rsplit(".to_", 1)[0] for k in changed}) == sorted(f"unet.{s}" for s in agg["chosen"]["sites"])

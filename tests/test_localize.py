@@ -54,3 +54,65 @@ def test_locogen_batched_windows_match_one_at_a_time_on_the_toy_world():
     with override_conditional_context(t2i, cover, t2i.encode(["a green circle"])):
         single = t2i.generate(["a circle"], [0], S)
     torch.testing.assert_close(out["windows"][5]["images"][0], single[0], atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ causal tracing
+from edit_bench.localize.causal_trace import Job, causal_trace, generate_jobs, subject_noise  # noqa: E402
+
+PROMPT = "a blue circle on a black background"
+
+
+def _hooks(t2i):
+    """Every forward hook on the model (transformers keeps its own hidden-state capture hooks)."""
+    return {n: (list(m._forward_hooks), list(m._forward_pre_hooks)) for n, m in t2i.named_modules()}
+
+
+@pytest.mark.parametrize("spec", ["toy", "tiny:sd1", "tiny:sdxl"])
+def test_restoring_everything_is_the_clean_run_and_nothing_the_corrupted_one(spec):
+    t2i = load_t2i(spec)
+    before = {n: p.clone() for n, p in t2i.named_parameters()}
+    clean = t2i.generate([PROMPT], [0], S)[0]  # (transformers installs its capture hooks on first use)
+    hooks = _hooks(t2i)
+    nz = subject_noise(t2i, PROMPT, "blue", 0, 3.0)
+    all_comps = list(range(len(t2i.unet_components())))
+    layers = t2i.text_layers()
+    first = [i for i, layer in enumerate(layers) if layer.index == 0]  # every encoder's layer 0
+    # every encoder's last two layers: what the UNet reads (SDXL: the penultimate states and the pooled output)
+    last = [i for i, layer in enumerate(layers) if i + 2 >= len(layers) or layers[i + 2].encoder != layer.encoder]
+    jobs = [Job(corrupt=False), Job(), Job(unet=all_comps), Job(text=[(i, list(range(77))) for i in first]),
+            Job(text=[(i, list(range(77))) for i in last])]
+    imgs = generate_jobs(t2i, PROMPT, 0, jobs, nz, S)
+    # every UNet component restored, or every position of a text layer that everything downstream reads:
+    # the clean image, up to the float rounding of a batch row (CPU GEMM blocking may differ per row)
+    for k in (2, 3, 4):
+        torch.testing.assert_close(imgs[k], imgs[0], atol=1e-5, rtol=0)
+    assert (imgs[1] - imgs[0]).abs().max() > 1e-2  # the corruption changes the image
+    torch.testing.assert_close(imgs[0], clean, atol=1e-5, rtol=0)
+    # restoring nothing = the corrupted run, built independently: the subject token's row of every
+    # embedding table moved by the same noise (the subject occurs once in the prompt)
+    with torch.no_grad():
+        for k, (name, (pos, delta)) in enumerate(nz.items()):
+            tok_id = int(t2i.tokenize([PROMPT], k)[0, pos[0]])
+            t2i.token_embedding(name).weight[tok_id] += delta[0]
+        corrupted = t2i.generate([PROMPT], [0], S)[0]
+        for n, p in t2i.named_parameters():
+            p.copy_(before[n])
+    torch.testing.assert_close(imgs[1], corrupted, atol=1e-5, rtol=0)
+    assert _hooks(t2i) == hooks and all(torch.equal(p, before[n]) for n, p in t2i.named_parameters())
+
+
+def test_causal_trace_scores_do_not_depend_on_the_batch_split_and_name_every_state():
+    from edit_bench.metrics import ClipJudge, JudgeConfig
+
+    t2i = load_t2i("toy")
+    judge = ClipJudge(JudgeConfig(model="toy"))
+    a = causal_trace(t2i, "a blue circle", "blue", S, judge, batch_size=64, progress=False)
+    b = causal_trace(t2i, "a blue circle", "blue", S, judge, batch_size=5, progress=False)
+    assert a["text"]["tokens"] == ["<|startoftext|>", "a", "blue", "circle", "<|endoftext|>", "[pad]"]
+    assert len(a["text"]["effect"]) == len(t2i.text_layers()) and len(a["text"]["states"]) == 4 * 6
+    assert [c["component"] for c in a["unet"]["components"]] == [c.name for c in t2i.unet_components()]
+    assert a["clean_score"] > a["corrupted_score"]  # noising "blue" moves the image away from "a blue circle"
+    for x, y in zip(a["text"]["states"] + a["unet"]["components"], b["text"]["states"] + b["unet"]["components"]):
+        assert x["score"] == pytest.approx(y["score"], abs=0.05)
+        assert x["effect"] == pytest.approx((x["score"] - a["corrupted_score"]) / (a["clean_score"] - a["corrupted_score"]))
+    assert a["subject_positions"] == [2]

@@ -69,8 +69,10 @@ def override_conditional_context(t2i, cover: torch.Tensor, context: torch.Tensor
 
 @torch.no_grad()
 def locogen(t2i, prompt: str, neutral: str, sampler, judge=None, attribute: str | None = None,
-            width: int = 3, seeds: Sequence[int] | None = None) -> dict:
+            width: int = 3, seeds: Sequence[int] | None = None, batch_size: int = 16) -> dict:
     """Run every LocoGen window for ``prompt`` (attribute-free prompt ``neutral``), batched.
+
+    Windows run ``batch_size`` at a time (one batch element per window).
 
     Returns ``{"windows": [{"start", "sites", "images"}...], "clean": images, "neutral": images}`` and, with a
     ``judge``, each window's mean probability that its images show ``attribute`` (default: the prompt)
@@ -86,8 +88,12 @@ def locogen(t2i, prompt: str, neutral: str, sampler, judge=None, attribute: str 
     out = {"prompt": prompt, "neutral": neutral, "seeds": seeds, "windows": []}
     imgs = []
     for seed in seeds:
-        with override_conditional_context(t2i, cover, neutral_ctx.expand(len(wins), -1, -1)):
-            imgs.append(t2i.generate([prompt] * len(wins), [seed] * len(wins), sampler))
+        per_seed = []
+        for i in range(0, len(wins), batch_size):
+            c = cover[i:i + batch_size]
+            with override_conditional_context(t2i, c, neutral_ctx.expand(len(c), -1, -1)):
+                per_seed.append(t2i.generate([prompt] * len(c), [seed] * len(c), sampler))
+        imgs.append(torch.cat(per_seed))
     per_window = torch.stack(imgs, 1)  # [W, S, 3, H, W]
     clean = t2i.generate([prompt] * len(seeds), seeds, sampler)
     plain = t2i.generate([neutral] * len(seeds), seeds, sampler)

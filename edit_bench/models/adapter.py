@@ -75,6 +75,40 @@ class TextLayer:
         return f"{self.name}.{rel}.weight"
 
 
+@dataclass(frozen=True)
+class UNetComponent:
+    """One unit of the UNet that causal tracing restores: a ResNet block, or one transformer block's
+    self-attention (``attn1``), cross-attention (``attn2``) or feed-forward (``ff``).
+
+    Attributes:
+        name: module path inside the UNet, e.g. ``"down_blocks.1.resnets.0"`` or
+            ``"up_blocks.1.attentions.2.transformer_blocks.0.attn2"``.
+        kind: ``"resnet"``, ``"attn1"``, ``"attn2"`` or ``"ff"``.
+        index: position in forward order.
+    """
+
+    name: str
+    kind: str
+    index: int
+    module: nn.Module
+
+
+_COMPONENT = re.compile(r"^(?:(down_blocks)\.(\d+)|(mid_block)|(up_blocks)\.(\d+))\.(resnets|attentions)\.(\d+)"
+                        r"(?:\.transformer_blocks\.(\d+)\.(attn1|attn2|ff))?$")
+_KIND_ORDER = {"resnet": 0, "attn1": 1, "attn2": 2, "ff": 3}
+
+
+def _component_order(name: str) -> tuple:
+    """Forward order of a tracing component: down, mid, up blocks; inside a block resnet ``i`` runs before
+    attention ``i`` (and, in the mid block, attention ``i`` before resnet ``i + 1``)."""
+    m = _COMPONENT.match(name)
+    part = 0 if m.group(1) else 1 if m.group(3) else 2
+    block = int(m.group(2) or m.group(5) or 0)
+    if m.group(6) == "resnets":
+        return part, block, int(m.group(7)), -1, 0
+    return part, block, int(m.group(7)), int(m.group(8)), _KIND_ORDER[m.group(9)]
+
+
 @dataclass
 class Conditioning:
     """What the UNet is conditioned on: ``context`` ``[B, 77, D]`` (what attn2 sees) and, for SDXL,
@@ -195,6 +229,32 @@ class T2IModel(nn.Module):
                 )
             chosen += [s for s in match if s not in chosen]
         return sorted(chosen, key=lambda s: s.index)
+
+    def unet_components(self) -> list[UNetComponent]:
+        """The UNet's tracing components in forward order: every ResNet block and, in every transformer
+        block, the self-attention, cross-attention and feed-forward (each the residual branch's output)."""
+        from diffusers.models.attention import BasicTransformerBlock
+        from diffusers.models.resnet import ResnetBlock2D
+
+        found = []
+        for name, m in self.unet.named_modules():
+            if isinstance(m, ResnetBlock2D):
+                found.append((name, "resnet", m))
+            elif isinstance(m, BasicTransformerBlock):
+                found += [(f"{name}.{k}", k, getattr(m, k)) for k in ("attn1", "attn2", "ff") if getattr(m, k, None) is not None]
+        found.sort(key=lambda f: _component_order(f[0]))
+        return [UNetComponent(n, k, i, m) for i, (n, k, m) in enumerate(found)]
+
+    def token_embedding(self, encoder: str) -> nn.Embedding:
+        """The token-embedding table of a text encoder (``"text_encoder"`` or ``"text_encoder_2"``)."""
+        enc = dict(self.text_encoders())[encoder]
+        return (enc.text_model if hasattr(enc, "text_model") else enc).embeddings.token_embedding
+
+    def subject_positions(self, prompt: str, subject: str, tokenizer_index: int = 0) -> list[int]:
+        """Positions of every token of ``subject`` (its last occurrence) inside ``prompt``."""
+        last = self.token_index(prompt, subject, tokenizer_index)
+        n = len(self.tokenizers[tokenizer_index](subject, add_special_tokens=False).input_ids)
+        return list(range(last - n + 1, last + 1))
 
     def text_layers(self) -> list[TextLayer]:
         """Every transformer layer of every text encoder, in forward order."""
