@@ -61,6 +61,8 @@ def test_every_readme_command_runs(tmp_path, capsys):
             assert json.loads((tmp_path / "q.json").read_text())["judge_rendered"]["n"] == 12
             continue
         assert module == "edit_bench", cmd
+        if args[0] == "trace":  # the real runs take 40 s to 3 min: same code, 3 steps and one seed
+            args = args + ["--sampler.steps", "3", "--sampler.seeds", "[0]", "--progress", "false"]
         code = run_cli(args, cwd=tmp_path)
         err = capsys.readouterr().err
         if "configs/experiment/" in cmd:
@@ -68,7 +70,8 @@ def test_every_readme_command_runs(tmp_path, capsys):
             continue
         assert code == 0, (cmd, err)
         out = tmp_path / args[args.index("--out_dir") + 1]
-        assert (out / ("results.json" if args[0] == "eval" else "edit.safetensors")).is_file(), cmd
+        expect = {"eval": "results.json", "fit": "edit.safetensors", "trace": "trace.json"}[args[0]]
+        assert (out / expect).is_file() and (args[0] != "trace" or (out / "trace.png").is_file()), cmd
     res = json.loads((tmp_path / "runs/quickstart/results.json").read_text())
     assert res["editor"] == "TIME" and res["model"] == "toy" and res["baseline"] is not None
 
@@ -78,7 +81,7 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 def test_every_config_is_covered():
     kinds = {p.parent.name for p in CONFIGS}
-    assert kinds <= {"editor", "benchmark", "trainer", "experiment", "requests"}
+    assert kinds <= {"editor", "benchmark", "trainer", "experiment", "requests", "trace"}
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name == "editor"], ids=lambda p: p.name)
@@ -118,3 +121,20 @@ def test_request_files_load(path):
     from edit_bench.benchmarks.requests import EditRequests
 
     assert EditRequests(path=str(path)).requests()
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name == "trace"], ids=lambda p: p.name)
+def test_trace_configs_parse(path):
+    from edit_bench.localize.command import parser, read_rows
+
+    if path.name.endswith("_prompts.yaml"):  # a prompts file: every row is complete and names a real span
+        method = "locogen" if "locogen" in path.name else "causal_trace"
+        args = parser().parse_args(["--method", method, "--prompts", str(path)])
+        from edit_bench.models import load_t2i
+
+        t2i = load_t2i("toy")
+        for r in read_rows(args):
+            assert t2i.subject_positions(r["prompt"], r["subject"])
+    else:
+        args = parser().parse_args(["--config", str(path), "--prompt", "a circle", "--subject", "circle"])
+        assert args.model.base and args.sampler.seeds

@@ -182,7 +182,7 @@ def locoedit_config(base: str, agg: dict) -> str:
     sites = list(agg["chosen"]["sites"])
     head = (f"# LocoEdit on the window LocoGen chose (start {agg['chosen']['start']}: mean P(attribute) "
             f"{agg['chosen']['p_attribute']:.3f}; clean {agg['p_clean']:.3f}, attribute-free prompt {agg['p_neutral']:.3f}).\n"
-            "# Other settings as configs/editor/locoedit.yaml.\n")
+            "# Other settings: LocoEdit's defaults (as configs/editor/locoedit.yaml).\n")
     cfg = {"class_path": "edit_bench.editors.locoedit.LocoEdit", "init_args": {"base": base, "sites": sites}}
     return head + yaml.safe_dump(cfg, sort_keys=False)
 
