@@ -1,4 +1,8 @@
-"""``python -m edit_bench``: offline by default (the hub is never contacted unless HF_HUB_OFFLINE=0)."""
+"""``python -m edit_bench fit | eval | trace``: offline by default (the hub is never contacted unless HF_HUB_OFFLINE=0).
+
+``fit``/``eval`` are LightningCLI subcommands (``edit_bench.cli``); ``trace`` trains nothing and has its own
+parser (``edit_bench.localize.command``).
+"""
 
 import os
 import sys

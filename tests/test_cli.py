@@ -217,3 +217,8 @@ def test_trace_locogen_chooses_sites_that_locoedit_takes(tmp_path):
                     "--data.path", ROOT / "configs/requests/toy_blue_circle.yaml", "--out_dir", fit]) == 0
     changed = json.loads((fit / "edit.json").read_text())["changed"]
     assert sorted({k.rsplit(".to_", 1)[0] for k in changed}) == sorted(f"unet.{s}" for s in agg["chosen"]["sites"])
+    # and an edited model can be traced as it is
+    assert run_cli([*TRACE, "--model.delta", fit / "edit.safetensors", "--prompt", "a circle", "--subject", "circle",
+                    "--parts", "[text]", "--out_dir", tmp_path / "edited"]) == 0
+    res = json.loads((tmp_path / "edited/trace.json").read_text())
+    assert res["delta"].endswith("edit.safetensors") and "unet" not in res["traces"][0]
