@@ -166,7 +166,7 @@ def causal_trace(t2i, prompt: str, subject: str, sampler, judge, target: str | N
 
     Returns a dict with the clean / corrupted CLIP-scores, per text state and per UNet component the
     restored score and normalised effect, the causal ones (effect >= ``threshold``), and images of
-    seed ``sampler.seeds[0]``: clean, corrupted and the best restoration of each part.
+    seed ``sampler.seeds[0]`` (uint8 ``[3, H, W]``): clean, corrupted and the best restoration of each part.
     """
     from tqdm.auto import tqdm
 
@@ -178,17 +178,14 @@ def causal_trace(t2i, prompt: str, subject: str, sampler, judge, target: str | N
     comps = t2i.unet_components()
     labels, states, cells = text_states(t2i, prompt)
     jobs = [Job(corrupt=True)]  # the corrupted run: restores nothing
-    kinds = ["corrupted"]
     if "text" in parts:
         jobs += [Job(text=[s]) for s in states]
-        kinds += ["text"] * len(states)
     if "unet" in parts:
         jobs += [Job(unet=[c]) for c in range(len(comps))]
-        kinds += ["unet"] * len(comps)
     t_feat = judge.text_features([target])[0]
     seeds = list(sampler.seeds)
     scores = torch.zeros(len(seeds), 1 + len(jobs))  # column 0: clean
-    keep = {}
+    keep = {}  # images of the first seed, 8-bit on the CPU (the best ones are known only at the end)
     per = max(1, batch_size - 1)
     chunks = [jobs[i:i + per] for i in range(0, len(jobs), per)]
     bar = tqdm(total=len(seeds) * len(jobs), desc=f"causal trace {prompt!r}", disable=not progress, unit="run")
@@ -202,9 +199,10 @@ def causal_trace(t2i, prompt: str, subject: str, sampler, judge, target: str | N
                 scores[si, 0] = s[0]
             scores[si, 1 + done: 1 + done + len(chunk)] = s[1:]
             if si == 0:
+                u8 = (imgs.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
                 for k in range(len(chunk)):
-                    keep[done + k] = imgs[1 + k]
-                keep["clean"] = imgs[0]
+                    keep[done + k] = u8[1 + k]
+                keep["clean"] = u8[0]
             done += len(chunk)
             bar.update(len(chunk))
     bar.close()
@@ -220,7 +218,7 @@ def causal_trace(t2i, prompt: str, subject: str, sampler, judge, target: str | N
            "clean_scores_per_seed": scores[:, 0].tolist(), "corrupted_scores_per_seed": scores[:, 1].tolist(),
            "noise": noise, "threshold": threshold,
            "subject_positions": t2i.subject_positions(prompt, subject),
-           "images": {"clean": keep["clean"], "corrupted": keep[0]}}
+           "images": {"clean": keep["clean"], "corrupted": keep[0]}}  # uint8 [3, H, W]
     if gap <= 1e-6:
         out["warning"] = (f"corrupting {subject!r} did not lower the CLIP-score against {target!r} "
                           f"(clean {clean:.2f}, corrupted {corrupted:.2f}): effects are undefined; raise --noise "

@@ -16,7 +16,9 @@ KIND_COLOURS = {"resnet": "tab:gray", "attn1": "tab:blue", "attn2": "tab:red", "
 
 
 def _image(ax, img: torch.Tensor, title: str):
-    ax.imshow(img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+    img = img.detach().cpu()
+    img = img.float() / 255 if img.dtype == torch.uint8 else img.float().clamp(0, 1)
+    ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_title(title, fontsize=6)
     ax.axis("off")
 

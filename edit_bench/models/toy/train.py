@@ -156,7 +156,7 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=60000, help="pre-rendered (caption, image) pairs")
     p.add_argument("--vae_steps", type=int, default=800)
     p.add_argument("--t2i_steps", type=int, default=3000)
-    p.add_argument("--judge_steps", type=int, default=1000)
+    p.add_argument("--judge_steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--stages", default="vae,t2i,judge")
@@ -170,9 +170,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(a.seed, workers=True)
     stages, log = a.stages.split(","), {"seed": a.seed, "args": vars(a)}
-    t0 = time.time()
-    caps, imgs = make_data(a.n, a.seed)
-    log["data_s"] = time.time() - t0
+    if "vae" in stages or "t2i" in stages:  # the judge renders its own batches
+        t0 = time.time()
+        caps, imgs = make_data(a.n, a.seed)
+        log["data_s"] = time.time() - t0
     tok = clip_tokenizer()
     pipe_dir = out / "pipeline"
 
@@ -208,6 +209,7 @@ def main(argv=None):
         from safetensors.torch import save_file
 
         t0 = time.time()
+        L.seed_everything(a.seed + 2, workers=True)  # the judge is the same whether or not the other stages ran
         judge = JudgeStage(a.judge_steps, 256, a.seed)
         _trainer(a.judge_steps, a.accelerator).fit(judge)
         jdir = out / "judge"
