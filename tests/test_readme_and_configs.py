@@ -58,7 +58,10 @@ def test_every_readme_command_runs(tmp_path, capsys):
             from edit_bench.models.toy import quality
 
             quality.main(args + ["--n", "12", "--steps", "4", "--out", str(tmp_path / "q.json")])
-            assert json.loads((tmp_path / "q.json").read_text())["judge_rendered"]["n"] == 12
+            q = json.loads((tmp_path / "q.json").read_text())
+            assert q["judge_rendered"]["n"] == 12
+            if "--editor" in args:  # 10 toy TIMED cases x (1 efficacy + 5 generality prompts) x 4 seeds
+                assert q["edited_pixels"]["efficacy"]["n"] == 40 and q["edited_pixels"]["generality"]["n"] == 200
             continue
         assert module == "edit_bench", cmd
         if args[0] == "trace":  # the real runs take 40 s to 3 min: same code, 3 steps and one seed

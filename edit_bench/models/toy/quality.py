@@ -7,7 +7,10 @@ Reports, with counts:
 - generated images of implicit prompts ("a circle", "the king"): the default colour (and shape);
 - the judge on rendered images: zero-shot colour among the 6 colours and shape among the 5 shapes
   (candidate captions name the image's texture, so each has exactly one true caption);
-- the judge on generated images: the same, against what the analyser reads from the pixels.
+- the judge on generated images: the same, against what the analyser reads from the pixels;
+- with ``--editor configs/editor/<e>.yaml``: the edited model's efficacy and generality images of the toy
+  TIMED benchmark read from the pixels (target colour; target colour and shape), next to the judge's
+  two-label verdict on the same images.
 """
 
 from __future__ import annotations
@@ -94,15 +97,57 @@ def measure(n: int = 240, steps: int = 20, guidance: float = 4.0, scheduler: str
     return out
 
 
+@torch.no_grad()
+def edited_pixels(editor_yaml: str, steps: int = 20, guidance: float = 4.0, scheduler: str = "ddim",
+                  seeds=(0, 1, 2, 3), path: str = "datasets/toy/toy_timed.csv") -> dict:
+    """Apply each toy TIMED case with the editor of ``editor_yaml`` and read its efficacy / generality
+    images: does the pixel analyser see the target colour (and shape)? Also the judge's verdict."""
+    import importlib
+
+    import yaml
+
+    from ...benchmarks.timed import TIMED
+    from ...metrics import ClipJudge, JudgeConfig
+
+    cfg = yaml.safe_load(open(editor_yaml))
+    mod, _, name = cfg["class_path"].rpartition(".")
+    editor = getattr(importlib.import_module(mod), name)(**(cfg.get("init_args") or {}), base="toy")
+    judge = ClipJudge(JudgeConfig(model="toy"))
+    sampler = SamplerConfig(scheduler=scheduler, steps=steps, guidance=guidance, size=32, seeds=list(seeds))
+    out = {}
+    for case in TIMED(path=path).cases():
+        editor.apply_edit([case.request])
+        for group in ("efficacy", "generality"):
+            pairs = [(p, s) for p in case.groups.get(group, ()) for s in sampler.seeds]
+            imgs = editor.t2i.generate([p.prompt for p, _ in pairs], [s for _, s in pairs], sampler)
+            p_new = judge.preference(imgs, [p.old for p, _ in pairs], [p.new for p, _ in pairs])
+            g = out.setdefault(group, {"colour": 0, "colour_and_shape": 0, "judge": 0, "n": 0})
+            for (pair, _), read, p in zip(pairs, world.analyse(imgs), p_new):
+                want = world.parse(pair.new)
+                g["colour"] += read.colour == want.colour
+                g["colour_and_shape"] += read.colour == want.colour and read.shape == want.shape
+                g["judge"] += bool(p > 0.5)
+                g["n"] += 1
+        editor.restore()
+    for g in out.values():
+        for k in ("colour", "colour_and_shape", "judge"):
+            g[k] /= g["n"]
+    return {"editor": cfg["class_path"], "protocol": {"steps": steps, "guidance": guidance, "scheduler": scheduler,
+                                                      "seeds": list(seeds), "cases": path}, **out}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Measure the toy world against the renderer's ground truth")
     p.add_argument("--n", type=int, default=240)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--scheduler", default="ddim")
+    p.add_argument("--editor", default=None, help="also read an editor's toy TIMED edits from the pixels")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     res = measure(a.n, a.steps, a.guidance, a.scheduler)
+    if a.editor:
+        res["edited_pixels"] = edited_pixels(a.editor, a.steps, a.guidance, a.scheduler)
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:
