@@ -222,3 +222,13 @@ def test_trace_locogen_chooses_sites_that_locoedit_takes(tmp_path):
                     "--parts", "[text]", "--out_dir", tmp_path / "edited"]) == 0
     res = json.loads((tmp_path / "edited/trace.json").read_text())
     assert res["delta"].endswith("edit.safetensors") and "unet" not in res["traces"][0]
+
+
+def test_trace_attribute_free_prompt_drops_the_subject_as_a_word():
+    from edit_bench.localize.command import parser, read_rows
+
+    args = parser().parse_args(["--method", "locogen", "--prompt", "a starry big star", "--subject", "star"])
+    assert read_rows(args)[0]["neutral"] == "a starry big"
+    args = parser().parse_args(["--method", "locogen", "--prompt", "a circle", "--subject", "blue"])
+    with pytest.raises(ValueError, match="give --neutral"):
+        read_rows(args)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def read_rows(args) -> list[dict]:
         if not r["prompt"] or not r["subject"]:
             raise ValueError(f"row {i} ({r['prompt']!r}): every prompt needs a --subject (the words to corrupt, or the attribute)")
         if args.method == "locogen" and r["neutral"] is None:
-            neutral = " ".join(w for w in r["prompt"].replace(r["subject"], " ", 1).split())
+            neutral = " ".join(re.sub(rf"\b{re.escape(r['subject'])}\b", " ", r["prompt"], count=1).split())
             if neutral == r["prompt"].strip():
                 raise ValueError(f"subject {r['subject']!r} is not a span of {r['prompt']!r}; give --neutral")
             r["neutral"] = neutral
