@@ -130,8 +130,7 @@ def run(argv: list[str] | None = None) -> dict:
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
     if dtype is None:
         raise ValueError(f"--dtype {args.dtype!r}: use float32, float16 or bfloat16")
-    sampler = SamplerConfig(**vars(args.sampler)) if not isinstance(args.sampler, SamplerConfig) else args.sampler
-    judge_cfg = JudgeConfig(**vars(args.judge)) if not isinstance(args.judge, JudgeConfig) else args.judge
+    sampler, judge_cfg = SamplerConfig(**vars(args.sampler)), JudgeConfig(**vars(args.judge))
     t2i = Unedited(base=args.model.base, delta=args.model.delta).t2i
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t2i.to(device, dtype)

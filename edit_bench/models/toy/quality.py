@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from pathlib import Path
 
 import torch
 
@@ -109,7 +110,7 @@ def edited_pixels(editor_yaml: str, steps: int = 20, guidance: float = 4.0, sche
     from ...benchmarks.timed import TIMED
     from ...metrics import ClipJudge, JudgeConfig
 
-    cfg = yaml.safe_load(open(editor_yaml))
+    cfg = yaml.safe_load(Path(editor_yaml).read_text())
     mod, _, name = cfg["class_path"].rpartition(".")
     editor = getattr(importlib.import_module(mod), name)(**(cfg.get("init_args") or {}), base="toy")
     judge = ClipJudge(JudgeConfig(model="toy"))
