@@ -50,7 +50,7 @@ def test_every_readme_command_runs(tmp_path, capsys):
             from edit_bench.models.toy import train
 
             out = tmp_path / "retrained"
-            train.main(args + ["--out", str(out), "--n", "256", "--vae_steps", "2", "--t2i_steps", "2",
+            train.main(args + ["--out", str(out), "--n", "256", "--text_steps", "2", "--vae_steps", "2", "--t2i_steps", "2",
                                "--judge_steps", "2", "--batch", "16", "--accelerator", "cpu"])
             assert load_t2i(str(out / "pipeline")).family == "sd1" and (out / "judge/open_clip_config.json").is_file()
             continue

@@ -81,3 +81,23 @@ def test_quality_script_runs_and_the_judge_reads_rendered_scenes():
     q = measure(n=30, steps=10)
     assert q["judge_rendered"]["n"] == 30 and q["judge_rendered"]["colour"] >= 0.9
     assert set(q) >= {"generated_explicit", "generated_implicit", "judge_generated"}
+
+
+def test_unet_training_swaps_padding_between_captions():
+    from edit_bench.models.toy.train import encode_captions, swap_padding
+    from edit_bench.models.tokenizer import clip_tokenizer
+
+    tok = clip_tokenizer()
+    caps = ["a red circle on a black background", "a square", ""]
+    ids = tok(caps, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    pad = encode_captions(lambda x: (x[..., None].float(),), tok, caps)[1]
+    first_eos = [ids[i].tolist().index(tok.eos_token_id) for i in range(3)]
+    assert [int(pad[i].nonzero()[0]) for i in range(3)] == [e + 1 for e in first_eos]
+    ctx = torch.arange(3.0)[:, None, None].expand(3, 77, 2).clone()  # each row's states = its row number
+    clean = torch.full((77, 2), -1.0)
+    out = swap_padding(ctx, pad, clean, torch.tensor([1, 2, 0]))
+    assert torch.equal(out[~pad], ctx[~pad])  # words, BOS and EOS are the caption's own
+    # padding comes from the partner row where it is padding too, else from the empty caption
+    assert torch.equal(out[0][pad[0]], torch.where(pad[1][pad[0]], 1.0, -1.0)[:, None].expand(-1, 2))
+    assert torch.equal(out[1][pad[1]], torch.full((int(pad[1].sum()), 2), 2.0))
+    assert torch.equal(out[2][pad[2]], torch.where(pad[0][pad[2]], 0.0, -1.0)[:, None].expand(-1, 2))

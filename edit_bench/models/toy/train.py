@@ -2,11 +2,21 @@
 
     python -m edit_bench.models.toy.train --out edit_bench/models/toy/weights --seed 0
 
-Three Lightning stages, all from one seed: (1) an ``AutoencoderKL`` 32x32x3 -> 8x8x4; (2) a
-``CLIPTextModel`` and an SD-1-layout ``UNet2DConditionModel`` (16 cross-attention sites with the real
-names) trained jointly with the epsilon objective on the VAE latents, with SD's scheduler; (3) an
-open_clip ``CLIP`` judge trained contrastively, every caption that is true of an image a positive
-(``world.constraints``: unnamed colour and texture mean the defaults, unnamed size and background are free).
+Four Lightning stages, all from one seed: (1) a ``CLIPTextModel`` pre-trained contrastively (CLIP-style)
+against a small conv image tower, then frozen, as Stable Diffusion's CLIP text encoder is; (2) an
+``AutoencoderKL`` 32x32x3 -> 8x8x4; (3) an SD-1-layout ``UNet2DConditionModel`` (16 cross-attention
+sites with the real names) trained with the epsilon objective on the VAE latents, with SD's scheduler,
+conditioned on the frozen encoder's states; (4) an open_clip ``CLIP`` judge trained contrastively.
+Contrastive stages count every caption that is true of an image as a positive (``world.constraints``:
+unnamed colour and texture mean the defaults, unnamed size and background are free).
+
+Padding. With a causal text encoder every padding state after the end-of-text token summarises the whole
+caption. A UNet trained jointly with its encoder learns to read the caption there (v0 of this world did:
+causal tracing found only the padding states mattered), which makes every closed-form edit of one
+caption's keys leak into all others. Frozen-encoder models such as Stable Diffusion largely ignore their
+padding. The UNet stage therefore sees, at a caption's padding positions, the padding states of another
+caption of the batch (or of the empty caption where that one is shorter): padding is present, as at
+inference, but carries nothing the UNet can rely on, so it reads the caption's own tokens.
 The pipeline is written with ``save_pretrained`` as a standard diffusers folder (fp16) and the judge as
 an open_clip ``local-dir`` folder, so both load through the code paths of real models.
 """
@@ -74,23 +84,102 @@ class VAEStage(L.LightningModule):
         return [opt], [{"scheduler": _cosine(opt, 100, self.steps), "interval": "step"}]
 
 
-class T2IStage(L.LightningModule):
-    def __init__(self, tokenizer, steps: int, scheduler_config: dict, lr: float = 5e-4):
+def _pairs(rng: random.Random, n: int):
+    """``n`` non-empty random captions, a scene each caption is true of, and the positive-pair matrix
+    (image i and caption j are a positive pair when the caption is true of the scene)."""
+    caps = []
+    while len(caps) < n:
+        c = world.random_caption(rng)
+        if c:
+            caps.append(c)
+    scenes = [world.scene_for(c, rng) for c in caps]
+    cons = [world.constraints(c) for c in caps]
+    pos = torch.tensor([[world.matches(c, s) for c in cons] for s in scenes], dtype=torch.float32)
+    return caps, scenes, pos
+
+
+def _multi_positive_clip_loss(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (torch.sum(-pos / pos.sum(1, keepdim=True) * logits.log_softmax(1), 1).mean()
+                  + torch.sum(-pos / pos.sum(0, keepdim=True) * logits.log_softmax(0), 0).mean())
+
+
+class TextStage(L.LightningModule):
+    """The text encoder, pre-trained contrastively against a small conv image tower (pooled EOS state,
+    as CLIP), then frozen for the diffusion stage."""
+
+    def __init__(self, tokenizer, steps: int, batch: int, seed: int, lr: float = 1e-3):
         super().__init__()
-        from diffusers import DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
 
         self.tok = tokenizer
         self.text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77, **TEXT,
                                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                                  pad_token_id=tokenizer.pad_token_id))
+        d = TEXT["hidden_size"]
+        self.proj = torch.nn.Linear(d, d, bias=False)
+        self.image = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 32, 3, 2, 1), torch.nn.GELU(), torch.nn.Conv2d(32, 64, 3, 2, 1), torch.nn.GELU(),
+            torch.nn.Conv2d(64, 128, 3, 2, 1), torch.nn.GELU(), torch.nn.Conv2d(128, 128, 3, 1, 1), torch.nn.GELU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, d))
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.steps, self.batch, self.lr = steps, batch, lr
+        self.rng = random.Random(seed + 1)
+
+    def training_step(self, batch, _):
+        caps, scenes, pos = _pairs(self.rng, self.batch)
+        x = world.render(scenes, rng=self.rng).to(self.device) * 2 - 1
+        # padded to the longest caption only: under the causal mask the pooled EOS state is the same as
+        # with 77 positions
+        ids = self.tok(caps, padding="longest", truncation=True, return_tensors="pt").input_ids
+        txt = F.normalize(self.proj(self.text(ids.to(self.device)).pooler_output), dim=-1)
+        img = F.normalize(self.image(x), dim=-1)
+        loss = _multi_positive_clip_loss(self.logit_scale.exp().clamp(max=100) * img @ txt.T, pos.to(self.device))
+        self.log("text", loss, prog_bar=True)
+        return loss
+
+    def train_dataloader(self):
+        return DataLoader(range(self.steps), batch_size=1)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.05)
+        return [opt], [{"scheduler": _cosine(opt, 100, self.steps), "interval": "step"}]
+
+
+def encode_captions(text, tok, caps: list[str], batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen encoder's states ``[n, 77, D]`` of ``caps`` and their padding masks ``[n, 77]`` (the
+    positions after the first end-of-text token)."""
+    ids = tok(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = torch.cat([text(ids[i:i + batch])[0] for i in range(0, len(ids), batch)])
+    eos = (ids == tok.eos_token_id).int().argmax(1)
+    return states, torch.arange(ids.shape[1])[None] > eos[:, None]
+
+
+def swap_padding(ctx: torch.Tensor, pad: torch.Tensor, clean: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Each row's padding positions take the states of row ``perm[i]`` where that row is padding too,
+    else the empty caption's states ``clean`` ``[77, D]``; word, BOS and EOS states are kept."""
+    other = torch.where(pad[perm][..., None], ctx[perm], clean.expand_as(ctx))
+    return torch.where(pad[..., None], other, ctx)
+
+
+class T2IStage(L.LightningModule):
+    """The UNet on frozen text states (computed once per distinct caption), with padding swapped between
+    captions (module docstring)."""
+
+    def __init__(self, context: torch.Tensor, pad: torch.Tensor, clean: torch.Tensor, steps: int,
+                 scheduler_config: dict, lr: float = 5e-4):
+        super().__init__()
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+
+        self.context, self.pad, self.clean = context, pad, clean  # not parameters
         self.unet = UNet2DConditionModel(**UNET)
         self.noise = DDPMScheduler.from_config(scheduler_config)
         self.steps, self.lr = steps, lr
 
     def training_step(self, batch, _):
-        z, ids = batch
-        ctx = self.text(ids)[0]
+        z, idx = batch
+        idx = idx.cpu()
+        ctx = swap_padding(self.context[idx], self.pad[idx], self.clean, torch.randperm(len(idx))).to(z.device)
         t = torch.randint(0, self.noise.config.num_train_timesteps, (z.shape[0],), device=z.device)
         eps = torch.randn_like(z)
         pred = self.unet(self.noise.add_noise(z, eps, t), t, encoder_hidden_states=ctx).sample
@@ -99,7 +188,7 @@ class T2IStage(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(list(self.text.parameters()) + list(self.unet.parameters()), lr=self.lr, weight_decay=0.01)
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=self.lr, weight_decay=0.01)
         return [opt], [{"scheduler": _cosine(opt, 200, self.steps), "interval": "step"}]
 
 
@@ -114,24 +203,15 @@ class JudgeStage(L.LightningModule):
         self.rng = random.Random(seed + 2)
 
     def training_step(self, batch, _):
-        caps = []
-        while len(caps) < self.batch:
-            c = world.random_caption(self.rng)
-            if c:
-                caps.append(c)
-        scenes = [world.scene_for(c, self.rng) for c in caps]
+        caps, scenes, pos = _pairs(self.rng, self.batch)
         x = world.render(scenes, rng=self.rng).to(self.device)
         x = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)  # robustness to generated images
         mean = torch.tensor((0.48145466, 0.4578275, 0.40821073), device=x.device)[:, None, None]
         std = torch.tensor((0.26862954, 0.26130258, 0.27577711), device=x.device)[:, None, None]
         img = F.normalize(self.clip.encode_image((x - mean) / std), dim=-1)
         txt = F.normalize(self.clip.encode_text(self.tokenize(caps).to(self.device)), dim=-1)
-        # image i and caption j are a positive pair when the caption is true of the scene
-        cons = [world.constraints(c) for c in caps]
-        pos = torch.tensor([[world.matches(c, s) for c in cons] for s in scenes], dtype=torch.float32, device=x.device)
         logits = self.clip.logit_scale.exp().clamp(max=100) * img @ txt.T
-        loss = 0.5 * (torch.sum(-pos / pos.sum(1, keepdim=True) * logits.log_softmax(1), 1).mean()
-                      + torch.sum(-pos / pos.sum(0, keepdim=True) * logits.log_softmax(0), 0).mean())
+        loss = _multi_positive_clip_loss(logits, pos.to(self.device))
         self.log("clip", loss, prog_bar=True)
         return loss
 
@@ -154,12 +234,13 @@ def main(argv=None):
     p.add_argument("--out", default=str(Path(__file__).parent / "weights"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=60000, help="pre-rendered (caption, image) pairs")
+    p.add_argument("--text_steps", type=int, default=1500)
     p.add_argument("--vae_steps", type=int, default=800)
-    p.add_argument("--t2i_steps", type=int, default=3000)
+    p.add_argument("--t2i_steps", type=int, default=4500)
     p.add_argument("--judge_steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--accelerator", default="auto")
-    p.add_argument("--stages", default="vae,t2i,judge")
+    p.add_argument("--stages", default="text,vae,t2i,judge")
     a = p.parse_args(argv)
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
@@ -177,8 +258,16 @@ def main(argv=None):
     tok = clip_tokenizer()
     pipe_dir = out / "pipeline"
 
+    if "text" in stages:
+        t0 = time.time()
+        L.seed_everything(a.seed + 1, workers=True)
+        text_stage = TextStage(tok, a.text_steps, 256, a.seed)
+        _trainer(a.text_steps, a.accelerator).fit(text_stage)
+        text_stage.text.save_pretrained(out / "stage_text")
+        log["text_s"] = time.time() - t0
     if "vae" in stages:
         t0 = time.time()
+        L.seed_everything(a.seed, workers=True)
         vae_stage = VAEStage(a.vae_steps)
         _trainer(a.vae_steps, a.accelerator).fit(vae_stage, DataLoader(TensorDataset(imgs), batch_size=64,
                                                                       shuffle=True, drop_last=True))
@@ -192,15 +281,21 @@ def main(argv=None):
         log["vae_s"] = time.time() - t0
     if "t2i" in stages:
         from diffusers import AutoencoderKL
+        from transformers import CLIPTextModel
 
         t0 = time.time()
         vae = AutoencoderKL.from_pretrained(out / "stage_vae")
+        text = CLIPTextModel.from_pretrained(out / "stage_text").eval()
         z = torch.load(out / "stage_vae" / "latents.pt") * vae.config.scaling_factor
-        ids = tok(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        stage = T2IStage(tok, a.t2i_steps, SD_SCHEDULER)
-        _trainer(a.t2i_steps, a.accelerator).fit(stage, DataLoader(TensorDataset(z, ids), batch_size=a.batch,
+        uniq = sorted(set(caps) | {""})
+        where = {c: i for i, c in enumerate(uniq)}
+        context, pad = encode_captions(text, tok, uniq)
+        idx = torch.tensor([where[c] for c in caps])
+        L.seed_everything(a.seed, workers=True)
+        stage = T2IStage(context, pad, context[where[""]], a.t2i_steps, SD_SCHEDULER)
+        _trainer(a.t2i_steps, a.accelerator).fit(stage, DataLoader(TensorDataset(z, idx), batch_size=a.batch,
                                                                   shuffle=True, drop_last=True))
-        pipe = StableDiffusionPipeline(unet=stage.unet.eval(), vae=vae, text_encoder=stage.text.eval(), tokenizer=tok,
+        pipe = StableDiffusionPipeline(unet=stage.unet.eval(), vae=vae, text_encoder=text, tokenizer=tok,
                                        scheduler=PNDMScheduler.from_config(SD_SCHEDULER), safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
         pipe.to(torch.float16).save_pretrained(pipe_dir)
