@@ -45,7 +45,7 @@ def test_every_readme_command_runs(tmp_path, capsys):
     assert len(cmds) >= 7
     for cmd in cmds:
         module, args = _module_args(cmd)
-        if module == "edit_bench.models.toy.train":  # the real run takes 46 min: same code, a few steps
+        if module == "edit_bench.models.toy.train":  # the real run takes 66 min: same code, a few steps
             from edit_bench.models import load_t2i
             from edit_bench.models.toy import train
 
