@@ -101,3 +101,30 @@ def test_unet_training_swaps_padding_between_captions():
     assert torch.equal(out[0][pad[0]], torch.where(pad[1][pad[0]], 1.0, -1.0)[:, None].expand(-1, 2))
     assert torch.equal(out[1][pad[1]], torch.full((int(pad[1].sum()), 2), 2.0))
     assert torch.equal(out[2][pad[2]], torch.where(pad[0][pad[2]], 0.0, -1.0)[:, None].expand(-1, 2))
+
+
+def test_shipped_unet_reads_the_caption_from_its_words_not_its_padding():
+    """The toy UNet must read a caption where SD's does (its tokens), not from the padding states after
+    EOS: otherwise every closed-form edit of one caption's keys moves all captions (the jointly trained
+    world of an earlier version drew the named colour for 3 of these 12 prompts once its padding was
+    replaced, against 12 with it)."""
+    from edit_bench.models import load_t2i
+    from edit_bench.models.adapter import Conditioning
+    from edit_bench.types import SamplerConfig
+
+    m = load_t2i("toy")
+    colours, shapes = list(world.COLOURS), list(world.SHAPES)
+    want = [colours[i % len(colours)] for i in range(12)]
+    prompts = [world.caption(shapes[i % len(shapes)], colour=c) for i, c in enumerate(want)]
+    ctx = m.encode(prompts)
+    pad = torch.stack([torch.arange(ctx.shape[1]) > m.eos_index(p) for p in prompts])
+    no_padding = torch.where(pad[..., None], m.encode([""])[0].expand_as(ctx), ctx)  # the empty caption's
+    s = SamplerConfig(scheduler="ddim", steps=20, guidance=4.0, size=32, seeds=[0])
+
+    def named_colour(c):
+        imgs = m.generate(prompts, list(range(12)), s, conditioning=Conditioning(c))
+        return sum(r.colour == w for r, w in zip(world.analyse(imgs), want))
+
+    own = named_colour(ctx)
+    assert own >= 9
+    assert named_colour(no_padding) >= own - 2
