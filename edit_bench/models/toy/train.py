@@ -14,9 +14,10 @@ Padding. With a causal text encoder every padding state after the end-of-text to
 caption. A UNet trained jointly with its encoder learns to read the caption there (v0 of this world did:
 causal tracing found only the padding states mattered), which makes every closed-form edit of one
 caption's keys leak into all others. Frozen-encoder models such as Stable Diffusion largely ignore their
-padding. The UNet stage therefore sees, at a caption's padding positions, the padding states of another
-caption of the batch (or of the empty caption where that one is shorter): padding is present, as at
-inference, but carries nothing the UNet can rely on, so it reads the caption's own tokens.
+padding. The UNet stage therefore sees, at a caption's padding positions, the padding states of a caption
+drawn by a random permutation of the batch (or of the empty caption where that one is shorter; a caption
+draws itself about once per batch): padding is present, as at inference, but carries almost nothing the
+UNet can rely on, so it reads the caption's own tokens.
 The pipeline is written with ``save_pretrained`` as a standard diffusers folder (fp16) and the judge as
 an open_clip ``local-dir`` folder, so both load through the code paths of real models.
 """
