@@ -206,6 +206,18 @@ def _templates():
     return _TEMPLATES
 
 
+def _cone_residual(px: torch.Tensor, colour: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+    """Squared distance of each pixel ``[N, 3]`` to the cone ``{a colour + b bg : a, b >= 0}``: every
+    pixel of a shape of that colour is such a mixture (anti-aliased and blurred edges mix it with the
+    background, texture shades are darker multiples of it)."""
+    B = torch.stack([colour, bg], 1)  # [3, 2]
+    coef = torch.linalg.lstsq(B, px.T).solution  # [2, N], unconstrained
+    inside = ((B @ coef - px.T) ** 2).sum(0)
+    # where a coefficient is negative the nearest point of the cone lies on one of its two rays
+    rays = [((px - (px @ v / (v @ v)).clamp(min=0)[:, None] * v) ** 2).sum(1) for v in (colour, bg)]
+    return torch.where((coef >= 0).all(0), inside, torch.minimum(*rays))
+
+
 @dataclass(frozen=True)
 class Reading:
     """What the analyser reads from an image."""
@@ -218,8 +230,9 @@ class Reading:
 
 def analyse(images: torch.Tensor) -> list[Reading]:
     """Ground truth from pixels: background = nearest background colour of the border; foreground = pixels
-    far from it; colour = nearest palette colour of the brightest half of the foreground (textures are
-    darker shades); shape = best IoU with each shape's template, both cropped to their bounding box."""
+    far from it; colour = the palette colour whose non-negative mixtures with the background explain the
+    foreground best (edges blend with the background, textures are darker shades; the colour is read
+    right from blurred renderings too); shape = best IoU with each shape's template, both cropped to their bounding box."""
     names_c, pal = list(COLOURS), torch.tensor(list(COLOURS.values()))
     names_b, bgs = list(BACKGROUNDS), torch.tensor(list(BACKGROUNDS.values()))
     out = []
@@ -233,8 +246,7 @@ def analyse(images: torch.Tensor) -> list[Reading]:
             out.append(Reading(None, None, background, area))
             continue
         px = img[:, fg].T  # [N, 3]
-        bright = px[px.sum(1) >= px.sum(1).median()]
-        colour = names_c[int(((pal[None] - bright.mean(0)[None, None]) ** 2).sum(-1).argmin())]
+        colour = names_c[int(torch.stack([_cone_residual(px, c, bg_col).sum() for c in pal]).argmin())]
         # fill texture holes (a closing), then match the bounding-box-normalised mask to each shape
         filled = F.max_pool2d(fg[None, None].float(), 3, 1, 1)
         filled = (-F.max_pool2d(-filled, 3, 1, 1))[0, 0] > 0.5
