@@ -117,6 +117,21 @@ def test_unet_training_swaps_padding_between_captions():
     assert torch.equal(out[2][pad[2]], torch.where(pad[0][pad[2]], 0.0, -1.0)[:, None].expand(-1, 2))
 
 
+def test_text_stage_probes_read_every_attribute_and_the_noun():
+    from edit_bench.models.toy.train import ATTRIBUTES, TextStage, attribute_labels
+    from edit_bench.models.tokenizer import clip_tokenizer
+
+    y = attribute_labels(["a circle", "a big striped blue square on a black background", "the king"])
+    assert y["shape"].tolist() == [0, 1, 4] and y["colour"].tolist() == [0, 2, 3]  # defaults resolved
+    assert y["size"].tolist() == [3, 2, 3] and y["background"].tolist() == [3, 1, 3]  # 3 = unnamed
+    stage = TextStage(clip_tokenizer(), steps=1, batch=8, seed=0)
+    stage.log_dict = lambda *a, **k: None  # no trainer
+    loss = stage.training_step(None, 0)
+    loss.backward()
+    assert stage.noun_probe.weight.grad.abs().sum() > 0  # the noun's state is probed for its shape
+    assert all(stage.probes[k].weight.grad.abs().sum() > 0 for k in ATTRIBUTES)
+
+
 def test_shipped_unet_reads_the_caption_from_its_words_not_its_padding():
     """The toy UNet must read a caption where SD's does (its tokens), not from the padding states after
     EOS: otherwise every closed-form edit of one caption's keys moves all captions (the jointly trained
