@@ -128,7 +128,7 @@ def test_text_stage_probes_read_every_attribute_and_the_noun():
     stage.log_dict = lambda *a, **k: None  # no trainer
     loss = stage.training_step(None, 0)
     loss.backward()
-    assert stage.noun_probe.weight.grad.abs().sum() > 0  # the noun's state is probed for its shape
+    assert all(h.weight.grad.abs().sum() > 0 for h in stage.noun_probes.values())  # and the noun's state
     assert all(stage.probes[k].weight.grad.abs().sum() > 0 for k in ATTRIBUTES)
 
 

@@ -124,8 +124,10 @@ class TextStage(L.LightningModule):
     With the contrastive loss alone the small encoder let the shape fade from the states of captions
     that name several attributes ("a small striped blue square" and "... circle": cosine 0.82 at the
     noun, 0.89 at EOS), and the UNet drew the wrong shape for them. Linear probes therefore read every
-    attribute from the pooled EOS state, and the shape from the noun's own state, with a cross-entropy
-    added to the contrastive loss (``probe_weight``)."""
+    attribute from the pooled EOS state, and every attribute the noun phrase names (shape, colour,
+    texture, size) from the noun's own state, with a cross-entropy added to the contrastive loss
+    (``probe_weight``). Probing the noun for its shape alone drew shapes right but pushed the colour out
+    of the noun's state, and editors that move the noun's keys stopped editing."""
 
     def __init__(self, tokenizer, steps: int, batch: int, seed: int, lr: float = 1e-3, probe_weight: float = 1.0):
         super().__init__()
@@ -143,7 +145,10 @@ class TextStage(L.LightningModule):
             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, d))
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.probes = torch.nn.ModuleDict({k: torch.nn.Linear(d, len(v) + 1) for k, v in ATTRIBUTES.items()})
-        self.noun_probe = torch.nn.Linear(d, len(world.SHAPES))
+        # the noun ends its phrase: it is probed for what the phrase says (SD's CLIP writes it there);
+        # the background comes after the noun, which a causal encoder cannot see from it
+        self.noun_probes = torch.nn.ModuleDict({k: torch.nn.Linear(d, len(v) + 1) for k, v in ATTRIBUTES.items()
+                                                if k != "background"})
         self.register_buffer("shape_ids", torch.tensor([tokenizer.convert_tokens_to_ids(f"{s}</w>") for s in world.SHAPES]))
         self.steps, self.batch, self.lr, self.probe_weight = steps, batch, lr, probe_weight
         self.rng = random.Random(seed + 1)
@@ -166,7 +171,8 @@ class TextStage(L.LightningModule):
         if has.any():
             pos_noun = is_noun.any(2).int().argmax(1)
             noun = out.last_hidden_state[torch.arange(len(ids), device=ids.device), pos_noun]
-            probe = probe + F.cross_entropy(self.noun_probe(noun[has]), is_noun.any(1).int().argmax(1)[has])
+            probe = probe + sum(F.cross_entropy(head(noun[has]), labels[k].to(self.device)[has])
+                                for k, head in self.noun_probes.items()) / len(self.noun_probes)
         self.log_dict({"text": clip, "probe": probe}, prog_bar=True)
         return clip + self.probe_weight * probe
 
