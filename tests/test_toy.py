@@ -136,7 +136,7 @@ def test_shipped_unet_reads_the_caption_from_its_words_not_its_padding():
     """The toy UNet must read a caption where SD's does (its tokens), not from the padding states after
     EOS: otherwise every closed-form edit of one caption's keys moves all captions (the jointly trained
     world of an earlier version drew the named colour for 3 of these 12 prompts once its padding was
-    replaced, against 12 with it)."""
+    replaced, against 11 with it)."""
     from edit_bench.models import load_t2i
     from edit_bench.models.adapter import Conditioning
     from edit_bench.types import SamplerConfig

@@ -5,6 +5,7 @@
 Reports, with counts:
 - generated images of prompts that name a colour: right colour, right shape (read by ``world.analyse``);
 - generated images of implicit prompts ("a circle", "the king"): the default colour (and shape);
+- the VAE alone on the explicit prompts' rendered scenes (encode, decode): what the UNet can reach at best;
 - the judge on rendered images: zero-shot colour among the 6 colours and shape among the 5 shapes
   (candidate captions name the image's texture, so each has exactly one true caption);
 - the judge on generated images: the same, against what the analyser reads from the pixels;
@@ -76,6 +77,11 @@ def measure(n: int = 240, steps: int = 20, guidance: float = 4.0, scheduler: str
     implicit = implicit * max(1, n // (2 * len(implicit)))
     imp_scenes = [world.parse(c) for c in implicit]
     imp_read = world.analyse(generate(implicit))
+    # the VAE alone (encode the rendered scenes of the explicit prompts, decode): a ceiling for the UNet
+    truth = world.render(scenes, seeds=list(range(n)))
+    vae = model.vae
+    z = vae.encode((truth * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
+    vae_read = world.analyse(((vae.decode(z).sample.float().cpu() + 1) / 2).clamp(0, 1))
     rendered_scenes = [world.random_scene(rng) for _ in range(n)]
     rendered = world.render(rendered_scenes, rng=rng)
     readable = [i for i, r in enumerate(read) if r.colour and r.shape]
@@ -88,6 +94,8 @@ def measure(n: int = 240, steps: int = 20, guidance: float = 4.0, scheduler: str
         "generated_implicit": {"default_colour": sum(r.colour == s.colour for r, s in zip(imp_read, imp_scenes)) / len(implicit),
                                "shape": sum(r.shape == s.shape for r, s in zip(imp_read, imp_scenes)) / len(implicit),
                                "n": len(implicit)},
+        "vae_roundtrip_explicit": {"colour": sum(r.colour == s.colour for r, s in zip(vae_read, scenes)) / n,
+                                   "shape": sum(r.shape == s.shape for r, s in zip(vae_read, scenes)) / n, "n": n},
         "judge_rendered": judge_accuracy(judge, rendered, [s.colour for s in rendered_scenes],
                                          [s.shape for s in rendered_scenes], [s.texture for s in rendered_scenes]),
         # on generated images the truth is what the analyser reads (it does not read texture: the prompt's)
