@@ -186,24 +186,50 @@ def render(scenes: list[Scene], seeds: list[int] | None = None, rng: random.Rand
 
 
 # ------------------------------------------------------------------------------------------ analysis
+_ANGLES = (-15.0, -7.5, 0.0, 7.5, 15.0)  # degrees: generated shapes come a little tilted
 _TEMPLATES: dict = {}
-_NORM = 16  # side of the bounding-box-normalised masks that are compared
-
-
-def _normalise(mask: torch.Tensor) -> torch.Tensor:
-    """Crop a boolean mask to its bounding box and resize it to 16x16 (scale and position invariant)."""
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    crop = mask[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].float()
-    return F.interpolate(crop[None, None], size=(_NORM, _NORM), mode="bilinear", align_corners=False)[0, 0] > 0.5
 
 
 def _templates():
+    """Every shape at every tilt, radius 12, centred, drawn 4x finer than the image ``[K, 1, 128, 128]``,
+    with each one's area per squared radius ``[K]`` and centroid offset per radius ``[K, 2]``."""
     if not _TEMPLATES:
-        c = (torch.arange(128, dtype=torch.float32) + 0.5) / 4 - SIZE_PX / 2
+        ss, n, r = 4, SIZE_PX * 4, 12.0
+        c = (torch.arange(n, dtype=torch.float32) + 0.5) / ss - SIZE_PX / 2
         yy, xx = torch.meshgrid(c, c, indexing="ij")
+        masks, names = [], []
         for shape in SHAPES:
-            _TEMPLATES[shape] = _normalise(_shape_mask(shape, xx, yy, 12.0))
+            for deg in _ANGLES:
+                ca, sa = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+                masks.append(_shape_mask(shape, ca * xx + sa * yy, -sa * xx + ca * yy, r).float())
+                names.append(shape)
+        m = torch.stack(masks)
+        area = m.sum((1, 2)) / ss**2
+        centroid = torch.stack([(m.sum(1) * c).sum(1), (m.sum(2) * c).sum(1)], 1) / (area[:, None] * ss**2)
+        _TEMPLATES.update(masks=m[:, None], names=names, area=area / r**2, centroid=centroid / r)
     return _TEMPLATES
+
+
+def _read_shape(mask: torch.Tensor) -> str:
+    """The shape whose rendering best overlaps a foreground mask ``[32, 32]`` (IoU): each shape, upright
+    and tilted, is drawn with the mask's area and centroid, so size and position need no search and a
+    blurred shape is compared with the shape itself rather than with its bounding box."""
+    t = _templates()
+    c = torch.arange(SIZE_PX, dtype=torch.float32) + 0.5
+    m = mask.float()
+    a = m.sum()
+    centre = torch.stack([(m.sum(0) * c).sum(), (m.sum(1) * c).sum()]) / a
+    r = (a / t["area"]).sqrt()  # [K]
+    shift = centre - t["centroid"] * r[:, None]  # [K, 2]: where each candidate's centre goes
+    # output pixel (normalised x_n) looks up template coordinate (x_n * 16 + 16 - shift) / scale / 16
+    scale = r / 12.0
+    theta = torch.zeros(len(r), 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = (SIZE_PX / 2 - shift) / (SIZE_PX / 2 * scale[:, None])
+    grid = F.affine_grid(theta, [len(r), 1, SIZE_PX, SIZE_PX], align_corners=False)
+    drawn = F.grid_sample(t["masks"], grid, align_corners=False)[:, 0] > 0.5  # [K, 32, 32]
+    iou = (drawn & mask).sum((1, 2)) / (drawn | mask).sum((1, 2)).clamp(min=1)
+    return t["names"][int(iou.argmax())]
 
 
 def _cone_residual(px: torch.Tensor, colour: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
@@ -232,7 +258,8 @@ def analyse(images: torch.Tensor) -> list[Reading]:
     """Ground truth from pixels: background = nearest background colour of the border; foreground = pixels
     far from it; colour = the palette colour whose non-negative mixtures with the background explain the
     foreground best (edges blend with the background, textures are darker shades; the colour is read
-    right from blurred renderings too); shape = best IoU with each shape's template, both cropped to their bounding box."""
+    right from blurred renderings too); shape = the shape (upright or tilted up to 15 degrees) whose
+    rendering with the foreground's area and centroid overlaps it best."""
     names_c, pal = list(COLOURS), torch.tensor(list(COLOURS.values()))
     names_b, bgs = list(BACKGROUNDS), torch.tensor(list(BACKGROUNDS.values()))
     out = []
@@ -247,12 +274,9 @@ def analyse(images: torch.Tensor) -> list[Reading]:
             continue
         px = img[:, fg].T  # [N, 3]
         colour = names_c[int(torch.stack([_cone_residual(px, c, bg_col).sum() for c in pal]).argmin())]
-        # fill texture holes (a closing), then match the bounding-box-normalised mask to each shape
+        # fill texture holes (a closing), then compare the mask with each shape drawn to fit it
         filled = F.max_pool2d(fg[None, None].float(), 3, 1, 1)
         filled = (-F.max_pool2d(-filled, 3, 1, 1))[0, 0] > 0.5
-        norm = _normalise(filled)
-        ious = {k: float((t & norm).sum()) / max(1.0, float((t | norm).sum())) for k, t in _templates().items()}
-        best = max(ious, key=ious.get)
-        out.append(Reading(colour, best, background, area))
+        out.append(Reading(colour, _read_shape(filled), background, area))
     return out
 
