@@ -304,7 +304,7 @@ def main(argv=None):
     p.add_argument("--text_steps", type=int, default=1500)
     p.add_argument("--vae_steps", type=int, default=800)
     p.add_argument("--t2i_steps", type=int, default=4500)
-    p.add_argument("--judge_steps", type=int, default=2000)
+    p.add_argument("--judge_steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--stages", default="text,vae,t2i,judge")
