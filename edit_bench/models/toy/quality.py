@@ -85,6 +85,7 @@ def measure(n: int = 240, steps: int = 20, guidance: float = 4.0, scheduler: str
     rendered_scenes = [world.random_scene(rng) for _ in range(n)]
     rendered = world.render(rendered_scenes, rng=rng)
     readable = [i for i, r in enumerate(read) if r.colour and r.shape]
+    ana = world.analyse(rendered)
     out = {
         "protocol": {"n": n, "scheduler": scheduler, "steps": steps, "guidance": guidance, "seed": seed},
         "generated_explicit": {"colour": sum(r.colour == s.colour for r, s in zip(read, scenes)) / n,
@@ -101,7 +102,8 @@ def measure(n: int = 240, steps: int = 20, guidance: float = 4.0, scheduler: str
         # on generated images the truth is what the analyser reads (it does not read texture: the prompt's)
         "judge_generated": judge_accuracy(judge, gen[readable], [read[i].colour for i in readable],
                                           [read[i].shape for i in readable], [scenes[i].texture for i in readable]),
-        "analyser_rendered": {"colour": sum(r.colour == s.colour for r, s in zip(world.analyse(rendered), rendered_scenes)) / n},
+        "analyser_rendered": {"colour": sum(r.colour == s.colour for r, s in zip(ana, rendered_scenes)) / n,
+                              "shape": sum(r.shape == s.shape for r, s in zip(ana, rendered_scenes)) / n},
     }
     return out
 

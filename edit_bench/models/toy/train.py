@@ -7,7 +7,8 @@ against a small conv image tower, with linear attribute probes on its states (``
 frozen, as Stable Diffusion's CLIP text encoder is; (2) an
 ``AutoencoderKL`` 32x32x3 -> 8x8x4; (3) an SD-1-layout ``UNet2DConditionModel`` (16 cross-attention
 sites with the real names) trained with the epsilon objective on the VAE latents, with SD's scheduler,
-conditioned on the frozen encoder's states; (4) an open_clip ``CLIP`` judge trained contrastively.
+conditioned on the frozen encoder's states; (4) an open_clip ``CLIP`` judge trained contrastively on
+renderings, three quarters of them degraded as decoded latents are (``degrade``).
 Contrastive stages count every caption that is true of an image as a positive (``world.constraints``:
 unnamed colour and texture mean the defaults, unnamed size and background are free).
 
