@@ -48,8 +48,8 @@ UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, bl
 VAE = dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=32, layers_per_block=1,
            block_out_channels=(16, 32, 64), norm_num_groups=8,
            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
-# toy captions are at most 11 tokens: a 32-token context keeps room for longer user prompts and makes the
-# text tower's step 2.4x cheaper than 77 (the tokenizer reads the length from the shipped config)
+# toy captions are at most 11 tokens: a 32-token context keeps room for longer user prompts and shortens
+# the text tower's sequence (the tokenizer reads the length from the shipped config)
 JUDGE = dict(embed_dim=64,
              vision_cfg=dict(image_size=32, patch_size=4, width=64, layers=3, head_width=32),
              text_cfg=dict(context_length=32, vocab_size=49408, width=32, heads=4, layers=3))

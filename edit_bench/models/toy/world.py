@@ -206,7 +206,7 @@ def _templates():
         m = torch.stack(masks)
         area = m.sum((1, 2)) / ss**2
         centroid = torch.stack([(m.sum(1) * c).sum(1), (m.sum(2) * c).sum(1)], 1) / (area[:, None] * ss**2)
-        _TEMPLATES.update(masks=m[:, None], names=names, area=area / r**2, centroid=centroid / r)
+        _TEMPLATES.update(masks=m[:, None], names=names, area=area / r**2, centroid=centroid / r, radius=r)
     return _TEMPLATES
 
 
@@ -222,7 +222,7 @@ def _read_shape(mask: torch.Tensor) -> str:
     r = (a / t["area"]).sqrt()  # [K]
     shift = centre - t["centroid"] * r[:, None]  # [K, 2]: where each candidate's centre goes
     # output pixel (normalised x_n) looks up template coordinate (x_n * 16 + 16 - shift) / scale / 16
-    scale = r / 12.0
+    scale = r / t["radius"]
     theta = torch.zeros(len(r), 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
     theta[:, :, 2] = (SIZE_PX / 2 - shift) / (SIZE_PX / 2 * scale[:, None])
