@@ -7,6 +7,8 @@ parser (``edit_bench.localize.command``).
 import os
 import sys
 
+from .errors import UsageError
+
 
 def _unwrap(msg: str) -> str:
     """jsonargparse reports an error raised while building ``--model``/``--data`` inside a listing of
@@ -31,7 +33,7 @@ def run(args=None) -> int:
             from .cli import main
 
             main(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    except UsageError as e:  # bad input only: any other exception is a bug and keeps its traceback
         if os.environ.get("EDIT_BENCH_DEBUG"):
             raise
         print(f"edit_bench: error: {_unwrap(str(e))}\n(set EDIT_BENCH_DEBUG=1 for the traceback)", file=sys.stderr)

@@ -2,12 +2,14 @@
 
 Layout::
 
-    DIR/run.json              what produced the run: command and config fingerprint
-    DIR/config.yaml           the resolved config
-    DIR/samples/rank{R}.jsonl one JSON record per sample id, appended batch by batch by rank R
-    DIR/baseline/rank{R}.jsonl the same for the unedited model, when the benchmark asks for a baseline
-    DIR/results.json          the metrics, protocol, timing and versions (eval)
-    DIR/edit.safetensors      the delta (fit)
+    DIR/run.json                   what produced the run: command, config fingerprint, library versions
+    DIR/config.yaml                the resolved config
+    DIR/samples/rank{R}.jsonl      one Record per sample id, appended batch by batch by rank R
+    DIR/samples/edits-rank{R}.jsonl one line per edit rank R made (case, seconds)
+    DIR/samples/features/          image-level metric state, one safetensors file per batch, keyed by sample id
+    DIR/baseline/...               the same for the unedited model, when the benchmark asks for a baseline
+    DIR/results.json               metrics, protocol, timing and versions (eval), computed from the records
+    DIR/edit.safetensors           the delta (fit)
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ from __future__ import annotations
 import json
 import os
 import platform
+import uuid
 from pathlib import Path
+
+import torch
+
+from .errors import UsageError
+from .io import write_atomic
+from .types import Record
 
 
 def versions() -> dict:
+    """Versions of Python and the libraries that shape the numbers."""
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
@@ -28,12 +38,6 @@ def versions() -> dict:
         except md.PackageNotFoundError:
             out[pkg] = None
     return out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _diff(a, b, prefix=""):
@@ -46,7 +50,45 @@ def _diff(a, b, prefix=""):
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _append_lines(path: Path, lines: list[str]) -> None:
+    """Append whole lines and fsync; a line torn by an earlier crash is ended first, so it stays the only
+    unreadable line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torn = False
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    with open(path, "a") as f:
+        if torn:
+            f.write("\n")
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_lines(files) -> list[dict]:
+    out = []
+    for f in sorted(files):
+        for line in f.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a crash mid-write
+                continue
+    return out
+
+
 class RunDir:
+    """One run's folder. Rank 0 creates it; every rank appends its own records; nothing is ever rewritten
+    in place.
+
+    Args:
+        path: the folder.
+        command: ``eval`` or ``fit``.
+        fingerprint: everything that decides the run's numbers; a rerun with the same fingerprint resumes,
+            any other is refused.
+    """
+
     def __init__(self, path: str | Path, command: str, fingerprint: dict):
         self.path = Path(path)
         self.command = command
@@ -56,24 +98,27 @@ class RunDir:
         """Where records go: ``samples/`` for the evaluated model, ``baseline/`` for the unedited one."""
         return self.path / variant
 
-    def check(self) -> bool:
-        """Whether this directory already holds a run of the same config (resume); raises if it holds
-        anything else. Touches nothing."""
+    def resumes(self) -> bool:
+        """Whether this directory already holds a run of the same fingerprint; raises if it holds anything
+        else. Touches nothing."""
         if not self.path.exists():
             return False
         if not self.path.is_dir():
-            raise ValueError(f"--out_dir {self.path} is a file; give a directory")
+            raise UsageError(f"--out_dir {self.path} is a file; give a directory")
         run_file = self.path / "run.json"
         if not run_file.is_file():
             if any(self.path.iterdir()):
-                raise ValueError(f"--out_dir {self.path} exists and is not an edit_bench run directory; choose a new --out_dir")
+                raise UsageError(f"--out_dir {self.path} exists and is not an edit_bench run directory; choose a new --out_dir")
             return False
-        old = json.loads(run_file.read_text())
+        try:
+            old = json.loads(run_file.read_text())
+        except json.JSONDecodeError:
+            raise UsageError(f"{run_file} is unreadable (a crash while it was written?): delete {self.path} and rerun") from None
         if old.get("command") != self.command:
-            raise ValueError(f"--out_dir {self.path} holds a `{old.get('command')}` run, not `{self.command}`; choose a new --out_dir")
+            raise UsageError(f"--out_dir {self.path} holds a `{old.get('command')}` run, not `{self.command}`; choose a new --out_dir")
         diff = _diff(old.get("fingerprint"), self.fingerprint)
         if diff:
-            raise ValueError(
+            raise UsageError(
                 f"--out_dir {self.path} holds results of a different config (differs in: {', '.join(diff)}). "
                 "Choose a new --out_dir, or delete the old one to start over."
             )
@@ -83,40 +128,51 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         if not (self.path / "run.json").exists():
             write_atomic(self.path / "config.yaml", config_yaml)
-            write_atomic(self.path / "run.json", json.dumps({"command": self.command, "fingerprint": self.fingerprint}, indent=1))
+            write_atomic(self.path / "run.json", json.dumps(
+                {"command": self.command, "fingerprint": self.fingerprint, "versions": versions()}, indent=1))
 
-    def load_records(self, variant: str = "samples") -> dict[str, dict]:
-        """Stored records by sample id, merged over ranks. A torn last line (a crash mid-write) is skipped."""
-        out = {}
-        if not self.samples_dir(variant).is_dir():
-            return out
-        for f in sorted(self.samples_dir(variant).glob("rank*.jsonl")):
-            for line in f.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                out.setdefault(rec["id"], rec)
+    # ------------------------------------------------------------------ records
+    def load_records(self, variant: str = "samples") -> dict[str, Record]:
+        """Stored records by sample id, merged over ranks (the first of any duplicate wins)."""
+        out: dict[str, Record] = {}
+        for d in _read_lines(self.samples_dir(variant).glob("rank*.jsonl")):
+            out.setdefault(d["id"], Record.from_json(d))
         return out
 
-    def append_records(self, rank: int, records: list[dict], variant: str = "samples") -> None:
-        if not records:
-            return
-        self.samples_dir(variant).mkdir(parents=True, exist_ok=True)
-        path = self.samples_dir(variant) / f"rank{rank}.jsonl"
-        torn = False
-        if path.exists() and path.stat().st_size > 0:
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                torn = f.read(1) != b"\n"
-        with open(path, "a") as f:
-            if torn:  # a crash cut the last line: end it, so it stays the only unreadable line
-                f.write("\n")
-            f.write("".join(json.dumps(r) + "\n" for r in records))
-            f.flush()
-            os.fsync(f.fileno())
+    def append_records(self, rank: int, records: list[Record], variant: str = "samples") -> None:
+        if records:
+            _append_lines(self.samples_dir(variant) / f"rank{rank}.jsonl", [json.dumps(r.to_json()) for r in records])
+
+    def log_edit(self, rank: int, case: str | None, edit_s: float, variant: str = "samples") -> None:
+        """Record one edit a rank made (``case=None``: the fixed protocol's single edit)."""
+        line = json.dumps({"event": uuid.uuid4().hex, "case": case, "edit_s": edit_s})
+        _append_lines(self.samples_dir(variant) / f"edits-rank{rank}.jsonl", [line])
+
+    def load_edits(self, variant: str = "samples") -> dict[str, dict]:
+        """Every logged edit by event id."""
+        return {d["event"]: d for d in _read_lines(self.samples_dir(variant).glob("edits-rank*.jsonl"))}
+
+    # ------------------------------------------------------------------ image-level metric state
+    def save_features(self, rank: int, metric: str, ids: list[str], features: torch.Tensor, variant: str = "samples") -> None:
+        """Store ``features`` ``[B, F]`` of the samples ``ids`` for ``metric`` (one file per batch)."""
+        from safetensors.torch import save_file
+
+        path = self.samples_dir(variant) / "features" / f"{metric}-rank{rank}-{uuid.uuid4().hex[:12]}.safetensors"
+        tensors, meta = {"features": features.detach().float().cpu().contiguous()}, {"ids": json.dumps(ids)}
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def load_features(self, metric: str, variant: str = "samples") -> dict[str, torch.Tensor]:
+        """Stored features of ``metric`` by sample id, merged over ranks and batches."""
+        from safetensors import safe_open
+
+        out: dict[str, torch.Tensor] = {}
+        for f in sorted((self.samples_dir(variant) / "features").glob(f"{metric}-rank*.safetensors")):
+            with safe_open(str(f), framework="pt") as st:
+                ids = json.loads(st.metadata()["ids"])
+                feats = st.get_tensor("features")
+            for i, sid in enumerate(ids):
+                out.setdefault(sid, feats[i])
+        return out
 
     def write_json(self, name: str, obj: dict) -> Path:
-        p = self.path / name
-        write_atomic(p, json.dumps(obj, indent=1, default=str))
-        return p
+        return write_atomic(self.path / name, json.dumps(obj, indent=1, default=str))

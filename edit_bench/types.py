@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from .errors import UsageError
 
 GROUPS = ("efficacy", "generality", "specificity")
 
@@ -26,11 +27,11 @@ class EditRequest:
 
     def __post_init__(self):
         if not isinstance(self.source, str) or not self.source.strip():
-            raise ValueError(f"EditRequest.source must be a non-empty prompt, got {self.source!r}")
+            raise UsageError(f"EditRequest.source must be a non-empty prompt, got {self.source!r}")
         if not isinstance(self.target, str):
-            raise ValueError(f"EditRequest.target must be a string, got {self.target!r}")
+            raise UsageError(f"EditRequest.target must be a string, got {self.target!r}")
         if self.source.strip().lower() == self.target.strip().lower():
-            raise ValueError(
+            raise UsageError(
                 f"EditRequest source and target are the same prompt ({self.source!r}): an edit needs a "
                 "different target. Fix the row, or drop it."
             )
@@ -59,6 +60,11 @@ class EditCase:
     groups: dict[str, tuple[PromptPair, ...]]
     preserve: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        unknown = sorted(set(self.groups) - set(GROUPS))
+        if unknown:
+            raise UsageError(f"case {self.id!r} has unknown group(s) {unknown}: the groups are {', '.join(GROUPS)}")
+
     def samples(self, seeds) -> list["Sample"]:
         """All samples of this case, ordered by group, prompt and seed."""
         return [
@@ -86,6 +92,54 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Record:
+    """The stored result of one sample: what was generated and judged, and its per-sample scores.
+
+    One JSON line per sample id in ``DIR/samples/rank{R}.jsonl`` (``DIR/baseline/`` for the unedited model);
+    every metric of ``results.json`` is computed from these records.
+
+    Attributes:
+        id: the sample id ``case/group/k/seed``.
+        case, group, k, seed: its parts.
+        prompt, old, new, expect: the sample's prompt pair (checked against the benchmark on resume).
+        scores: per-sample scalars by name, from the benchmark's metrics (e.g. ``p_new``, ``success``).
+        generate_s: this sample's share of its batch's generation time (edits excluded).
+    """
+
+    id: str
+    case: str
+    group: str
+    k: int
+    seed: int
+    prompt: str
+    old: str
+    new: str
+    expect: str
+    scores: dict[str, float]
+    generate_s: float = 0.0
+
+    @classmethod
+    def from_sample(cls, sample: "Sample", scores: dict[str, float], generate_s: float = 0.0) -> "Record":
+        p = sample.pair
+        return cls(sample.id, sample.case_id, sample.group, sample.prompt_index, sample.seed,
+                   p.prompt, p.old, p.new, p.expect, dict(scores), generate_s)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Record":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    def mismatch(self, sample: "Sample") -> str | None:
+        """Which of prompt/old/new/expect differ from ``sample``'s (``None``: the record is this sample's)."""
+        p = sample.pair
+        diff = [f"{k}: stored {getattr(self, k)!r}, now {getattr(p, k)!r}"
+                for k in ("prompt", "old", "new", "expect") if getattr(self, k) != getattr(p, k)]
+        return "; ".join(diff) or None
+
+
+@dataclass(frozen=True)
 class SamplerConfig:
     """How images are generated: part of a benchmark's protocol.
 
@@ -108,8 +162,21 @@ class SamplerConfig:
 
     def __post_init__(self):
         if self.steps < 1:
-            raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
+            raise UsageError(f"sampler.steps must be >= 1, got {self.steps}")
         if not self.seeds:
-            raise ValueError("sampler.seeds is empty: give at least one seed, e.g. [0]")
+            raise UsageError("sampler.seeds is empty: give at least one seed, e.g. [0]")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"sampler.seeds has duplicates: {self.seeds}")
+            raise UsageError(f"sampler.seeds has duplicates: {self.seeds}")
+
+
+@dataclass(frozen=True)
+class GenerationBatch:
+    """What an editor's ``predict_step`` generates: samples of one case under that case's edit (``case`` set,
+    per-case protocol), or samples of any cases from the model as it is (``case=None``)."""
+
+    samples: tuple[Sample, ...]
+    sampler: SamplerConfig
+    case: EditCase | None = None
+
+    def __len__(self):
+        return len(self.samples)

@@ -1,59 +1,76 @@
-"""Contract tests generated from the package: every discovered editor on every tiny layout."""
+"""Contract tests generated from the package: every discovered editor on every tiny layout, through the
+public checker (``edit_bench.testing``) that editors outside the package use too."""
 
 import pytest
-import torch
 
-from edit_bench.editors import Editor, discover
+from edit_bench.editors import discover
+from edit_bench.testing import LAYOUTS, check_capabilities, check_edit
 from edit_bench.types import EditRequest
 
-from helpers import TINY
+from helpers import fast_kwargs
 
 EDITORS = discover()
-REQ = [EditRequest("A banana", "A blue banana"), EditRequest("A bear", "A polar bear")]
-PREFIX = {"none": None, "cross_attn_kv": "unet.", "text_encoder": "text_encoder", "unet": "unet."}
 
 
 def test_discovery_finds_the_shipped_editors():
-    assert {"TIME", "Unedited"} <= set(EDITORS)
+    assert {"TIME", "UCE", "DiffQuickFix", "LocoEdit", "ReFACT", "Unedited"} <= set(EDITORS)
 
 
 @pytest.mark.parametrize("name", sorted(EDITORS))
 def test_capabilities_are_declared(name):
-    cls = EDITORS[name]
-    assert cls.edits in PREFIX
-    assert isinstance(cls.supports_batch, bool)
-    assert issubclass(cls, Editor)
+    check_capabilities(EDITORS[name])
 
 
-@pytest.mark.parametrize("spec", TINY)
+@pytest.mark.parametrize("spec", LAYOUTS)
 @pytest.mark.parametrize("name", sorted(EDITORS))
 def test_edit_changes_only_declared_parameters_and_restores_bitwise(name, spec, tmp_path):
-    ed = EDITORS[name](base=spec)
-    declared = ed.edited_parameters()
-    for n, p in declared.items():  # declared names resolve to the model's own tensors
-        assert ed.t2i.get_parameter(n) is p
-        assert PREFIX[ed.edits] is not None and n.startswith(PREFIX[ed.edits])
-    before = {n: p.detach().clone() for n, p in ed.t2i.named_parameters()}
-    ed.apply_edit(REQ if ed.supports_batch else REQ[:1])
-    changed = {n for n, p in ed.t2i.named_parameters() if not torch.equal(p, before[n])}
-    declared_ids = {id(p) for p in declared.values()}
-    changed_ids = {id(p) for n, p in ed.t2i.named_parameters() if n in changed}
-    assert changed_ids <= declared_ids, f"{name} changed undeclared parameters"
-    if ed.edits != "none":
-        assert changed, f"{name} edited nothing (a silent no-op)"
-        delta = ed.delta_state_dict()
-        assert set(delta) <= set(declared) and delta
-        path = ed.save_delta(tmp_path / "edit.safetensors")
-        again = EDITORS[name](base=spec, delta=str(path))
-        for n, p in declared.items():
-            torch.testing.assert_close(again.t2i.get_parameter(n), p, atol=1e-6, rtol=0)
-    ed.restore()
-    assert all(torch.equal(p, before[n]) for n, p in ed.t2i.named_parameters())
+    check_edit(EDITORS[name](base=spec, **fast_kwargs(name)), workdir=tmp_path)
 
 
-def test_delta_for_another_base_is_rejected(tmp_path):
+def test_the_checker_catches_a_broken_editor():
+    """An editor that edits an undeclared weight, or nothing, fails the public check with a message."""
+    from edit_bench.editors.time import TIME
+
+    class Sneaky(TIME):
+        def edit(self, requests, preserve=()):
+            super().edit(requests, preserve)
+            self.t2i.vae.decoder.conv_out.bias.add_(1.0)  # not among edited_parameters()
+
+    class Lazy(TIME):
+        def edit(self, requests, preserve=()):
+            pass
+
+    with pytest.raises(AssertionError, match="changed undeclared parameters"):
+        check_edit(Sneaky(base="tiny:sd1"))
+    with pytest.raises(AssertionError, match="silent no-op"):
+        check_edit(Lazy(base="tiny:sd1"))
+
+
+def test_delta_for_another_model_is_rejected_and_leaves_it_untouched(tmp_path):
+    import torch
+
+    from edit_bench.errors import UsageError
+    from edit_bench.models import load_t2i
+    from edit_bench.models.delta import apply_delta
+
     ed = EDITORS["TIME"](base="tiny:sd1")
-    ed.apply_edit(REQ[:1])
+    ed.apply_edit([EditRequest("A cat", "A blue cat")])
     path = ed.save_delta(tmp_path / "edit.safetensors")
-    with pytest.raises(ValueError, match="tiny:sd1"):
-        EDITORS["TIME"](base="tiny:sd2", delta=str(path)).t2i
+    with pytest.raises(UsageError, match="tiny:sd1"):
+        load_t2i("tiny:sd2", delta=path)
+    # a delta whose last tensor has a wrong shape: validated whole, so no tensor is added
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    last = sorted(tensors)[-1]
+    tensors[last] = torch.zeros(3, 3)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    t2i = load_t2i("tiny:sd1")
+    before = {n: p.detach().clone() for n, p in t2i.named_parameters()}
+    with pytest.raises(UsageError, match=r"does not fit this model.*\(3, 3\)"):
+        apply_delta(t2i, bad)
+    assert all(torch.equal(p, before[n]) for n, p in t2i.named_parameters())

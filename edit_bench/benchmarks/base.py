@@ -10,8 +10,9 @@ from typing import Literal
 import lightning as L
 from torch.utils.data import DataLoader
 
-from ..metrics import ClipJudge, JudgeConfig
+from ..metrics import EditScores, JudgeConfig, SampleMetric
 from ..types import EditCase, EditRequest, Sample, SamplerConfig
+from ..errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +25,7 @@ def resolve_path(path: str | Path) -> Path:
         return p
     if not p.is_absolute() and (REPO_ROOT / p).exists():
         return REPO_ROOT / p
-    raise FileNotFoundError(f"data file {path} not found (looked in {Path.cwd()} and {REPO_ROOT})")
+    raise UsageError(f"data file {path} not found (looked in {Path.cwd()} and {REPO_ROOT})")
 
 
 def read_csv(path: str | Path, required: list[str], optional: tuple[str, ...] = ()) -> list[dict]:
@@ -35,14 +36,14 @@ def read_csv(path: str | Path, required: list[str], optional: tuple[str, ...] = 
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
         if missing:
-            raise ValueError(f"{p}: missing columns {missing}; the file has {header}. Expected columns: {required}")
+            raise UsageError(f"{p}: missing columns {missing}; the file has {header}. Expected columns: {required}")
         rows = list(reader)
     for i, row in enumerate(rows):
         empty = [c for c in required if not (row.get(c) or "").strip()]
         if empty:
-            raise ValueError(f"{p}: row {i + 2} (line {i + 2} of the file) has empty cells in {empty}; fill them or remove the row")
+            raise UsageError(f"{p}: row {i + 2} (line {i + 2} of the file) has empty cells in {empty}; fill them or remove the row")
     if not rows:
-        raise ValueError(f"{p} has no data rows")
+        raise UsageError(f"{p} has no data rows")
     return [{k: (v or "").strip() for k, v in r.items() if k in required or k in optional} for r in rows]
 
 
@@ -56,10 +57,10 @@ def select_rows(n: int, rows: str | None) -> list[int]:
             return list(range(n))[slice(*[int(x) if x else None for x in s.split(":")])]
         idx = [int(x) for x in s.split(",")]
     except ValueError:
-        raise ValueError(f"rows={rows!r}: use a slice like '0:10' or a list like '3,5,9'") from None
+        raise UsageError(f"rows={rows!r}: use a slice like '0:10' or a list like '3,5,9'") from None
     bad = [i for i in idx if not 0 <= i < n]
     if bad:
-        raise ValueError(f"rows {bad} out of range: the file has {n} rows (0..{n - 1})")
+        raise UsageError(f"rows {bad} out of range: the file has {n} rows (0..{n - 1})")
     return idx
 
 
@@ -67,7 +68,10 @@ class EditData(L.LightningDataModule):
     """Anything that yields edit requests (for ``fit``)."""
 
     truncate_long_prompts: bool = False
-    truncated: list[str] = []
+
+    def __init__(self):
+        super().__init__()
+        self.truncated: list[str] = []
 
     def requests(self) -> list[EditRequest]:
         raise NotImplementedError  # abstract
@@ -80,50 +84,74 @@ class EditData(L.LightningDataModule):
         out = [t for r in self.requests() for t in (r.source, r.target)] + list(self.preserve())
         return list(dict.fromkeys(out))
 
-    def check_prompts(self, n_tokens) -> None:
-        """Fail (or truncate, with ``truncate_long_prompts``) on prompts over 77 tokens."""
-        long = [(p, n) for p in self.prompts() if (n := n_tokens(p)) > 77]
+    def check_prompts(self, t2i, derived: list[str] = ()) -> None:
+        """Fail (or truncate, with ``truncate_long_prompts``) on prompts longer than the text encoder's
+        context (77 tokens on SD-1/2/XL). ``derived`` are the prompts an editor builds from the requests
+        (prefixes, templates): they are checked too, and only ever fail (an editor's own prompt is not
+        truncated behind the user's back)."""
+        limit = t2i.max_length
+        long = [(p, n) for p in self.prompts() if (n := t2i.n_tokens(p)) > limit]
+        too_long = [(p, n) for p in dict.fromkeys(derived) if (n := t2i.n_tokens(p)) > limit]
+        if too_long:
+            listing = "; ".join(f"{p!r} ({n} tokens)" for p, n in too_long[:5]) + (" ..." if len(too_long) > 5 else "")
+            raise UsageError(
+                f"{len(too_long)} prompt(s) the editor builds from the requests (prefixes, templates) exceed the text "
+                f"encoder's {limit} tokens: {listing}. Shorten the requests, or give the editor shorter templates"
+            )
         if not long:
             return
         listing = "; ".join(f"{p!r} ({n} tokens)" for p, n in long[:5]) + (" ..." if len(long) > 5 else "")
         if not self.truncate_long_prompts:
-            raise ValueError(
-                f"{len(long)} prompt(s) exceed the text encoder's 77 tokens: {listing}. Shorten them, or set "
-                "--data.init_args.truncate_long_prompts true to truncate them to 77 tokens as SD pipelines do"
+            raise UsageError(
+                f"{len(long)} prompt(s) exceed the text encoder's {limit} tokens: {listing}. Shorten them, or set "
+                f"--data.init_args.truncate_long_prompts true to truncate them to {limit} tokens as SD pipelines do"
             )
         self.truncated = [p for p, _ in long]
-        print(f"edit_bench: truncated {len(long)} prompt(s) to 77 tokens: {listing}")
+        print(f"edit_bench: truncated {len(long)} prompt(s) to {limit} tokens: {listing}")
+
+    def train_dataloader(self):
+        """For editors that train (``Editor.trains``): every step sees all requests and the preserve set, as
+        one batch ``{"requests": [...], "preserve": [...]}``; ``--trainer.max_steps`` sets the steps."""
+        requests, preserve = self.requests(), self.preserve()
+        return DataLoader([0], batch_size=1, collate_fn=lambda _: {"requests": requests, "preserve": preserve})
 
 
 class Benchmark(EditData):
-    """A benchmark: cases, the sampler and judge that measure them, and the protocol.
+    """A benchmark: cases, the sampler and metrics that measure them, and the protocol.
 
     Args:
         sampler: generation settings (scheduler, steps, guidance, size, seeds).
-        judge: the CLIP judge.
+        judge: the CLIP judge of the default metric (and of any ``EditScores`` without a judge of its own).
         protocol: ``per_case`` (reset the weights and edit for every case, as TIMED/RoAD) or
             ``fixed`` (one edit with all requests, then evaluate every case on it).
-        batch_size: samples per generation batch (may span cases).
+        batch_size: samples per generation batch (a batch never spans two cases under ``per_case``).
         truncate_long_prompts: prompts over 77 tokens are an error unless this is true, when they are
             truncated to 77 tokens (as Stable Diffusion's pipelines do) and listed in the results.
         baseline: also score the unedited model on the same samples, so results and the printed table
             show baseline and edited side by side.
+        metrics: the metrics (``SampleMetric`` subclasses, by ``class_path``); default: the judge's TIMED
+            scores, ``[EditScores]``.
     """
 
     def __init__(self, sampler: SamplerConfig = SamplerConfig(), judge: JudgeConfig = JudgeConfig(),
                  protocol: Literal["per_case", "fixed"] = "per_case", batch_size: int = 8,
-                 truncate_long_prompts: bool = False, baseline: bool = False):
+                 truncate_long_prompts: bool = False, baseline: bool = False,
+                 metrics: list[SampleMetric] | None = None):
         super().__init__()
+        self.save_hyperparameters(ignore=["metrics"])  # the benchmark's arguments, as its fingerprint records them
         self.baseline = baseline
         if protocol not in ("per_case", "fixed"):
-            raise ValueError(f"protocol must be 'per_case' or 'fixed', got {protocol!r}")
+            raise UsageError(f"protocol must be 'per_case' or 'fixed', got {protocol!r}")
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         self.sampler = sampler
         self.judge_cfg = judge
         self.protocol = protocol
         self.batch_size = batch_size
         self.truncate_long_prompts = truncate_long_prompts
-        self.truncated: list[str] = []
-        self._done: set[str] = set()
+        self.metrics = list(metrics) if metrics is not None else [EditScores()]
+        if not self.metrics:
+            raise UsageError("metrics is empty: list at least one metric, or leave it out for the judge's TIMED scores")
 
     # -- cases
     def cases(self) -> list[EditCase]:
@@ -134,8 +162,10 @@ class Benchmark(EditData):
         out = {}
         for c in self.cases():
             if c.id in out:
-                raise ValueError(f"duplicate case id {c.id!r}")
+                raise UsageError(f"duplicate case id {c.id!r}")
             out[c.id] = c
+        if not out:
+            raise UsageError(f"{type(self).__name__} selects no cases: check --data.rows and the data file")
         return out
 
     def case(self, case_id: str) -> EditCase:
@@ -148,6 +178,7 @@ class Benchmark(EditData):
         return sorted({p for c in self._cases.values() for p in c.preserve})
 
     def samples(self) -> list[Sample]:
+        """Every sample, in case order (then group, prompt, seed)."""
         return [s for c in self._cases.values() for s in c.samples(self.sampler.seeds)]
 
     def prompts(self) -> list[str]:
@@ -158,25 +189,9 @@ class Benchmark(EditData):
             out += [p.prompt for pairs in c.groups.values() for p in pairs]
         return list(dict.fromkeys(out))
 
-    # -- the judge (loaded once, on first use)
-    @functools.cached_property
-    def judge(self) -> ClipJudge:
-        return ClipJudge(self.judge_cfg)
-
-    # -- samples for Lightning's predict loop
-    def exclude(self, done: set[str]) -> None:
-        """Skip samples whose results are already stored (resume)."""
-        self._done = set(done)
-
-    def pending(self) -> list[Sample]:
-        return [s for s in self.samples() if s.id not in self._done]
-
-    def predict_dataloader(self):
-        return DataLoader(self.pending(), batch_size=self.batch_size, shuffle=False, collate_fn=list)
-
     def protocol_info(self) -> dict:
         s = self.sampler
         return {"sampler": {"scheduler": s.scheduler, "steps": s.steps, "guidance": s.guidance, "size": s.size,
                             "eta": s.eta, "noise": "torch.Generator('cpu').manual_seed(seed) per sample"},
-                "seeds": list(s.seeds), "judge": self.judge_cfg.describe(), "protocol": self.protocol,
-                "cases": len(self._cases), "truncated_prompts": self.truncated}
+                "seeds": list(s.seeds), "protocol": self.protocol, "cases": len(self._cases),
+                "truncated_prompts": self.truncated}

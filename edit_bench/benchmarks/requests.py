@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..types import EditRequest
 from .base import EditData, read_csv, resolve_path
+from ..errors import UsageError
 
 
 class EditRequests(EditData):
@@ -35,19 +36,19 @@ class EditRequests(EditData):
 
                 doc = yaml.safe_load(p.read_text()) or {}
                 if not isinstance(doc, dict) or "requests" not in doc:
-                    raise ValueError(f"{p}: expected a mapping with a 'requests' list (and optionally 'preserve')")
+                    raise UsageError(f"{p}: expected a mapping with a 'requests' list (and optionally 'preserve')")
                 items += doc["requests"]
                 self._preserve += list(doc.get("preserve") or [])
         if not items:
-            raise ValueError("no edit requests: give --data.path FILE (YAML or CSV) or --data.requests")
+            raise UsageError("no edit requests: give --data.path FILE (YAML or CSV) or --data.requests")
         self._requests = []
         for i, it in enumerate(items):
             if not isinstance(it, dict) or "source" not in it or "target" not in it:
-                raise ValueError(f"request {i}: {it!r} needs 'source' and 'target'")
+                raise UsageError(f"request {i}: {it!r} needs 'source' and 'target'")
             try:
                 self._requests.append(EditRequest(it["source"], it["target"], it.get("subject") or None))
             except ValueError as e:
-                raise ValueError(f"{it.get('_where', f'request {i}')}: {e}") from None
+                raise UsageError(f"{it.get('_where', f'request {i}')}: {e}") from None
 
     def requests(self):
         return list(self._requests)

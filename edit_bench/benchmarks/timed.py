@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..types import EditCase, EditRequest, PromptPair
 from .base import Benchmark, read_csv, select_rows
+from ..errors import UsageError
 
 K = 5
 COLUMNS = (["old", "new"] + [c for k in range(1, K + 1) for c in (f"positive{k}", f"gt{k}")]
@@ -43,7 +44,7 @@ class TIMED(Benchmark):
             try:
                 request = EditRequest(r["old"], r["new"])
             except ValueError as e:
-                raise ValueError(f"{self.path}: row {i} (line {i + 2}): {e}") from None
+                raise UsageError(f"{self.path}: row {i} (line {i + 2}): {e}") from None
             groups = {
                 "efficacy": (PromptPair(r["old"], r["old"], r["new"], "new"),),
                 "generality": tuple(PromptPair(r[f"positive{k}"], r[f"positive{k}"], r[f"gt{k}"], "new") for k in range(1, K + 1)),

@@ -2,17 +2,16 @@
 
 An editor owns a :class:`~edit_bench.models.T2IModel` and changes only the weights it declares in
 ``edited_parameters()``. The base class provides bitwise ``snapshot()``/``restore()``, the delta
-checkpoint (safetensors) and the evaluation step (edit -> generate), so a new method writes its
-constructor (its config, with paper defaults) and ``edit()``.
+checkpoint (safetensors) and one evaluation step (images for a batch of samples under its case's edit),
+so a new method writes its constructor (its config, with paper defaults) and ``edit()``. Everything else
+about evaluation (protocol, records, metrics, run directory) belongs to :mod:`edit_bench.evaluate`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Sequence
-from itertools import groupby
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,8 +19,10 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from ..errors import UsageError
 from ..models import T2IModel, load_t2i
-from ..types import EditRequest, Sample
+from ..models.delta import apply_delta, save_delta
+from ..types import EditCase, EditRequest, GenerationBatch
 
 
 class Editor(L.LightningModule):
@@ -29,39 +30,48 @@ class Editor(L.LightningModule):
 
     Class attributes (capabilities, read by tools and tests):
         edits: what ``edit()`` may change: ``"none"``, ``"cross_attn_kv"``, ``"text_encoder"`` or ``"unet"``.
-        supports_batch: whether ``edit()`` takes several requests at once.
+        multi_request: whether ``edit()`` takes several requests at once (needed by the ``fixed`` protocol
+            and by ``fit`` with several requests).
+        needs_grad: ``edit()`` runs with gradients enabled (optimising editors).
+        trains: the editor is trained by Lightning's ``fit`` loop (``training_step``), not edited in closed
+            form; ``eval`` evaluates its delta.
 
     Args:
         base: the model spec for :func:`~edit_bench.models.load_t2i` (default: the shipped toy world).
-        delta: an ``edit.safetensors`` written by ``fit``; it is applied on load and the model is then
-            evaluated as edited (no further per-case edits).
     """
 
     edits: ClassVar[str] = "none"
-    supports_batch: ClassVar[bool] = False
-    needs_grad: ClassVar[bool] = False  # edit() runs with gradients enabled (optimising editors)
+    multi_request: ClassVar[bool] = False
+    needs_grad: ClassVar[bool] = False
+    trains: ClassVar[bool] = False
+    delta: str | None = None  # only the identity editor evaluates a saved delta
 
-    def __init__(self, base: str = "toy", delta: str | None = None):
+    def __init__(self, base: str = "toy"):
         super().__init__()
+        self.save_hyperparameters()  # every subclass's constructor arguments: its checkpoint rebuilds it
         self.base = base
-        self.delta_path = delta
+        self.strict_loading = False  # checkpoints hold the edited parameters only (on_save_checkpoint)
         self._snapshot: dict[str, Tensor] | None = None
         self._active: str | None = None
         self.edit_times: list[float] = []
-        self.editing = True  # False: evaluate the unedited model (baseline pass)
+        self.conditions: list[float] = []  # condition numbers of the closed-form systems solved
 
     @property
     def t2i(self) -> T2IModel:
         """The model, loaded on first use (so a config is cheap to build and a missing model fails
-        inside the command, with its own message), with ``delta`` applied."""
+        inside the command, with its own message)."""
         if "_t2i" not in self._modules:
-            self._t2i = load_t2i(self.base)
-            if self.delta_path is not None:
-                self.load_delta(self.delta_path)
+            self._t2i = load_t2i(self.base, delta=self.delta)  # registered only once loaded whole
         return self._modules["_t2i"]
 
     def configure_model(self) -> None:
-        self.t2i  # Lightning calls this hook before moving the module: load the model in time
+        """Lightning calls this before moving the module: load the model in time and, when training,
+        make exactly the edited parameters trainable."""
+        t2i = self.t2i
+        if self.trains and self._trainer is not None and self.trainer.training:
+            t2i.requires_grad_(False)
+            for p in self.edited_parameters().values():
+                p.requires_grad_(True)
 
     # ------------------------------------------------------------------ the method
     def edited_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -78,12 +88,19 @@ class Editor(L.LightningModule):
             out[v_name] = site.to_v.weight
         return out
 
+    def derived_prompts(self, requests: Sequence[EditRequest]) -> list[str]:
+        """Every prompt ``edit()`` will build from ``requests`` and feed the text encoder (prefixes,
+        templates), so that too-long ones fail before any output exists."""
+        return []
+
     def edit(self, requests: Sequence[EditRequest], preserve: Sequence[str] = ()) -> None:
         """Apply the edit in place. Subclasses implement it; the identity editor does nothing."""
 
     def report(self) -> dict:
         """What the method wants recorded in ``results.json`` / ``edit.json`` (e.g. statistics it used)."""
-        return {}
+        if not self.conditions:
+            return {}
+        return {"ridge_condition": {"max": max(self.conditions), "min": min(self.conditions), "solves": len(self.conditions)}}
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict[str, Tensor]:
@@ -97,24 +114,29 @@ class Editor(L.LightningModule):
         """Put back the snapshot, bit for bit."""
         if self._snapshot is not None:
             for n, p in self.edited_parameters().items():
-                p.copy_(self._snapshot[n])
+                p.copy_(self._snapshot[n].to(p.device))
         self._active = None
 
     @torch.no_grad()
     def apply_edit(self, requests: Sequence[EditRequest], preserve: Sequence[str] = ()) -> float:
-        """Restore, then edit; returns the edit's wall time in seconds (also kept in ``edit_times``)."""
+        """Restore, then edit; returns the edit's wall time in seconds (also kept in ``edit_times``).
+
+        The edit runs where the model is, with autocast off: its numerics never depend on the protocol
+        or on the run's mixed precision.
+        """
         requests = list(requests)
-        if len(requests) > 1 and not self.supports_batch:
-            raise ValueError(f"{type(self).__name__} edits one request at a time; got {len(requests)}")
+        if len(requests) > 1 and not self.multi_request:
+            raise UsageError(f"{type(self).__name__} edits one request at a time; got {len(requests)}")
         self.snapshot()
         self.restore()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        device = self.t2i.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        with torch.enable_grad() if self.needs_grad else contextlib.nullcontext():
+        with torch.autocast(device.type, enabled=False), (torch.enable_grad() if self.needs_grad else contextlib.nullcontext()):
             self.edit(requests, preserve)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
         self.edit_times.append(dt)
         return dt
@@ -135,88 +157,44 @@ class Editor(L.LightningModule):
             raise RuntimeError("no edit has been made: call apply_edit(...) first")
         out = {}
         for n, p in self.edited_parameters().items():
-            d = p.detach().float() - self._snapshot[n].float()
+            d = p.detach().float() - self._snapshot[n].to(p.device).float()
             if torch.any(d != 0):
                 out[n] = d.cpu().contiguous()
         return out
 
     def save_delta(self, path: str | Path, metadata: dict | None = None) -> Path:
-        """Write the delta as safetensors (atomically: a temporary file, then a rename)."""
-        from safetensors.torch import save_file
+        """Write the delta as safetensors, atomically, with the editor and the model's identity."""
+        return save_delta(path, self.delta_state_dict(), self.t2i, {"editor": type(self).__name__, **(metadata or {})})
 
-        path = Path(path)
-        meta = {"format": "edit_bench.delta", "editor": type(self).__name__, "base": self.base}
-        meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
-        tmp = path.with_suffix(".tmp")
-        save_file(self.delta_state_dict(), str(tmp), metadata=meta)
-        tmp.replace(path)
-        return path
-
-    @torch.no_grad()
     def load_delta(self, path: str | Path) -> None:
-        """Add a saved delta to the model's weights (checked: names, shapes, base model)."""
-        from safetensors import safe_open
+        """Add a saved delta to the model's weights; validated whole first (a failed load changes nothing)."""
+        apply_delta(self.t2i, path)
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"delta file {path} does not exist: give the edit.safetensors that `fit` wrote")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "edit_bench.delta":
-                raise ValueError(f"{path} is not an edit_bench delta (metadata format={meta.get('format')!r})")
-            if meta.get("base") and meta["base"] != self.base:
-                raise ValueError(
-                    f"{path} was made for base model {meta['base']!r}, but this editor loads {self.base!r}: "
-                    f"pass --model.base {meta['base']}"
-                )
-            deltas = {k: f.get_tensor(k) for k in f.keys()}
-        for name, d in deltas.items():
-            p = self.t2i.get_parameter(name)
-            if p.shape != d.shape:
-                raise ValueError(f"{path}: {name} has shape {tuple(d.shape)}, the model's is {tuple(p.shape)}")
-            p.add_(d.to(p.device, p.dtype))
+    # ------------------------------------------------------------------ checkpoints of trained editors
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """A Lightning checkpoint holds the edited parameters (and the optimizer), never the whole pipeline."""
+        keep = {f"_t2i.{n}" for n in self.edited_parameters()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     # ------------------------------------------------------------------ evaluation
-    def activate(self, case) -> None:
-        """Make the model the edited model of ``case`` (per-case protocol), editing only when it changes."""
-        if not self.editing or self.delta_path is not None or self._active == case.id:
-            return
-        self.apply_edit([case.request], case.preserve)
+    def activate(self, case: EditCase) -> float | None:
+        """Make the model the edited model of ``case``; returns the edit's seconds, or ``None`` when the
+        model already is (the same case as the last batch)."""
+        if self._active == case.id:
+            return None
+        dt = self.apply_edit([case.request], case.preserve)
         self._active = case.id
+        return dt
 
-    def generate_samples(self, samples: list, bench) -> Tensor:
-        """Images ``[B, 3, H, W]`` for a batch of samples that may span several cases (sorted by case).
-
-        Per-case protocol: each case's samples are generated with that case's edit. ``fixed``: the edit
-        made before the loop (by ``eval``) is used for all.
-        """
-        images = []
-        for case_id, group in groupby(samples, key=lambda s: s.case_id):
-            group = list(group)
-            if bench.protocol == "per_case":
-                self.activate(bench.case(case_id))
-            images.append(self.t2i.generate([s.pair.prompt for s in group], [s.seed for s in group], bench.sampler))
-        return torch.cat(images)
-
-    def predict_step(self, batch, batch_idx: int = 0):
-        """Generate and judge one batch of :class:`~edit_bench.types.Sample`; returns per-sample records."""
-        bench = self.trainer.datamodule
-        t0 = time.perf_counter()
-        images = self.generate_samples(batch, bench)
-        gen_s = time.perf_counter() - t0
-        judge = bench.judge.to(self.device)
-        p_new = judge.preference(images, [s.pair.old for s in batch], [s.pair.new for s in batch])
-        records = []
-        for s, p in zip(batch, p_new.tolist()):
-            success = p > 0.5 if s.pair.expect == "new" else p < 0.5
-            records.append(dict(id=s.id, case=s.case_id, group=s.group, k=s.prompt_index, seed=s.seed,
-                                prompt=s.pair.prompt, old=s.pair.old, new=s.pair.new, expect=s.pair.expect,
-                                p_new=p, success=bool(success)))
-        return {"records": records, "images": images, "generate_s": gen_s}
+    def predict_step(self, batch: GenerationBatch, batch_idx: int = 0) -> Tensor:
+        """Images ``[B, 3, H, W]`` in [0, 1] for the batch's samples, under its case's edit when it has one."""
+        if batch.case is not None:
+            self.activate(batch.case)
+        return self.t2i.generate([s.pair.prompt for s in batch.samples], [s.seed for s in batch.samples], batch.sampler)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        if isinstance(batch, list) and batch and isinstance(batch[0], Sample):
-            return batch  # samples are prompts and seeds: nothing to move
+        if isinstance(batch, (GenerationBatch, dict)):
+            return batch  # prompts, seeds and requests: nothing to move
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def configure_optimizers(self):

@@ -23,7 +23,8 @@ import torch
 
 from ..types import EditRequest
 from .base import Editor
-from .ridge import ridge_update
+from .ridge import ridge_update_
+from ..errors import UsageError
 
 SD1_SITES = ("up_blocks.1.attentions.1", "up_blocks.1.attentions.2")
 TEMPLATES = ("{}", "a painting in the style of {}", "a photo in the style of {}", "a picture in the style of {}")
@@ -40,27 +41,30 @@ class LocoEdit(Editor):
         anchor: the prompt whose last token gives the value. ``None`` takes each request's target (the
             authors hard-code "a painting"); an empty target means the unconditional prompt's BOS.
         with_to_k: also edit ``to_k`` (the authors edit both).
-        base, delta: see :class:`~edit_bench.editors.base.Editor`.
+        base: see :class:`~edit_bench.editors.base.Editor`.
     """
 
     edits = "cross_attn_kv"
-    supports_batch = True
+    multi_request = True
 
     def __init__(self, sites: Sequence[str] = SD1_SITES, lam: float = 0.01, templates: Sequence[str] = TEMPLATES,
-                 anchor: str | None = None, with_to_k: bool = True, base: str = "toy", delta: str | None = None):
-        super().__init__(base=base, delta=delta)
+                 anchor: str | None = None, with_to_k: bool = True, base: str = "toy"):
+        super().__init__(base=base)
         if lam <= 0:
-            raise ValueError(f"lam must be > 0 (paper: 0.01), got {lam}")
+            raise UsageError(f"lam must be > 0 (paper: 0.01), got {lam}")
         if not sites:
-            raise ValueError("LocoEdit needs at least one site (e.g. up_blocks.1.attentions.1)")
+            raise UsageError("LocoEdit needs at least one site (e.g. up_blocks.1.attentions.1)")
         bad = [t for t in templates if t.count("{}") != 1]
         if bad:
-            raise ValueError(f"each template needs exactly one '{{}}' for the concept; got {bad}")
+            raise UsageError(f"each template needs exactly one '{{}}' for the concept; got {bad}")
         self.sites, self.lam, self.templates = tuple(sites), lam, tuple(templates)
         self.anchor, self.with_to_k = anchor, with_to_k
 
     def edited_parameters(self):
         return self.cross_attn_kv(list(self.sites), self.with_to_k)
+
+    def derived_prompts(self, requests):
+        return [t.format(r.source) for r in requests for t in self.templates] + [self.anchor or r.target for r in requests]
 
     def keys_values(self, requests: Sequence[EditRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys ``[D, N]`` and the embeddings ``[D, N]`` whose projections are their values."""
@@ -80,8 +84,4 @@ class LocoEdit(Editor):
     @torch.no_grad()
     def edit(self, requests, preserve=()):
         K, A = self.keys_values(requests)
-        params = list(self.edited_parameters().values())
-        W = torch.cat([p.float() for p in params])
-        W_new = ridge_update(W, K, W @ A, self.lam)
-        for p, w in zip(params, W_new.split([p.shape[0] for p in params])):
-            p.copy_(w.to(p.dtype))
+        self.conditions.append(ridge_update_(list(self.edited_parameters().values()), K, lambda W: W @ A, self.lam))

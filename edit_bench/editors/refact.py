@@ -34,12 +34,16 @@ import torch
 from ..types import EditRequest
 from .base import Editor
 from .stats import DEFAULT_CORPUS, second_moment
+from ..errors import UsageError
 
 # refact_main.get_context_templates
 CONTEXT_TEMPLATES = (
     "{} in a realistic style portrait image", "{}, a portrait", "realistic painting of {}", "a current image of {}",
     "{}, news image", "a beautiful photograph of {}", "realistic drawing of {}", "{}, realistic portrait", "{} in a photo",
 )
+
+
+REFERENCE_DEPTH = 12  # layers of CLIP ViT-L/14's text tower, the paper's encoder: ``layer`` is relative to it on SDXL's second
 
 
 class ReFACT(Editor):
@@ -54,21 +58,21 @@ class ReFACT(Editor):
             a ``prompt``, ``caption`` or ``text`` column).
         stats_samples: at most this many corpus texts (the paper: 100,000).
         stats_dir: where statistics are cached (default ``$EDIT_BENCH_CACHE/stats`` or ``~/.cache/edit_bench/stats``).
-        base, delta: see :class:`~edit_bench.editors.base.Editor`.
+        base: see :class:`~edit_bench.editors.base.Editor`.
     """
 
     edits = "text_encoder"
-    supports_batch = False
+    multi_request = False
     needs_grad = True
 
     def __init__(self, layer: int = 9, layer_2: int | None = None, lr: float = 0.05, steps: int = 100,
                  stop_p: float = 0.99, clamp: float = 4.0, weight_decay: float = 0.1,
                  templates: Sequence[str] = CONTEXT_TEMPLATES, corpus: str = DEFAULT_CORPUS,
-                 stats_samples: int = 100_000, stats_dir: str | None = None, base: str = "toy", delta: str | None = None):
-        super().__init__(base=base, delta=delta)
+                 stats_samples: int = 100_000, stats_dir: str | None = None, base: str = "toy"):
+        super().__init__(base=base)
         bad = [t for t in templates if t.count("{}") != 1]
         if bad:
-            raise ValueError(f"each template needs exactly one '{{}}' for the subject; got {bad}")
+            raise UsageError(f"each template needs exactly one '{{}}' for the subject; got {bad}")
         self.layer, self.layer_2 = layer, layer_2
         self.lr, self.steps, self.stop_p, self.clamp, self.weight_decay = lr, steps, stop_p, clamp, weight_decay
         self.templates, self.corpus, self.stats_samples, self.stats_dir = tuple(templates), corpus, stats_samples, stats_dir
@@ -82,9 +86,9 @@ class ReFACT(Editor):
         for comp, enc in self.t2i.text_encoders():
             n = len([tl for tl in self.t2i.text_layers() if tl.encoder == comp])
             want = self.layer if comp == "text_encoder" else (
-                self.layer_2 if self.layer_2 is not None else round(self.layer * n / 12))
+                self.layer_2 if self.layer_2 is not None else round(self.layer * n / REFERENCE_DEPTH))
             if not 0 <= want < n:
-                raise ValueError(f"ReFACT layer {want} does not exist: {comp} has {n} layers (0..{n - 1}); "
+                raise UsageError(f"ReFACT layer {want} does not exist: {comp} has {n} layers (0..{n - 1}); "
                                  f"pass --model.init_args.layer{'' if comp == 'text_encoder' else '_2'} N with N in 0..{n - 1}")
             out.append(next(tl for tl in self.t2i.text_layers() if tl.encoder == comp and tl.index == want))
         return out
@@ -108,6 +112,9 @@ class ReFACT(Editor):
         """EOS text features (projected when the encoder has a projection)."""
         out = enc(ids.to(self.device))
         return (out.text_embeds if getattr(out, "text_embeds", None) is not None else out.pooler_output).float()
+
+    def derived_prompts(self, requests):
+        return [t.format(x.lower()) for r in requests for t in self.templates for x in (r.source, r.target)]
 
     def rank_one(self, W: torch.Tensor, u: torch.Tensor, k_star: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``W + residual u^T / (u^T k*)``: maps ``k*`` to ``W k* + residual``, keys orthogonal to ``u`` unchanged."""
@@ -169,7 +176,13 @@ class ReFACT(Editor):
             prompts = [src] + ctx
             contrast = [[tgt, src]] + [[t.format(tgt), t.format(src)] for t in self.templates]
             delta, steps, p = self.optimise_delta(tl, ti, prompts, subject, contrast, m0)
-            u = torch.linalg.solve(C.double().to(self.device), k_bar.double())
+            try:
+                u = torch.linalg.solve(C.double().to(k_bar.device), k_bar.double())
+            except torch.linalg.LinAlgError:
+                raise UsageError(
+                    f"ReFACT statistics of {tl.name} are singular: the corpus {self.corpus!r} gave {n_tokens} token "
+                    f"positions for d = {C.shape[0]}; give a larger corpus (--model.init_args.corpus) or raise stats_samples"
+                ) from None
             u = (u / u.norm()).float()
             W = tl.mlp_out.weight
             with torch.no_grad():

@@ -4,8 +4,9 @@ ReFACT (like ROME) needs ``C`` of the edited ``fc2``'s inputs. The paper compute
 here the corpus is any local text file, the default the COCO captions in ``datasets/coco``. Every token
 position up to and including the first EOS counts (padding does not: with the causal mask it cannot change
 those positions, so texts are padded to the longest of their batch). The result is cached on disk, keyed by
-the model spec, the layer, a hash of the layer's weights, the corpus and the sample count, and written
-atomically.
+the model spec, the layer, a hash of every weight it depends on (the token and position embeddings and
+layers 0..L), the corpus and the sample count; it is computed once across processes (the first takes a file
+lock, the others wait for its file) and written atomically. Within a process it is also kept in memory.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import re
 from pathlib import Path
 
 import torch
+from ..errors import UsageError
+from ..io import write_atomic
 
 DEFAULT_CORPUS = "datasets/coco/coco_30k.csv"
 TEXT_COLUMNS = ("prompt", "caption", "text")
@@ -32,13 +35,13 @@ def read_corpus(path: str | Path, limit: int) -> list[str]:
             reader = csv.DictReader(f)
             col = next((c for c in TEXT_COLUMNS if c in (reader.fieldnames or [])), None)
             if col is None:
-                raise ValueError(f"{p}: a corpus CSV needs one of the columns {TEXT_COLUMNS}; it has {reader.fieldnames}")
+                raise UsageError(f"{p}: a corpus CSV needs one of the columns {TEXT_COLUMNS}; it has {reader.fieldnames}")
             texts = [row[col].strip() for row in reader]
         else:
             texts = [line.strip() for line in f]
     texts = [t for t in texts if t][:limit]
     if not texts:
-        raise ValueError(f"corpus {p} has no texts")
+        raise UsageError(f"corpus {p} has no texts")
     return texts
 
 
@@ -57,22 +60,62 @@ class _Stop(Exception):
     """Raised by the capture hook: layers after the captured one are not needed."""
 
 
+_MEMORY: dict[Path, tuple[torch.Tensor, int]] = {}
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _weights_below(t2i, layer) -> list[torch.Tensor]:
+    """Every tensor ``fc2``'s inputs at ``layer`` depend on: the encoder's embeddings, layers ``0..L-1`` and
+    layer ``L`` up to ``fc2`` (``fc2`` itself, the edited matrix, does not change its own inputs)."""
+    enc = getattr(t2i, layer.encoder)
+    model = enc.text_model if hasattr(enc, "text_model") else enc
+    out = list(model.embeddings.state_dict(keep_vars=True).values())
+    fc2 = {id(t) for t in layer.mlp_out.parameters()}
+    for tl in t2i.text_layers():
+        if tl.encoder == layer.encoder and tl.index <= layer.index:
+            out += [t for t in tl.module.state_dict(keep_vars=True).values() if id(t) not in fc2]
+    return out
+
+
+def _weights_digest(tensors: list[torch.Tensor]) -> str:
+    """SHA-1 of the tensors' values, remembered per (tensor, version): an unchanged encoder is hashed once
+    per process, and any in-place change (an edit below the layer) bumps a version and rehashes."""
+    key = tuple((id(t), t._version) for t in tensors)
+    if key not in _DIGESTS:
+        digest = hashlib.sha1()
+        for t in tensors:
+            digest.update(t.detach().cpu().float().numpy().tobytes())
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
 def second_moment(t2i, layer, tokenizer_index: int, corpus: str, limit: int, stats_dir: str | None = None,
                   batch_size: int = 64) -> tuple[torch.Tensor, int, Path]:
     """``(C [d, d] float32, number of token positions, cache file)`` for ``layer.module.mlp.fc2``'s input."""
-    from safetensors.torch import load_file, save_file
+    from filelock import FileLock
+    from safetensors.torch import load_file
 
     fc2 = layer.mlp_out
-    digest = hashlib.sha1()
-    for t in layer.module.state_dict().values():
-        digest.update(t.detach().cpu().float().numpy().tobytes())
     texts = read_corpus(corpus, limit)
+    digest = hashlib.sha1(_weights_digest(_weights_below(t2i, layer)).encode())
     digest.update("\n".join(texts).encode())
     name = f"{_slug(t2i.spec)}__{layer.param_name(fc2).removesuffix('.weight')}__{_slug(Path(corpus).stem)}-{len(texts)}__{digest.hexdigest()[:12]}.safetensors"
     path = cache_dir(stats_dir) / name
-    if path.is_file():
+    if path in _MEMORY:
+        return *_MEMORY[path], path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # one process computes, the others wait and read its file
+        if not path.is_file():
+            _compute(t2i, layer, tokenizer_index, texts, batch_size, path, corpus)
         saved = load_file(str(path))
-        return saved["C"], int(saved["n_tokens"]), path
+    _MEMORY[path] = saved["C"], int(saved["n_tokens"])
+    return *_MEMORY[path], path
+
+
+def _compute(t2i, layer, tokenizer_index, texts, batch_size, path, corpus) -> None:
+    from safetensors.torch import save_file
+
+    fc2 = layer.mlp_out
 
     tok = t2i.tokenizers[tokenizer_index]
     enc = getattr(t2i, layer.encoder)
@@ -100,8 +143,5 @@ def second_moment(t2i, layer, tokenizer_index: int, corpus: str, limit: int, sta
     finally:
         hook.remove()
     C = (total / n).float().cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"C": C, "n_tokens": torch.tensor(n)}, str(tmp), metadata={"corpus": str(corpus), "texts": str(len(texts))})
-    tmp.replace(path)
-    return C, n, path
+    tensors, meta = {"C": C, "n_tokens": torch.tensor(n)}, {"corpus": str(corpus), "texts": str(len(texts))}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

@@ -20,7 +20,8 @@ import torch
 
 from ..types import EditRequest
 from .base import Editor
-from .ridge import ridge_update
+from .ridge import ridge_update_
+from ..errors import UsageError
 
 AUGMENTATIONS = ("A photo of ", "An image of ", "A picture of ")  # TIME --with_augs; diffusers' with_augs
 
@@ -72,17 +73,17 @@ class TIME(Editor):
         with_to_k: also edit ``to_k`` (README main experiment: ``--with_to_k``).
         augmentations: prefixes added to both prompts as extra key/value pairs (``--with_augs``:
             "A photo of ", "An image of ", "A picture of ").
-        base, delta: see :class:`~edit_bench.editors.base.Editor`.
+        base: see :class:`~edit_bench.editors.base.Editor`.
     """
 
     edits = "cross_attn_kv"
-    supports_batch = True
+    multi_request = True
 
     def __init__(self, lam: float = 0.1, with_to_k: bool = True, augmentations: Sequence[str] = AUGMENTATIONS,
-                 base: str = "toy", delta: str | None = None):
-        super().__init__(base=base, delta=delta)
+                 base: str = "toy"):
+        super().__init__(base=base)
         if lam <= 0:
-            raise ValueError(f"lam must be > 0 (paper: 0.1), got {lam}")
+            raise UsageError(f"lam must be > 0 (paper: 0.1), got {lam}")
         self.lam = lam
         self.with_to_k = with_to_k
         self.augmentations = tuple(augmentations)
@@ -98,10 +99,16 @@ class TIME(Editor):
             pairs += [(augment(r.source, a), augment(r.target, a)) for a in self.augmentations]
         return pairs
 
+    def derived_prompts(self, requests):
+        return [p for pair in self.prompt_pairs(requests) for p in pair]
+
     def alignment(self, src: list[str], dst: list[str]) -> torch.Tensor:
         """``[P, 77]`` destination positions aligned to each source position."""
         tok = self.t2i.tokenizer
-        same = {tok.convert_tokens_to_ids("an</w>"): tok.convert_tokens_to_ids("a</w>")}
+        an, a = tok.convert_tokens_to_ids("an</w>"), tok.convert_tokens_to_ids("a</w>")
+        if tok.unk_token_id is not None and tok.unk_token_id in (an, a):
+            raise UsageError("TIME's alignment maps 'an' to 'a', but this tokenizer has no 'an</w>'/'a</w>' tokens (not CLIP BPE)")
+        same = {an: a}
         s_ids, d_ids = self.t2i.tokenize(src).tolist(), self.t2i.tokenize(dst).tolist()
         return torch.tensor([align_tokens(s, d, tok.eos_token_id, same) for s, d in zip(s_ids, d_ids)])
 
@@ -117,8 +124,6 @@ class TIME(Editor):
         c_star = torch.gather(c_dst, 1, idx[..., None].expand(-1, -1, c_dst.shape[-1]))
         K = c.reshape(-1, c.shape[-1]).T  # [D, P*77]
         K_star = c_star.reshape(-1, c.shape[-1]).T
-        params = list(self.edited_parameters().values())
-        W = torch.cat([p.float() for p in params])  # every matrix shares K: stack along d_out
-        W_new = ridge_update(W, K, W @ K_star, self.lam)
-        for p, w in zip(params, W_new.split([p.shape[0] for p in params])):
-            p.copy_(w.to(p.dtype))
+        # every matrix shares K: one factored system, solved matrix by matrix
+        cond = ridge_update_(list(self.edited_parameters().values()), K, lambda W: W @ K_star, self.lam)
+        self.conditions.append(cond)

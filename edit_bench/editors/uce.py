@@ -30,7 +30,8 @@ import torch
 
 from ..types import EditRequest
 from .base import Editor
-from .ridge import ridge_update
+from .ridge import ridge_update_
+from ..errors import UsageError
 
 # Prompt expansion (``--add_prompts`` / ``--expand_prompts``) of both published scripts.
 TEMPLATES = {
@@ -52,26 +53,26 @@ class UCE(Editor):
             (both scripts, off by default).
         preserve: extra concepts preserved in every edit (besides each case's own preserve set).
         with_to_k: also edit ``to_k`` (both scripts do).
-        base, delta: see :class:`~edit_bench.editors.base.Editor`.
+        base: see :class:`~edit_bench.editors.base.Editor`.
     """
 
     edits = "cross_attn_kv"
-    supports_batch = True
+    multi_request = True
 
     def __init__(self, lam: float = 0.5, erase_scale: float = 1.0, preserve_scale: float | None = None,
                  technique: Literal["replace", "tensor"] = "replace",
                  tokens: Literal["last_to_end", "last"] = "last_to_end",
                  expand: Literal["art", "object"] | None = None, preserve: Sequence[str] = (),
-                 with_to_k: bool = True, base: str = "toy", delta: str | None = None):
-        super().__init__(base=base, delta=delta)
+                 with_to_k: bool = True, base: str = "toy"):
+        super().__init__(base=base)
         if lam <= 0:
-            raise ValueError(f"lam must be > 0 (paper: 0.5), got {lam}")
+            raise UsageError(f"lam must be > 0 (paper: 0.5), got {lam}")
         if technique not in ("replace", "tensor"):
-            raise ValueError(f"technique must be 'replace' or 'tensor', got {technique!r}")
+            raise UsageError(f"technique must be 'replace' or 'tensor', got {technique!r}")
         if tokens not in ("last_to_end", "last"):
-            raise ValueError(f"tokens must be 'last_to_end' (paper-era code) or 'last' (current code), got {tokens!r}")
+            raise UsageError(f"tokens must be 'last_to_end' (paper-era code) or 'last' (current code), got {tokens!r}")
         if expand not in (None, *TEMPLATES):
-            raise ValueError(f"expand must be null, 'art' or 'object', got {expand!r}")
+            raise UsageError(f"expand must be null, 'art' or 'object', got {expand!r}")
         self.lam, self.erase_scale, self.preserve_scale = lam, erase_scale, preserve_scale
         self.technique, self.tokens, self.expand = technique, tokens, expand
         self.preserve, self.with_to_k = tuple(preserve), with_to_k
@@ -89,13 +90,16 @@ class UCE(Editor):
                 out.append((t.format(r.source), t.format(r.target) if r.target else "", r.subject or r.source))
         return out
 
+    def derived_prompts(self, requests):
+        return [p for c, g, _ in self.concept_pairs(requests) for p in (c, g) if p]
+
     def erase_positions(self, concept: str, guide: str, subject: str | None) -> tuple[list[int], list[int]]:
         """Source and guide positions whose embeddings are paired (keys, values)."""
         i_s = self.t2i.token_index(concept, subject)
         i_g = self.t2i.token_index(guide) if guide else 0  # "": BOS (its only non-EOS token)
         if self.tokens == "last":
             return [i_s], [i_g]
-        n = 77 - max(i_s, i_g)
+        n = self.t2i.max_length - max(i_s, i_g)
         return list(range(i_s, i_s + n)), list(range(i_g, i_g + n))
 
     def keys_values(self, requests, preserve) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -124,19 +128,15 @@ class UCE(Editor):
     @torch.no_grad()
     def edit(self, requests, preserve=()):
         C_e, C_g, C_q, n_keep = self.keys_values(requests, preserve)
-        params = list(self.edited_parameters().values())
-        W = torch.cat([p.float() for p in params])  # every matrix shares the keys: stack along d_out
-        V_e = W @ C_g
-        if self.technique == "tensor":  # per matrix: remove the component along W c_e
-            parts = []
-            for Wi, Vi in zip(W.split([p.shape[0] for p in params]), V_e.split([p.shape[0] for p in params])):
-                u = torch.nn.functional.normalize(Wi @ C_e, dim=0)
-                parts.append(Vi - (Vi * u).sum(0, keepdim=True) * u)
-            V_e = torch.cat(parts)
         s_p = self.preserve_scale if self.preserve_scale is not None else max(0.1, 1 / max(n_keep, 1))
         K = torch.cat([C_e, C_q], 1)
-        V = torch.cat([V_e, W @ C_q], 1)
         w = torch.cat([torch.full((C_e.shape[1],), float(self.erase_scale)), torch.full((C_q.shape[1],), float(s_p))])
-        W_new = ridge_update(W, K, V, self.lam, weights=w.to(W.device))
-        for p, w_new in zip(params, W_new.split([p.shape[0] for p in params])):
-            p.copy_(w_new.to(p.dtype))
+
+        def values(W):  # every matrix shares the keys: one factored system, solved matrix by matrix
+            V_e = W @ C_g
+            if self.technique == "tensor":  # remove the component along the concept's own output W c_e
+                u = torch.nn.functional.normalize(W @ C_e, dim=0)
+                V_e = V_e - (V_e * u).sum(0, keepdim=True) * u
+            return torch.cat([V_e, W @ C_q], 1)
+
+        self.conditions.append(ridge_update_(list(self.edited_parameters().values()), K, values, self.lam, weights=w.to(K.device)))

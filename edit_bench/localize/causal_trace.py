@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.adapter import Conditioning
+from ..errors import UsageError
 
 
 @dataclass
@@ -85,7 +86,7 @@ def condition_jobs(t2i, prompt: str, jobs: Sequence[Job], noise: dict) -> Condit
     """The conditioning of ``prompt`` for each job: corrupted where asked, with text states restored from
     batch element 0, which must be the clean run."""
     if jobs[0].corrupt or jobs[0].text:
-        raise ValueError("job 0 must be the clean run (corrupt=False, nothing restored): restorations copy it")
+        raise UsageError("job 0 must be the clean run (corrupt=False, nothing restored): restorations copy it")
     layers = t2i.text_layers()
     corrupt = torch.tensor([j.corrupt for j in jobs])
     regs = []
@@ -172,7 +173,7 @@ def causal_trace(t2i, prompt: str, subject: str, sampler, judge, target: str | N
 
     bad = set(parts) - {"text", "unet"}
     if bad:
-        raise ValueError(f"unknown trace parts {sorted(bad)}: use 'text' and/or 'unet'")
+        raise UsageError(f"unknown trace parts {sorted(bad)}: use 'text' and/or 'unet'")
     target = target or prompt
     layers = t2i.text_layers()
     comps = t2i.unet_components()

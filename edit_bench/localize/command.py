@@ -27,6 +27,7 @@ import yaml
 from ..metrics import ClipJudge, JudgeConfig
 from ..rundir import versions, write_atomic
 from ..types import SamplerConfig
+from ..errors import UsageError
 
 METHODS = ("causal_trace", "locogen")
 FIELDS = ("prompt", "subject", "target", "neutral")
@@ -69,32 +70,32 @@ def parser():
 def read_rows(args) -> list[dict]:
     """The prompts to trace, each ``{prompt, subject, target, neutral}``, checked before any model loads."""
     if (args.prompt is None) == (args.prompts is None):
-        raise ValueError("give exactly one of --prompt (with --subject) or --prompts FILE")
+        raise UsageError("give exactly one of --prompt (with --subject) or --prompts FILE")
     if args.prompt is not None:
         rows = [{"prompt": args.prompt, "subject": args.subject, "target": args.target, "neutral": args.neutral}]
     else:
         path = Path(args.prompts)
         if not path.is_file():
-            raise FileNotFoundError(f"--prompts {path}: no such file")
+            raise UsageError(f"--prompts {path}: no such file")
         if path.suffix == ".csv":
             with path.open(newline="") as f:
                 rows = list(csv.DictReader(f))
         else:
             rows = yaml.safe_load(path.read_text())
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise ValueError(f"--prompts {path}: expected a list of rows with keys {', '.join(FIELDS)}")
+            raise UsageError(f"--prompts {path}: expected a list of rows with keys {', '.join(FIELDS)}")
         for i, r in enumerate(rows):
             extra = set(r) - set(FIELDS)
             if extra:
-                raise ValueError(f"--prompts {path} row {i}: unknown keys {sorted(extra)}; use {', '.join(FIELDS)}")
+                raise UsageError(f"--prompts {path} row {i}: unknown keys {sorted(extra)}; use {', '.join(FIELDS)}")
         rows = [{k: (r.get(k) or None) for k in FIELDS} for r in rows]
     for i, r in enumerate(rows):
         if not r["prompt"] or not r["subject"]:
-            raise ValueError(f"row {i} ({r['prompt']!r}): every prompt needs a --subject (the words to corrupt, or the attribute)")
+            raise UsageError(f"row {i} ({r['prompt']!r}): every prompt needs a --subject (the words to corrupt, or the attribute)")
         if args.method == "locogen" and r["neutral"] is None:
             neutral = " ".join(re.sub(rf"\b{re.escape(r['subject'])}\b", " ", r["prompt"], count=1).split())
             if neutral == r["prompt"].strip():
-                raise ValueError(f"subject {r['subject']!r} is not a span of {r['prompt']!r}; give --neutral")
+                raise UsageError(f"subject {r['subject']!r} is not a span of {r['prompt']!r}; give --neutral")
             r["neutral"] = neutral
     return rows
 
@@ -120,16 +121,16 @@ def run(argv: list[str] | None = None) -> dict:
     try:
         args = parser().parse_args(argv)
     except ArgumentError as e:
-        raise ValueError(f"trace: {e}") from None
+        raise UsageError(f"trace: {e}") from None
     if args.method not in METHODS:
-        raise ValueError(f"unknown --method {args.method!r}: use one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown --method {args.method!r}: use one of {', '.join(METHODS)}")
     rows = read_rows(args)
     out = Path(args.out_dir)
     if (out / "trace.json").exists():
         raise FileExistsError(f"{out / 'trace.json'} exists: choose another --out_dir or remove it (a trace is never overwritten)")
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
     if dtype is None:
-        raise ValueError(f"--dtype {args.dtype!r}: use float32, float16 or bfloat16")
+        raise UsageError(f"--dtype {args.dtype!r}: use float32, float16 or bfloat16")
     sampler, judge_cfg = SamplerConfig(**vars(args.sampler)), JudgeConfig(**vars(args.judge))
     t2i = Unedited(base=args.model.base, delta=args.model.delta).t2i
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
+from ..errors import UsageError
 
 
 def windows(n_sites: int, width: int = 3, guard: bool = True) -> list[list[int]]:
@@ -42,7 +43,7 @@ def override_conditional_context(t2i, cover: torch.Tensor, context: torch.Tensor
     """
     sites = t2i.cross_attn()
     if cover.shape[1] != len(sites):
-        raise ValueError(f"cover has {cover.shape[1]} columns, the model has {len(sites)} cross-attention sites")
+        raise UsageError(f"cover has {cover.shape[1]} columns, the model has {len(sites)} cross-attention sites")
     handles = []
 
     def make(i):

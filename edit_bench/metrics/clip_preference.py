@@ -43,6 +43,29 @@ class JudgeConfig:
     pretrained: str | None = None
     scale: float = 100.0
 
+    def identity(self) -> str:
+        """What the judge resolves to (weights hash or hub snapshot), without loading it."""
+        from ..identity import file_digest, folder_identity, hub_snapshot
+
+        spec = self.model
+        if spec == "toy":
+            from ..models.toy import judge_dir
+
+            return folder_identity(judge_dir())
+        if spec == "tiny:random":
+            return "random:" + repr(sorted(TINY_RANDOM.items()))
+        if spec.startswith("local-dir:") and Path(spec[len("local-dir:"):]).is_dir():
+            return folder_identity(spec[len("local-dir:"):])
+        if spec.startswith("hf-hub:"):
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(spec[len("hf-hub:"):], "open_clip_config.json")
+            if isinstance(found, str):
+                return f"hub:{hub_snapshot(found) or folder_identity(Path(found).parent)}"
+        if self.pretrained and Path(self.pretrained).is_file():
+            return file_digest(Path(self.pretrained)).hexdigest()[:16]
+        return f"{spec}:{self.pretrained}"
+
     def describe(self) -> dict:
         return {"model": self.model, "pretrained": self.pretrained, "scale": self.scale,
                 "rule": "P = softmax(scale * cos(image, [old, new])); success iff the expected label has P > 0.5",

@@ -1,13 +1,14 @@
-"""Efficacy / generality / specificity / F1 as a torchmetrics ``Metric`` (counts sync across processes)."""
+"""Efficacy / generality / specificity / F1 with the zero-shot CLIP judge (the TIMED rule of ReFACT §3.3)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torchmetrics import Metric
 
-from ..types import GROUPS
+from ..types import GROUPS, Record
+from .base import SampleMetric
+from .clip_preference import ClipJudge, JudgeConfig
 
 FORMULA = {
     "mean": "successes / samples over all rows and seeds",
@@ -16,47 +17,85 @@ FORMULA = {
 }
 
 
-class EditScores(Metric):
-    """Success counts per (group, seed).
+def timed_success(p_new: torch.Tensor, expect: list[str]) -> torch.Tensor:
+    """The TIMED rule: a sample succeeds when the label it expects wins (``P(new) > 0.5`` for ``"new"``,
+    ``< 0.5`` for ``"old"``). ``[B]`` bool."""
+    want_new = torch.tensor([e == "new" for e in expect])
+    return torch.where(want_new, p_new > 0.5, p_new < 0.5)
 
-    ``update(group_index, seed_index, success)`` with ``[B]`` long/long/bool tensors; ``compute()``
-    returns ``{metric: {"mean", "std", "n"}}`` for efficacy, generality, specificity and F1.
+
+def _cat(state) -> torch.Tensor:
+    """A list state as one CPU tensor (torchmetrics concatenates it already after a sync)."""
+    return (torch.cat(state) if isinstance(state, list) else state).cpu()
+
+
+class EditScores(SampleMetric):
+    """The judge's TIMED scores.
+
+    Per sample (into the record): ``p_new`` = P(new label) from the judge and ``success`` (1/0) by
+    :func:`timed_success`. From the records: efficacy, generality, specificity (mean over all rows and
+    seeds; std across seeds of the per-seed means) and F1 = sqrt(generality × specificity).
+
+    Args:
+        judge: the CLIP judge; ``None`` = the benchmark's ``judge``.
     """
 
-    full_state_update = False
+    def __init__(self, judge: JudgeConfig | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.judge_cfg = judge
+        self._judge: list[ClipJudge] = []  # loaded by prepare(); a list keeps it out of the module tree
+        self.add_state("group", [], dist_reduce_fx="cat")
+        self.add_state("seed", [], dist_reduce_fx="cat")
+        self.add_state("success", [], dist_reduce_fx="cat")
 
-    def __init__(self, seeds: list[int], **kw):
-        super().__init__(**kw)
-        self.seeds = list(seeds)
-        shape = (len(GROUPS), len(self.seeds))
-        self.add_state("correct", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+    # ------------------------------------------------------------------ scoring (predict loop)
+    def prepare(self, bench) -> None:
+        if self.judge_cfg is None:
+            self.judge_cfg = bench.judge_cfg
+        if not self._judge:
+            self._judge.append(ClipJudge(self.judge_cfg))
 
-    def update_records(self, records: list[dict]) -> None:
-        """Update from per-sample records (``group``, ``seed``, ``success``)."""
+    @property
+    def judge(self) -> ClipJudge:
+        if not self._judge:
+            raise RuntimeError("EditScores.prepare(bench) loads the judge before scoring")
+        return self._judge[0]
+
+    def identity(self) -> dict:
+        return {"judge": self.judge_cfg.identity()}
+
+    def describe(self) -> dict:
+        return {"class": type(self).__name__, "judge": self.judge_cfg.describe(), "formula": FORMULA}
+
+    def score(self, images, samples):
+        judge = self.judge.to(images.device)
+        p_new = judge.preference(images, [s.pair.old for s in samples], [s.pair.new for s in samples])
+        success = timed_success(p_new, [s.pair.expect for s in samples])
+        return {"p_new": p_new.tolist(), "success": success.float().tolist()}
+
+    # ------------------------------------------------------------------ aggregation (records)
+    def update(self, records: list[Record], features=None) -> None:
         if not records:
             return
-        g = torch.tensor([GROUPS.index(r["group"]) for r in records])
-        s = torch.tensor([self.seeds.index(r["seed"]) for r in records])
-        self.update(g, s, torch.tensor([bool(r["success"]) for r in records]))
-
-    def update(self, group_index, seed_index, success) -> None:
-        flat = (group_index * len(self.seeds) + seed_index).to(self.correct.device)
-        n = self.correct.numel()
-        self.correct += torch.bincount(flat, weights=success.to(flat.device).double(), minlength=n).long().view_as(self.correct)
-        self.total += torch.bincount(flat, minlength=n).view_as(self.total)
+        self.group.append(torch.tensor([GROUPS.index(r.group) for r in records], device=self.device))
+        self.seed.append(torch.tensor([r.seed for r in records], device=self.device))
+        self.success.append(torch.tensor([bool(r.scores["success"]) for r in records], device=self.device))
 
     def compute(self) -> dict:
-        correct, total = self.correct.double().cpu(), self.total.double().cpu()
+        if not self.group:
+            return {}
+        group, seed, success = _cat(self.group), _cat(self.seed), _cat(self.success).double()
+        seeds = sorted(set(seed.tolist()))
         out, per_seed = {}, {}
         for i, g in enumerate(GROUPS):
-            if total[i].sum() == 0:
+            in_g = group == i
+            if not in_g.any():
                 continue
-            seen = total[i] > 0
-            per_seed[g] = correct[i][seen] / total[i][seen]
-            out[g] = {"mean": float(correct[i].sum() / total[i].sum()),
-                      "std": float(per_seed[g].std(unbiased=False)) if seen.sum() > 1 else 0.0,
-                      "n": int(total[i].sum())}
+            per_seed[g] = torch.stack([success[in_g & (seed == s)].mean() for s in seeds
+                                       if (in_g & (seed == s)).any()])
+            out[g] = {"mean": float(success[in_g].sum() / in_g.sum()),
+                      "std": float(per_seed[g].std(unbiased=False)) if len(per_seed[g]) > 1 else 0.0,
+                      "n": int(in_g.sum())}
         if "generality" in out and "specificity" in out:
             f1_seed = (per_seed["generality"] * per_seed["specificity"]).sqrt()
             out["f1"] = {"mean": math.sqrt(out["generality"]["mean"] * out["specificity"]["mean"]),

@@ -16,12 +16,13 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import UsageError
 from .adapter import Conditioning, CrossAttnSite, T2IModel, TextLayer
 
 __all__ = ["load_t2i", "T2IModel", "CrossAttnSite", "TextLayer", "Conditioning", "ModelNotAvailable"]
 
 
-class ModelNotAvailable(FileNotFoundError):
+class ModelNotAvailable(UsageError, FileNotFoundError):
     """The model spec names nothing that is available on this machine."""
 
 
@@ -67,31 +68,53 @@ def _hub_cache_dir(repo_id: str) -> Path:
         ) from e
 
 
-def load_t2i(spec: str, dtype=None, device=None) -> T2IModel:
-    """Load a text-to-image model by spec (see the module docstring)."""
+def load_t2i(spec: str, dtype=None, device=None, delta: str | Path | None = None) -> T2IModel:
+    """Load a text-to-image model by spec (see the module docstring).
+
+    Args:
+        spec: the model spec.
+        dtype, device: where to put it (default float32 on the CPU).
+        delta: an ``edit.safetensors`` written by ``fit``, validated whole and then added to the weights.
+
+    The model's ``identity`` (``{"spec", "id"}``) names what the spec resolved to: the snapshot commit of a
+    hub id, a content hash of a folder (``toy`` included), a hash of the code of a random tiny model.
+    """
     import torch
+
+    from ..identity import folder_identity, hub_snapshot, source_identity
 
     if not isinstance(spec, str) or not spec:
         raise ModelNotAvailable(f"model spec must be a non-empty string, got {spec!r}")
     if spec == "toy":
         from .toy import pipeline_dir
 
-        comps = _load_folder(pipeline_dir())
+        comps, ident = _load_folder(pipeline_dir()), folder_identity(pipeline_dir())
     elif spec.startswith("tiny:"):
+        from . import tiny
         from .tiny import FAMILIES, tiny_components
 
         family = spec.split(":", 1)[1]
         if family not in FAMILIES:
             raise ModelNotAvailable(f"unknown tiny model {spec!r}: use tiny:sd1, tiny:sd2 or tiny:sdxl")
-        comps = tiny_components(family)
+        comps, ident = tiny_components(family), f"{spec}@code:{source_identity(tiny.__file__)}"
     elif Path(spec).expanduser().exists():
-        comps = _load_folder(Path(spec).expanduser())
+        path = Path(spec).expanduser()
+        comps = _load_folder(path)
+        commit = hub_snapshot(path.resolve())
+        ident = f"hub:{commit}" if commit else folder_identity(path)
     elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        comps = _load_folder(_hub_cache_dir(spec))
+        path = _hub_cache_dir(spec)
+        comps, ident = _load_folder(path), f"hub:{hub_snapshot(path) or folder_identity(path)}"
     else:
         raise ModelNotAvailable(
             f"model {spec!r} is not available: it is neither a local folder nor a hub id of the form "
             "'org/name'. Use tiny:sd1|sd2|sdxl, a local diffusers folder, or a cached hub id."
         )
     # float32 unless asked otherwise (folders may hold fp16 weights); Lightning's precision casts later
-    return T2IModel(comps, spec).eval().to(device=device, dtype=dtype or torch.float32)
+    t2i = T2IModel(comps, spec).eval().to(device=device, dtype=dtype or torch.float32)
+    t2i.identity = {"spec": spec, "id": ident}
+    if delta is not None:
+        from .delta import apply_delta
+
+        apply_delta(t2i, delta)
+    return t2i

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from ..errors import UsageError
 
 # Scheduler names of a benchmark's sampler -> diffusers class names.
 SCHEDULERS = {
@@ -31,13 +32,27 @@ class CrossAttnSite:
     Attributes:
         name: module path inside the UNet, e.g. ``"up_blocks.1.attentions.1.transformer_blocks.0.attn2"``.
         index: position in forward order (down -> mid -> up).
-        to_k, to_v: the key and value projections, ``Linear(d_context -> d_out)`` without bias.
+        attn: the whole attention module (``to_q``, ``to_k``, ``to_v``, ``to_out``): what ESD-x and
+            Concept Ablation's ``cross-attn`` train.
     """
 
     name: str
     index: int
-    to_k: nn.Linear
-    to_v: nn.Linear
+    attn: nn.Module
+
+    @property
+    def to_k(self) -> nn.Linear:
+        """The key projection, ``Linear(d_context -> d_out)`` without bias."""
+        return self.attn.to_k
+
+    @property
+    def to_v(self) -> nn.Linear:
+        """The value projection, ``Linear(d_context -> d_out)`` without bias."""
+        return self.attn.to_v
+
+    def parameters(self) -> dict[str, nn.Parameter]:
+        """Every parameter of the attention module, by full name (``unet.<name>.to_q.weight`` ...)."""
+        return {f"unet.{self.name}.{n}": p for n, p in self.attn.named_parameters()}
 
     @property
     def param_names(self) -> tuple[str, str]:
@@ -143,6 +158,7 @@ class T2IModel(nn.Module):
     def __init__(self, components: dict, spec: str):
         super().__init__()
         self.spec = spec
+        self.identity = {"spec": spec, "id": None}  # set by load_t2i: what the spec resolved to
         self.unet = components["unet"]
         self.vae = components["vae"]
         self.text_encoder = components["text_encoder"]
@@ -161,10 +177,10 @@ class T2IModel(nn.Module):
         cfg = self.unet.config
         if cfg.get("addition_embed_type") == "text_time":
             if self.text_encoder_2 is None:
-                raise ValueError("UNet expects SDXL text_time conditioning but the model has one text encoder")
+                raise UsageError("UNet expects SDXL text_time conditioning but the model has one text encoder")
             return "sdxl"
         if cfg.get("addition_embed_type") is not None or cfg.get("class_embed_type") is not None:
-            raise ValueError(
+            raise UsageError(
                 f"unsupported UNet: addition_embed_type={cfg.get('addition_embed_type')!r}, "
                 f"class_embed_type={cfg.get('class_embed_type')!r}; edit_bench supports SD-1.x, SD-2.x and SDXL layouts"
             )
@@ -215,15 +231,14 @@ class T2IModel(nn.Module):
         )
         sites = []
         for i, name in enumerate(found):
-            m = self.unet.get_submodule(name)
-            sites.append(CrossAttnSite(name, i, m.to_k, m.to_v))
+            sites.append(CrossAttnSite(name, i, self.unet.get_submodule(name)))
         if select is None:
             return sites
         chosen = []
         for want in select:
             match = [s for s in sites if s.name == want or s.name.startswith(want.rstrip(".") + ".")]
             if not match:
-                raise ValueError(
+                raise UsageError(
                     f"no cross-attention site named {want!r} in this {self.family} UNet; "
                     f"sites are: {', '.join(s.name for s in sites)}"
                 )
@@ -270,11 +285,11 @@ class T2IModel(nn.Module):
         comp, _, rest = name.partition(".")
         module = getattr(self, comp, None) if comp in ("unet", "vae", "text_encoder", "text_encoder_2") else None
         if module is None:
-            raise KeyError(f"no component {comp!r} in {name!r}: names start with unet., vae., text_encoder. or text_encoder_2.")
+            raise UsageError(f"no component {comp!r} in {name!r}: names start with unet., vae., text_encoder. or text_encoder_2.")
         try:
             return module.get_parameter(rest)
         except AttributeError as e:
-            raise KeyError(f"this {self.family} model has no parameter {name!r}") from e
+            raise UsageError(f"this {self.family} model has no parameter {name!r}") from e
 
     # ----------------------------------------------------------------- text
     def tokenize(self, prompts: list[str], tokenizer_index: int = 0) -> Tensor:
@@ -282,6 +297,11 @@ class T2IModel(nn.Module):
         tok = self.tokenizers[tokenizer_index]
         out = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
         return out.input_ids
+
+    @property
+    def max_length(self) -> int:
+        """The text encoder's context length in tokens (77 on SD-1/2/XL)."""
+        return int(self.tokenizer.model_max_length)
 
     def n_tokens(self, prompt: str) -> int:
         """Number of tokens of ``prompt`` including BOS and EOS, before truncation."""
@@ -306,11 +326,11 @@ class T2IModel(nn.Module):
         ids = self.tokenize([prompt], tokenizer_index)[0].tolist()[:eos]
         sub = tok(subject, add_special_tokens=False).input_ids
         if not sub:
-            raise ValueError(f"subject {subject!r} has no tokens")
+            raise UsageError(f"subject {subject!r} has no tokens")
         for start in range(len(ids) - len(sub), 0, -1):
             if ids[start : start + len(sub)] == sub:
                 return start + len(sub) - 1
-        raise ValueError(
+        raise UsageError(
             f"subject {subject!r} (tokens {tok.convert_ids_to_tokens(sub)}) does not occur in prompt {prompt!r} "
             f"(tokens {tok.convert_ids_to_tokens(ids)}); give a subject that is a word span of the prompt"
         )
@@ -342,11 +362,23 @@ class T2IModel(nn.Module):
         return Conditioning(c.context.expand(n, -1, -1), None if c.pooled is None else c.pooled.expand(n, -1))
 
     # ----------------------------------------------------------------- images
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (the VAE's and the UNet's downsampling)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def check_sampler(self, sampler) -> None:
+        """Fail on a sampler this model cannot run (unknown scheduler, a size that is not a multiple)."""
+        if sampler.scheduler not in SCHEDULERS:
+            raise UsageError(f"unknown scheduler {sampler.scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+        size, mult = sampler.size or self.native_size, self.size_multiple()
+        if size <= 0 or size % mult:
+            raise UsageError(f"sampler.size {size} must be a positive multiple of {mult} for this {self.family} model")
+
     def make_scheduler(self, name: str):
         import diffusers
 
         if name not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
+            raise UsageError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
         return getattr(diffusers, SCHEDULERS[name]).from_config(self.scheduler_config)
 
     @torch.no_grad()
@@ -363,13 +395,11 @@ class T2IModel(nn.Module):
             conditioning: precomputed conditioning for the B samples (conditioning-only evaluation).
         """
         if len(prompts) != len(seeds):
-            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+            raise UsageError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         n = len(seeds)
         device, dtype = self.device, self.dtype
+        self.check_sampler(sampler)
         size = sampler.size or self.native_size
-        mult = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if size % mult:
-            raise ValueError(f"sampler.size {size} must be a multiple of {mult} for this {self.family} model")
         h = size // self.vae_scale_factor
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         latents = torch.stack(

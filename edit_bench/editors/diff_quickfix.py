@@ -31,8 +31,9 @@ import torch
 
 from ..types import EditRequest
 from .base import Editor
-from .ridge import ridge_update
+from .ridge import ridge_update_
 from .time import AUGMENTATIONS, augment
+from ..errors import UsageError
 
 
 class DiffQuickFix(Editor):
@@ -43,26 +44,26 @@ class DiffQuickFix(Editor):
         layer: text-encoder layer whose ``self_attn.out_proj`` is edited (the paper's finding: 0).
         augmentations: prefixes added to both captions (the notebook uses TIME's three).
         bias: ``"as_authors"`` or ``"subtract"``; see the module docstring.
-        base, delta: see :class:`~edit_bench.editors.base.Editor`.
+        base: see :class:`~edit_bench.editors.base.Editor`.
     """
 
     edits = "text_encoder"
-    supports_batch = True
+    multi_request = True
 
     def __init__(self, lam: float = 0.01, layer: int = 0, augmentations: Sequence[str] = AUGMENTATIONS,
-                 bias: Literal["as_authors", "subtract"] = "as_authors", base: str = "toy", delta: str | None = None):
-        super().__init__(base=base, delta=delta)
+                 bias: Literal["as_authors", "subtract"] = "as_authors", base: str = "toy"):
+        super().__init__(base=base)
         if lam <= 0:
-            raise ValueError(f"lam must be > 0 (paper: 0.01), got {lam}")
+            raise UsageError(f"lam must be > 0 (paper: 0.01), got {lam}")
         if bias not in ("as_authors", "subtract"):
-            raise ValueError(f"bias must be 'as_authors' (the authors' values) or 'subtract', got {bias!r}")
+            raise UsageError(f"bias must be 'as_authors' (the authors' values) or 'subtract', got {bias!r}")
         self.lam, self.layer, self.augmentations, self.bias = lam, layer, tuple(augmentations), bias
 
     def _layers(self):
         layers = [tl for tl in self.t2i.text_layers() if tl.index == self.layer]
         if not layers:
             n = max(tl.index for tl in self.t2i.text_layers()) + 1
-            raise ValueError(f"DiffQuickFix layer={self.layer}, but the text encoder has {n} layers: pass --model.init_args.layer N with N in 0..{n - 1}")
+            raise UsageError(f"DiffQuickFix layer={self.layer}, but the text encoder has {n} layers: pass --model.init_args.layer N with N in 0..{n - 1}")
         return layers
 
     def edited_parameters(self):
@@ -75,13 +76,17 @@ class DiffQuickFix(Editor):
             out += [(augment(r.source, a), augment(r.target, a), r.subject) for a in self.augmentations]
         return out
 
+    def derived_prompts(self, requests):
+        return [p for s, t, _ in self.prompt_pairs(requests) for p in (s, t)]
+
     def positions(self, source: str, target: str, subject: str | None, tokenizer_index: int = 0):
         """Aligned source and target positions: last (subject) token .. 76 of each, padded with 76."""
         i_s = self.t2i.token_index(source, subject, tokenizer_index)
         i_t = self.t2i.token_index(target, None, tokenizer_index) if target else 0
-        src = list(range(i_s, 77))
-        dst = list(range(i_t, 77))[: len(src)]
-        return src, dst + [76] * (len(src) - len(dst))
+        n = self.t2i.max_length
+        src = list(range(i_s, n))
+        dst = list(range(i_t, n))[: len(src)]
+        return src, dst + [n - 1] * (len(src) - len(dst))
 
     def capture(self, layer, prompts: list[str], tokenizer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``out_proj`` inputs and outputs ``[B, 77, D]`` while the encoder reads ``prompts``."""
@@ -108,4 +113,4 @@ class DiffQuickFix(Editor):
             proj = tl.attn_out
             if self.bias == "subtract" and proj.bias is not None:
                 V = V - proj.bias.float()[:, None]
-            proj.weight.copy_(ridge_update(proj.weight.float(), K, V, self.lam).to(proj.weight.dtype))
+            self.conditions.append(ridge_update_([proj.weight], K, lambda W, V=V: V, self.lam))

@@ -1,0 +1,333 @@
+"""`Evaluation`: the one owner of ``eval``.
+
+It decides the protocol, validates everything before any output exists, keeps the run directory, runs
+Lightning's predict loop over the pending samples (split across processes by whole cases), and computes
+every metric on rank 0 from the merged stored records: a resumed run, a DDP run and a spawn-launched run
+give the numbers and the accounting of one uninterrupted process, by construction.
+
+The protocol (one place, :func:`plan`):
+
+- ``per_case``: the editor restores and edits for every case (TIMED, RoAD);
+- ``fixed``: one edit with every request, made on the accelerator before the loop;
+- ``as_is``: the model is evaluated as loaded (the identity editor, with or without a saved delta);
+- the baseline pass (``Benchmark(baseline=True)``): the unedited model on the same samples, before the edits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from .benchmarks import Benchmark
+from .editors import Editor
+from .errors import UsageError
+from .identity import file_digest
+from .rundir import RunDir, versions
+from .types import GenerationBatch, Record, Sample
+
+# Settings that change neither images nor scores: a run may resume with other values.
+RESUMABLE = ("batch_size",)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The protocol of one evaluation: how the evaluated model is made, and whether a baseline is scored."""
+
+    mode: str  # "per_case" | "fixed" | "as_is"
+    baseline: bool
+
+
+def plan(editor: Editor, bench: Benchmark) -> Plan:
+    """Decide the protocol, or say why this editor cannot run this benchmark."""
+    if editor.edits == "none":
+        return Plan("as_is", False)
+    if editor.trains:
+        raise UsageError(
+            f"{type(editor).__name__} is trained by `fit`: run `python -m edit_bench fit ... --out_dir D`, then "
+            "evaluate its delta with --model configs/editor/unedited.yaml --model.delta D/edit.safetensors"
+        )
+    if bench.protocol == "fixed" and len(bench.requests()) > 1 and not editor.multi_request:
+        raise UsageError(
+            f"{type(editor).__name__} edits one request at a time, but the fixed protocol applies all "
+            f"{len(bench.requests())} requests at once: use protocol per_case, or select one row (--data.rows)"
+        )
+    return Plan(bench.protocol, bench.baseline)
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
+
+
+def fingerprint(editor: Editor, bench: Benchmark, precision: str, matmul_precision: str) -> dict:
+    """Everything that decides an evaluation's numbers: the editor's and the benchmark's constructor
+    arguments, what the model, the delta and the metrics' models resolve to, and the numeric settings."""
+    data_args = {k: v for k, v in bench.hparams.items() if k not in RESUMABLE and k != "metrics"}
+    fp = {
+        "model": {"class_path": f"{type(editor).__module__}.{type(editor).__qualname__}", "init_args": _jsonable(dict(editor.hparams))},
+        "data": {"class_path": f"{type(bench).__module__}.{type(bench).__qualname__}", "init_args": _jsonable(data_args)},
+        "model_id": editor.t2i.identity["id"],
+        "metrics": [{"class": type(m).__name__, **_jsonable(m.describe()), **_jsonable(m.identity())} for m in bench.metrics],
+        "precision": str(precision),
+        "matmul_precision": matmul_precision,
+    }
+    if editor.delta is not None:
+        fp["delta_id"] = file_digest(Path(editor.delta)).hexdigest()[:16]
+    return fp
+
+
+def _batches(samples: list[Sample], mode: str, batch_size: int) -> list[list[Sample]]:
+    """Batches in order; under ``per_case`` a batch never spans two cases."""
+    if mode != "per_case":
+        return [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+    out, start = [], 0
+    for i in range(1, len(samples) + 1):
+        if i == len(samples) or samples[i].case_id != samples[start].case_id or i - start == batch_size:
+            out.append(samples[start:i])
+            start = i
+    return out
+
+
+def shard(samples: list[Sample], mode: str, rank: int, world: int) -> list[Sample]:
+    """This rank's contiguous share of the pending samples. Under ``per_case`` whole cases are shared out
+    (each case goes to the rank where it starts), so each rank edits only its own cases."""
+    if world == 1 or not samples:
+        return list(samples)
+    if mode != "per_case":
+        n = len(samples)
+        return samples[rank * n // world:(rank + 1) * n // world]
+    out = []
+    for i, s in enumerate(samples):
+        if i == 0 or s.case_id != samples[i - 1].case_id:
+            owner = min(world - 1, i * world // len(samples))
+        if owner == rank:
+            out.append(s)
+    return out
+
+
+class _Batches(IterableDataset):
+    """One rank's generation batches (iterable, so Lightning does not re-split them across ranks)."""
+
+    def __init__(self, batches: list[GenerationBatch]):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def _first(batch):
+    return batch
+
+
+class _Pass(L.LightningModule):
+    """Lightning's view of one pass over the pending samples: the editor (moved and cast by Lightning),
+    and the scoring and writing of each batch on the rank that generated it."""
+
+    def __init__(self, editor: Editor, bench: Benchmark, pending: list[Sample], mode: str, run: RunDir, variant: str,
+                 save_images: bool):
+        super().__init__()
+        self.editor = editor
+        self.metrics = list(bench.metrics)  # a plain list: Lightning's precision never casts the judges
+        self.requests, self.preserve = bench.requests(), bench.preserve()
+        self.cases = {c.id: c for c in bench.cases()} if mode == "per_case" else {}
+        self.pending, self.mode, self.sampler, self.batch_size = pending, mode, bench.sampler, bench.batch_size
+        self.run, self.variant, self.save_images = run, variant, save_images
+
+    def configure_model(self) -> None:
+        self.editor.configure_model()
+
+    def predict_dataloader(self):
+        mine = shard(self.pending, self.mode, self.global_rank, self.trainer.world_size)
+        batches = [GenerationBatch(tuple(b), self.sampler, self.cases.get(b[0].case_id))
+                   for b in _batches(mine, self.mode, self.batch_size)]
+        return DataLoader(_Batches(batches), batch_size=None, collate_fn=_first)
+
+    def on_predict_start(self) -> None:
+        for m in self.metrics:
+            m.to(self.device)
+        if self.mode == "fixed":  # the one edit, on the accelerator, before any image
+            self.run.log_edit(self.global_rank, None, self.editor.apply_edit(self.requests, self.preserve), self.variant)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # prompts and seeds: nothing to move
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def predict_step(self, batch: GenerationBatch, batch_idx: int = 0):
+        if batch.case is not None:
+            edit_s = self.editor.activate(batch.case)
+            if edit_s is not None:
+                self.run.log_edit(self.global_rank, batch.case.id, edit_s, self.variant)
+        self._sync()
+        t0 = time.perf_counter()
+        images = self.editor.predict_step(batch)
+        self._sync()
+        generate_s = time.perf_counter() - t0
+        samples = list(batch.samples)
+        scores: dict[str, list[float]] = {}
+        for m in self.metrics:
+            for name, values in m.score(images, samples).items():
+                if name in scores:
+                    raise RuntimeError(f"two metrics write the per-sample score {name!r}; rename one")
+                scores[name] = values
+            if m.stores_features:
+                self.run.save_features(self.global_rank, type(m).__name__, [s.id for s in samples],
+                                       m.features(images, samples), self.variant)
+        if self.save_images:
+            self._save_images(samples, images)
+        share = generate_s / len(samples)
+        records = [Record.from_sample(s, {k: float(v[i]) for k, v in scores.items()}, share) for i, s in enumerate(samples)]
+        self.run.append_records(self.global_rank, records, self.variant)  # last: a record means the sample is done
+
+    def _save_images(self, samples, images):
+        from torchvision.utils import save_image
+
+        img_dir = self.run.path / f"images_{self.variant}"
+        img_dir.mkdir(exist_ok=True)
+        for s, img in zip(samples, images):
+            save_image(img, img_dir / (s.id.replace("/", "_").replace(":", "_") + ".png"))
+
+
+class Evaluation:
+    """Edit, generate and score every sample of a benchmark; write ``OUT_DIR/results.json``.
+
+    Args:
+        editor: the editor.
+        bench: the benchmark.
+        out_dir: the run directory; rerunning the same evaluation resumes it.
+        config_yaml: the resolved config, kept as ``config.yaml`` (the CLI passes it).
+        save_images: also save every image as ``OUT_DIR/images_<variant>/<sample id>.png``.
+    """
+
+    def __init__(self, editor: Editor, bench: Benchmark, out_dir: str | Path, config_yaml: str = "", save_images: bool = False):
+        if not isinstance(bench, Benchmark):
+            raise UsageError(f"eval needs a benchmark (--data configs/benchmark/...yaml); got {type(bench).__name__}")
+        self.editor, self.bench, self.out_dir = editor, bench, Path(out_dir)
+        self.config_yaml, self.save_images = config_yaml, save_images
+
+    def validate(self) -> Plan:
+        """Everything that can fail on bad input fails here, before the run directory exists."""
+        editor, bench = self.editor, self.bench
+        t2i = editor.t2i  # loads the model (and a delta, validated whole)
+        the_plan = plan(editor, bench)
+        bench.check_prompts(t2i, editor.derived_prompts(bench.requests()) if the_plan.mode != "as_is" else [])
+        t2i.check_sampler(bench.sampler)
+        editor.edited_parameters()  # resolves the editor's sites/layers on this model (a bad layer fails here)
+        for m in bench.metrics:
+            m.prepare(bench)  # loads the judge: a missing one fails here
+        return the_plan
+
+    def _stored(self, run: RunDir, variant: str, samples: list[Sample]) -> dict[str, Record]:
+        """Stored records of this benchmark's samples; refuses records made from other prompts or labels."""
+        by_id = {s.id: s for s in samples}
+        stored = {k: r for k, r in run.load_records(variant).items() if k in by_id}
+        bad = [(k, why) for k, r in stored.items() if (why := r.mismatch(by_id[k]))]
+        if bad:
+            k, why = bad[0]
+            raise UsageError(
+                f"{run.path}/{variant} holds {len(bad)} record(s) of other prompts than this benchmark's (the data "
+                f"file changed?), e.g. {k}: {why}. Choose a new --out_dir, or delete {run.path} to start over"
+            )
+        return stored
+
+    def run(self, trainer: L.Trainer, matmul_precision: str = "highest") -> dict | None:
+        """Run the evaluation with ``trainer`` (its precision, devices and strategy); returns the results on
+        rank 0 (``None`` elsewhere)."""
+        the_plan = self.validate()
+        editor, bench = self.editor, self.bench
+        run = RunDir(self.out_dir, "eval", fingerprint(editor, bench, trainer.precision, matmul_precision))
+        resumed = run.resumes()
+        samples = bench.samples()
+        variants = (["baseline"] if the_plan.baseline else []) + ["samples"]
+        before = {v: self._stored(run, v, samples) for v in variants}  # all checked before anything runs
+        edits_before = {v: set(run.load_edits(v)) for v in variants}
+        if trainer.is_global_zero:
+            run.create(self.config_yaml)
+        wall = {}
+        for variant in variants:
+            mode = the_plan.mode if variant == "samples" else "as_is"
+            pending = [s for s in samples if s.id not in before[variant]]
+            t0 = time.perf_counter()
+            if pending:
+                try:
+                    trainer.predict(_Pass(editor, bench, pending, mode, run, variant, self.save_images), return_predictions=False)
+                finally:
+                    editor.restore()
+                trainer.strategy.barrier()
+            wall[variant] = time.perf_counter() - t0
+        if not trainer.is_global_zero:
+            return None
+        scored = {v: self._score(run, v, samples) for v in variants}
+        results = self._results(the_plan, run, scored, before, edits_before, wall, trainer, matmul_precision, resumed)
+        path = run.write_json("results.json", results)
+        from .report import format_table
+
+        print(format_table(results, path))
+        return results
+
+    def _score(self, run: RunDir, variant: str, samples: list[Sample]) -> dict:
+        """Every metric from the stored records (and features) of this benchmark's samples, in sample order."""
+        stored = self._stored(run, variant, samples)
+        missing = [s.id for s in samples if s.id not in stored]
+        if missing:
+            raise RuntimeError(f"{len(missing)} sample(s) have no record after the run (e.g. {missing[0]})")
+        records = [stored[s.id] for s in samples]
+        out = {}
+        for m in self.bench.metrics:
+            feats = None
+            if m.stores_features:
+                by_id = run.load_features(type(m).__name__, variant)
+                feats = torch.stack([by_id[r.id] for r in records])
+            m.reset()
+            m.update(records, feats)
+            out.update(m.compute())
+            m.reset()
+        return {"metrics": out, "records": records}
+
+    def _results(self, the_plan, run, scored, before, edits_before, wall, trainer, matmul_precision, resumed) -> dict:
+        editor, bench = self.editor, self.bench
+        new = [r for r in scored["samples"]["records"] if r.id not in before["samples"]]
+        edits = [e for k, e in run.load_edits("samples").items() if k not in edits_before["samples"]]
+        generate_s = sum(r.generate_s for r in new)
+        size = bench.sampler.size or editor.t2i.native_size
+        return {
+            "editor": type(editor).__name__,
+            "editor_args": fingerprint_args(editor),
+            "benchmark": type(bench).__name__,
+            "model": editor.t2i.identity["spec"],
+            "model_id": editor.t2i.identity["id"],
+            "delta": editor.delta,
+            "metrics": scored["samples"]["metrics"],
+            "baseline": scored["baseline"]["metrics"] if "baseline" in scored else None,
+            "protocol": {**bench.protocol_info(), "protocol": the_plan.mode, "size": size,
+                         "metrics": [m.describe() for m in bench.metrics],
+                         "precision": str(trainer.precision), "matmul_precision": matmul_precision},
+            "timing": {
+                "edit_s": sum(e["edit_s"] for e in edits) / len(edits) if edits else None,
+                "edits": len(edits),
+                "generate_s": generate_s,
+                "images_per_s": len(new) / generate_s if generate_s else None,
+                "wall_s": sum(wall.values()),
+                "note": "new samples of this run, all processes (generation excludes edits)" + (", resumed run" if resumed else ""),
+            },
+            "samples": {"total": len(scored["samples"]["records"]), "stored_before": len(before["samples"]),
+                        "new_this_run": len(new), "records": str(run.samples_dir())},
+            "editor_info": editor.report(),
+            "versions": versions(),
+            "config": self.config_yaml,
+        }
+
+
+def fingerprint_args(editor: Editor) -> dict:
+    """The editor's constructor arguments, as recorded."""
+    return _jsonable(dict(editor.hparams))
