@@ -1,7 +1,9 @@
 """``python -m edit_bench fit | eval | trace``: offline by default (the hub is never contacted unless HF_HUB_OFFLINE=0).
 
 ``fit``/``eval`` are LightningCLI subcommands (``edit_bench.cli``); ``trace`` trains nothing and has its own
-parser (``edit_bench.localize.command``).
+parser (``edit_bench.localize.command``). Bad input (a :class:`~edit_bench.errors.UsageError`, also when
+jsonargparse raised it while building ``--model``/``--data``) is one line on stderr and exit code 2; any other
+exception is a bug and keeps its traceback.
 """
 
 import os
@@ -10,14 +12,15 @@ import sys
 from .errors import UsageError
 
 
-def _unwrap(msg: str) -> str:
-    """jsonargparse reports an error raised while building ``--model``/``--data`` inside a listing of
-    every Union member it tried; keep only the real error."""
-    if "Does not validate against any of the Union subtypes" not in msg:
-        return msg
-    errors = [line.strip()[2:] for line in msg.splitlines()
-              if line.strip().startswith("- ") and "Expected a <class 'NoneType'>" not in line]
-    return "\n".join(errors) or msg
+def usage_error(e: BaseException) -> UsageError | None:
+    """The UsageError behind ``e``: itself, or the cause jsonargparse chained it to."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, UsageError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def run(args=None) -> int:
@@ -33,10 +36,11 @@ def run(args=None) -> int:
             from .cli import main
 
             main(args)
-    except UsageError as e:  # bad input only: any other exception is a bug and keeps its traceback
-        if os.environ.get("EDIT_BENCH_DEBUG"):
+    except Exception as e:
+        usage = usage_error(e)
+        if usage is None or os.environ.get("EDIT_BENCH_DEBUG"):
             raise
-        print(f"edit_bench: error: {_unwrap(str(e))}\n(set EDIT_BENCH_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"edit_bench: error: {usage}\n(set EDIT_BENCH_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
     return 0
 

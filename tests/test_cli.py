@@ -19,16 +19,20 @@ def _eval(out, *extra):
     return run_cli(["eval", "--model", EDITOR, *TINY, "--data", BENCH, "--out_dir", out, *extra])
 
 
-def test_fit_then_eval_the_delta(tmp_path):
-    req = tmp_path / "req.yaml"
-    req.write_text("requests:\n  - {source: A banana, target: A blue banana}\n  - {source: A bear, target: A polar bear}\n")
-    assert run_cli(["fit", "--model", EDITOR, *TINY, "--data", "EditRequests", "--data.path", req, "--out_dir", tmp_path / "fit"]) == 0
+def _records(out, variant="samples"):
+    return {r["id"]: r for f in sorted((out / variant).glob("rank*.jsonl")) for r in map(json.loads, f.read_text().splitlines())}
+
+
+def test_fit_then_eval_the_delta_equals_the_fixed_protocol(tmp_path):
+    """The delta `fit` writes *is* the edit: evaluating it gives the judge's numbers of TIME applied with the
+    same requests under the fixed protocol, sample by sample."""
+    assert run_cli(["fit", "--model", EDITOR, *TINY, "--data", BENCH, "--out_dir", tmp_path / "fit"]) == 0
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "fit/edit.safetensors"), "pt") as f:
         keys, meta = list(f.keys()), f.metadata()
     assert len(keys) == 32 and all(".attn2.to_" in k for k in keys)  # the delta only: 16 sites x (to_k, to_v)
-    assert meta["editor"] == "TIME" and meta["base"] == "tiny:sd1"
+    assert meta["editor"] == "TIME" and meta["base"] == "tiny:sd1" and meta["model_id"].startswith("tiny:sd1@code:")
     edit = json.loads((tmp_path / "fit/edit.json").read_text())
     assert len(edit["requests"]) == 2 and edit["timing"]["edit_s"] > 0
 
@@ -36,12 +40,21 @@ def test_fit_then_eval_the_delta(tmp_path):
     assert run_cli(["eval", "--model", ROOT / "configs/editor/unedited.yaml", "--model.delta", tmp_path / "fit/edit.safetensors", *TINY,
                     "--data", BENCH, "--out_dir", out]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["delta"].endswith("edit.safetensors") and res["timing"]["edits"] == 0
+    assert res["delta"].endswith("edit.safetensors") and res["timing"]["edits"] == 0 and res["protocol"]["protocol"] == "as_is"
+    fixed = tmp_path / "fixed"
+    assert _eval(fixed, "--data.protocol", "fixed") == 0
+    p_delta = {k: r["scores"]["p_new"] for k, r in _records(out).items()}
+    p_fixed = {k: r["scores"]["p_new"] for k, r in _records(fixed).items()}
+    assert p_delta.keys() == p_fixed.keys() and len(p_delta) == 22
+    import torch
+
+    torch.testing.assert_close(torch.tensor([p_delta[k] for k in sorted(p_delta)]),
+                               torch.tensor([p_fixed[k] for k in sorted(p_delta)]), atol=1e-3, rtol=0)  # float32 W + delta vs W edited in place
     base = tmp_path / "base"
     assert run_cli(["eval", "--model", ROOT / "configs/editor/unedited.yaml", *TINY, "--data", BENCH, "--out_dir", base]) == 0
-    p_edit = {r["id"]: r["p_new"] for r in map(json.loads, (out / "samples/rank0.jsonl").read_text().splitlines())}
-    p_base = {r["id"]: r["p_new"] for r in map(json.loads, (base / "samples/rank0.jsonl").read_text().splitlines())}
-    assert p_edit.keys() == p_base.keys() and p_edit != p_base  # the delta changed the images
+    p_base = {k: r["scores"]["p_new"] for k, r in _records(base).items()}
+    print("max |p_base - p_delta|", max(abs(p_base[k] - p_delta[k]) for k in p_base))
+    assert max(abs(p_base[k] - p_delta[k]) for k in p_base) > 1e-2  # and the edit is not a no-op
 
 
 def test_eval_results_schema_records_and_resume(tmp_path):
@@ -51,8 +64,11 @@ def test_eval_results_schema_records_and_resume(tmp_path):
     assert set(res) >= {"editor", "benchmark", "model", "metrics", "protocol", "timing", "versions", "config"}
     assert {k: v["n"] for k, v in res["metrics"].items()} == {"efficacy": 2, "generality": 10, "specificity": 10, "f1": 20}
     assert res["protocol"]["sampler"]["scheduler"] == "pndm" and res["protocol"]["seeds"] == [0]
-    assert res["protocol"]["judge"]["model"] == "tiny:random"
-    assert res["timing"]["edits"] == 2 and res["timing"]["edit_s"] > 0
+    assert res["protocol"]["metrics"][0]["judge"]["model"] == "tiny:random"
+    assert res["protocol"]["matmul_precision"] == "highest" and res["protocol"]["protocol"] == "per_case"
+    assert res["timing"]["edits"] == 2 and res["timing"]["edit_s"] > 0 and res["timing"]["images_per_s"] > 0
+    assert res["model_id"].startswith("tiny:sd1@") and res["editor_args"]["lam"] == 0.1
+    assert "versions" in json.loads((out / "run.json").read_text())
     assert "class_path: edit_bench.editors.time.TIME" in (out / "config.yaml").read_text()
     lines = (out / "samples/rank0.jsonl").read_text().splitlines()
     recs = [json.loads(x) for x in lines]
@@ -63,10 +79,10 @@ def test_eval_results_schema_records_and_resume(tmp_path):
     (out / "results.json").unlink()
     assert _eval(out) == 0
     res2 = json.loads((out / "results.json").read_text())
-    assert res2["samples"]["stored_before"] == 15 and res2["samples"]["new_this_process"] == 7
+    assert res2["samples"]["stored_before"] == 15 and res2["samples"]["new_this_run"] == 7
     assert res2["metrics"] == res["metrics"]
     assert _eval(out) == 0  # nothing left to do
-    assert json.loads((out / "results.json").read_text())["samples"]["new_this_process"] == 0
+    assert json.loads((out / "results.json").read_text())["samples"]["new_this_run"] == 0
 
 
 def _assert_error(code, capsys, *needles):
@@ -143,23 +159,31 @@ def test_print_config_and_help(capsys):
     assert r.returncode == 0 and "eval" in r.stdout and "fit" in r.stdout
 
 
-def test_two_processes_count_every_sample_once(tmp_path):
-    """11 samples over 2 DDP ranks (gloo, CPU): no padded duplicates, exact n."""
-    out = tmp_path / "ddp"
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_two_processes_equal_one_process(tmp_path, strategy):
+    """22 samples of 2 cases over 2 ranks (gloo, CPU): each rank edits only its own case, no sample is padded
+    or duplicated, and the metrics and the accounting equal one process's, whether the ranks are launched
+    as subprocesses (ddp) or spawned (ddp_spawn: only the main process writes the results)."""
+    out = tmp_path / strategy
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-m", "edit_bench", "eval", "--model", EDITOR, *TINY, "--data", BENCH,
-                        "--data.rows", "0:1", "--data.batch_size", "2", "--trainer.accelerator", "cpu",
-                        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
-                        "--out_dir", out], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+                        "--data.batch_size", "4", "--trainer.accelerator", "cpu",
+                        "--trainer.devices", "2", "--trainer.strategy", strategy, "--trainer.enable_progress_bar", "false",
+                        "--out_dir", out], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
-    ids = [json.loads(x)["id"] for f in sorted((out / "samples").glob("rank*.jsonl")) for x in f.read_text().splitlines()]
-    assert len(ids) == 11 == len(set(ids))
-    assert len(list((out / "samples").glob("rank*.jsonl"))) == 2
+    per_rank = {f.name: [json.loads(x)["id"] for x in f.read_text().splitlines()] for f in (out / "samples").glob("rank*.jsonl")}
+    assert sorted(per_rank) == ["rank0.jsonl", "rank1.jsonl"]
+    assert [{i.split("/")[0] for i in ids} for _, ids in sorted(per_rank.items())] == [
+        {"TIMED_test_set_filtered_SD14:0000"}, {"TIMED_test_set_filtered_SD14:0001"}]  # whole cases per rank
+    ids = [i for v in per_rank.values() for i in v]
+    assert len(ids) == 22 == len(set(ids))
     res = json.loads((out / "results.json").read_text())
-    assert {k: v["n"] for k, v in res["metrics"].items()} == {"efficacy": 1, "generality": 5, "specificity": 5, "f1": 10}
     single = tmp_path / "single"
-    assert _eval(single, "--data.rows", "0:1") == 0
-    assert json.loads((single / "results.json").read_text())["metrics"] == res["metrics"]
+    assert _eval(single) == 0
+    one = json.loads((single / "results.json").read_text())
+    assert res["metrics"] == one["metrics"]
+    assert res["timing"]["edits"] == 2 and res["timing"]["edit_s"] > 0 and res["timing"]["images_per_s"] > 0
+    assert res["samples"] == {**one["samples"], "records": str(out / "samples")}
 
 
 def test_fixed_protocol_edits_once_with_every_request(tmp_path):

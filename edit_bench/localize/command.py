@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..metrics import ClipJudge, JudgeConfig
-from ..rundir import versions, write_atomic
+from ..metrics import PAPER_JUDGE, ClipJudge, JudgeConfig
+from ..io import write_atomic
+from ..rundir import versions
 from ..types import SamplerConfig
 from ..errors import UsageError
 
@@ -63,8 +64,19 @@ def parser():
     p.add_argument("--progress", type=bool, default=True)
     p.add_class_arguments(SamplerConfig, "sampler", default=SamplerConfig(scheduler="ddim", steps=50, guidance=7.5,
                                                                           size=None, seeds=[0, 1, 2, 3]))
-    p.add_class_arguments(JudgeConfig, "judge")
+    p.add_class_arguments(JudgeConfig, "judge", default=JudgeConfig(model=AUTO_JUDGE))
     return p
+
+
+AUTO_JUDGE = "auto"  # the model's own judge: the toy judge for the toy world, the paper's for real models
+
+
+def judge_for(model_spec: str, cfg: JudgeConfig) -> JudgeConfig:
+    """Resolve ``judge.model: auto`` to the judge that goes with the model."""
+    if cfg.model != AUTO_JUDGE:
+        return cfg
+    model = {"toy": "toy"}.get(model_spec, "tiny:random" if model_spec.startswith("tiny:") else PAPER_JUDGE)
+    return JudgeConfig(model=model, pretrained=cfg.pretrained, scale=cfg.scale)
 
 
 def read_rows(args) -> list[dict]:
@@ -111,7 +123,7 @@ def _without_images(d):
 
 
 def run(argv: list[str] | None = None) -> dict:
-    from ..editors.unedited import Unedited
+    from ..models import load_t2i
     from .causal_trace import causal_trace
     from .figure import save_figure
     from .locogen import locogen
@@ -127,12 +139,12 @@ def run(argv: list[str] | None = None) -> dict:
     rows = read_rows(args)
     out = Path(args.out_dir)
     if (out / "trace.json").exists():
-        raise FileExistsError(f"{out / 'trace.json'} exists: choose another --out_dir or remove it (a trace is never overwritten)")
+        raise UsageError(f"{out / 'trace.json'} exists: choose another --out_dir or remove it (a trace is never overwritten)")
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
     if dtype is None:
         raise UsageError(f"--dtype {args.dtype!r}: use float32, float16 or bfloat16")
-    sampler, judge_cfg = SamplerConfig(**vars(args.sampler)), JudgeConfig(**vars(args.judge))
-    t2i = Unedited(base=args.model.base, delta=args.model.delta).t2i
+    sampler, judge_cfg = SamplerConfig(**vars(args.sampler)), judge_for(args.model.base, JudgeConfig(**vars(args.judge)))
+    t2i = load_t2i(args.model.base, delta=args.model.delta)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t2i.to(device, dtype)
     for r in rows:  # a subject that is not in its prompt fails here, before any image is made

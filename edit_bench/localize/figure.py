@@ -110,7 +110,7 @@ def save_figure(traces: list[dict], method: str, path: Path) -> None:
     grid = fig.add_gridspec(len(traces), 1, hspace=0.9)
     for i, t in enumerate(traces):
         (_causal_row if method == "causal_trace" else _locogen_row)(fig, grid[i, 0], t)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, bbox_inches="tight")
+    from ..io import write_atomic
+
+    write_atomic(path, lambda tmp: fig.savefig(tmp, bbox_inches="tight", format="png"))
     plt.close(fig)
-    tmp.replace(path)
