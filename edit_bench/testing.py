@@ -80,3 +80,36 @@ def check_editor(cls: type[Editor], layouts: Sequence[str] = LAYOUTS, **kwargs) 
     check_capabilities(cls)
     for spec in layouts:
         check_edit(cls(base=spec, **kwargs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edit_bench.testing module.Class [...]``: run every contract check of each editor class."""
+    import importlib
+    import os
+    import sys
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    names = sys.argv[1:] if argv is None else list(argv)
+    if not names:
+        print("usage: python -m edit_bench.testing module.EditorClass [...]", file=sys.stderr)
+        return 2
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the user's own modules, as `python -m` finds them
+    for name in names:
+        mod, _, cls_name = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(mod), cls_name)
+        except (ImportError, AttributeError, ValueError) as e:
+            print(f"edit_bench.testing: error: cannot import {name!r} ({e}): give module.Class", file=sys.stderr)
+            return 2
+        try:
+            check_editor(cls)
+        except AssertionError as e:
+            print(f"{name}: FAILED: {e}", file=sys.stderr)
+            return 1
+        print(f"{name}: every contract check passed on {', '.join(LAYOUTS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -52,12 +52,24 @@ def test_long_prompts_error_or_truncate(tmp_path):
 
     long = " ".join(["red"] * 90)
     path = str(_write(tmp_path / "l.csv", COLUMNS, [["A cat", "A blue cat"] + [long] + ["p"] * 19]))
-    n_tokens = load_t2i("tiny:sd1").n_tokens
+    t2i = load_t2i("tiny:sd1")
     with pytest.raises(ValueError, match=r"92 tokens.*truncate_long_prompts"):
-        TIMED(path=path).check_prompts(n_tokens)
+        TIMED(path=path).check_prompts(t2i)
     b = TIMED(path=path, truncate_long_prompts=True)
-    b.check_prompts(n_tokens)
+    b.check_prompts(t2i)
     assert b.truncated == [long] and b.protocol_info()["truncated_prompts"] == [long]
+    # prompts an editor derives from the requests are checked too, and never truncated
+    with pytest.raises(ValueError, match="the editor builds from the requests"):
+        b.check_prompts(t2i, derived=["A photo of " + long])
+
+
+def test_a_selection_of_no_rows_and_an_unknown_group_are_errors():
+    from edit_bench.types import EditCase, EditRequest, PromptPair
+
+    with pytest.raises(ValueError, match="selects no cases"):
+        TIMED(path="datasets/toy/toy_timed.csv", rows="50:60")
+    with pytest.raises(ValueError, match=r"unknown group\(s\) \['specifity'\]"):
+        EditCase("c", EditRequest("a", "b"), {"specifity": (PromptPair("a", "a", "b", "old"),)})
 
 
 def test_requests_from_yaml_and_csv(tmp_path):
@@ -70,12 +82,18 @@ def test_requests_from_yaml_and_csv(tmp_path):
         EditRequests(path=str(c))
 
 
+def _rec(group, seed, success, k=0):
+    from edit_bench.types import Record
+
+    return Record(f"c/{group}/{k}/{seed}", "c", group, k, seed, "p", "o", "n", "new", {"success": float(success)})
+
+
 def test_edit_scores_by_hand():
-    m = EditScores(seeds=[0, 1])
-    recs = ([dict(group="efficacy", seed=0, success=True), dict(group="efficacy", seed=1, success=False)]
-            + [dict(group="generality", seed=s, success=ok) for s, ok in [(0, 1), (0, 1), (1, 1), (1, 0)]]
-            + [dict(group="specificity", seed=s, success=ok) for s, ok in [(0, 1), (0, 0), (1, 1), (1, 1)]])
-    m.update_records(recs)
+    m = EditScores()
+    recs = ([_rec("efficacy", 0, True), _rec("efficacy", 1, False)]
+            + [_rec("generality", s, ok, k) for k, (s, ok) in enumerate([(0, 1), (0, 1), (1, 1), (1, 0)])]
+            + [_rec("specificity", s, ok, k) for k, (s, ok) in enumerate([(0, 1), (0, 0), (1, 1), (1, 1)])])
+    m.update(recs)
     out = m.compute()
     assert out["efficacy"] == {"mean": 0.5, "std": 0.5, "n": 2}
     assert out["generality"]["mean"] == 0.75 and out["generality"]["std"] == pytest.approx(0.25)
@@ -85,14 +103,36 @@ def test_edit_scores_by_hand():
     assert out["f1"]["std"] == pytest.approx(0.0)
 
 
-def test_judge_prefers_matching_label_shape():
-    from edit_bench.metrics import ClipJudge, JudgeConfig
+def test_timed_rule():
+    from edit_bench.metrics import timed_success
 
-    j = ClipJudge(JudgeConfig(model="tiny:random"))
-    p = j.preference(torch.rand(3, 3, 32, 32), ["a", "b", "c"], ["x", "y", "z"])
-    assert p.shape == (3,) and ((0 <= p) & (p <= 1)).all()
-    same = j.preference(torch.rand(1, 3, 32, 32), ["a cat"], ["a cat"])
-    assert same.item() == pytest.approx(0.5)
+    p = torch.tensor([0.9, 0.9, 0.2, 0.2, 0.5, 0.5])
+    assert timed_success(p, ["new", "old", "new", "old", "new", "old"]).tolist() == [True, False, False, True, False, False]
+
+
+def test_judge_equals_open_clip_called_directly_on_the_same_8bit_image():
+    """The judge's P(new) is open_clip's own softmax over the two captions, on the image quantised to 8 bits
+    and preprocessed by open_clip; and the toy judge prefers a rendered scene's caption."""
+    import open_clip
+    from PIL import Image
+
+    from edit_bench.metrics import ClipJudge, JudgeConfig
+    from edit_bench.models.toy import judge_dir, world
+
+    judge = ClipJudge(JudgeConfig(model="toy"))
+    scene = world.parse("a blue circle")
+    img = world.render([scene])  # [1, 3, 32, 32] in [0, 1]
+    p = judge.preference(img, ["a red square"], ["a blue circle"])
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{judge_dir()}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{judge_dir()}")
+    model.eval()
+    u8 = (img[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    with torch.no_grad():
+        f_img = torch.nn.functional.normalize(model.encode_image(preprocess(Image.fromarray(u8))[None]), dim=-1)
+        f_txt = torch.nn.functional.normalize(model.encode_text(tokenizer(["a red square", "a blue circle"])), dim=-1)
+        ref = torch.softmax(100.0 * f_img @ f_txt.T, dim=-1)[0, 1]
+    torch.testing.assert_close(p[0], ref, atol=1e-5, rtol=0)
+    assert p.item() > 0.9
 
 
 def test_missing_judge_fails_with_instructions():

@@ -101,6 +101,12 @@ def _assert_error(code, capsys, *needles):
      ["ReFACT layer 40 does not exist", "--model.init_args.layer N"]),
     (["--model", ROOT / "configs/editor/locoedit.yaml", "--model.init_args.sites", "[up_blocks.9.attentions.0]"],
      ["no cross-attention site named 'up_blocks.9.attentions.0'"]),
+    (["--data.sampler.scheduler", "nope"], ["unknown scheduler 'nope'"]),
+    (["--data.sampler.size", "40"], ["sampler.size 40 must be a positive multiple of 32"]),
+    (["--data.rows", "50:60", "--data.path", ROOT / "datasets/toy/toy_timed.csv"], ["selects no cases", "--data.rows"]),
+    (["--model", ROOT / "configs/editor/refact.yaml", "--model.init_args.layer", "1", "--data.protocol", "fixed"],
+     ["ReFACT edits one request at a time", "per_case"]),
+    (["--trainer.matmul_precision", "low"], ["matmul_precision"]),
 ])
 def test_bad_input_is_a_clear_error_and_leaves_no_run_dir(tmp_path, capsys, args, needles):
     out = tmp_path / "run"
@@ -112,6 +118,12 @@ def test_bad_input_is_a_clear_error_and_leaves_no_run_dir(tmp_path, capsys, args
             base += args[i:i + 2]
     _assert_error(run_cli(base), capsys, *needles)
     assert not out.exists()
+
+
+def test_only_the_identity_editor_takes_a_delta(tmp_path, capsys):
+    code = run_cli(["eval", "--model", EDITOR, *TINY, "--model.delta", tmp_path / "x.safetensors", "--data", BENCH,
+                    "--out_dir", tmp_path / "run"])
+    assert code == 2 and "delta" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_bad_csv_and_long_prompt(tmp_path, capsys):
@@ -129,6 +141,8 @@ def test_bad_csv_and_long_prompt(tmp_path, capsys):
         (write("empty.csv", COLUMNS, row[:3] + [""] + row[4:]), ["empty cells in ['gt1']"]),
         (write("same.csv", COLUMNS, ["A cat", "A cat"] + row[2:]), ["same prompt"]),
         (write("long.csv", COLUMNS, row[:2] + ["cat " * 80] + row[3:]), ["82 tokens", "truncate_long_prompts"]),
+        # 76 tokens fit, but TIME's "A photo of " prefix makes 79: the editor's own prompts are checked too
+        (write("derived.csv", COLUMNS, ["A " + "cat " * 73, "A blue cat"] + row[2:]), ["the editor builds", "79 tokens"]),
     ]
     for path, needles in cases:
         _assert_error(run_cli(["eval", "--model", EDITOR, *TINY, "--data", BENCH, "--data.path", path, "--data.rows", "0:1",
@@ -256,3 +270,33 @@ def test_trace_attribute_free_prompt_drops_the_subject_as_a_word():
     args = parser().parse_args(["--method", "locogen", "--prompt", "a circle", "--subject", "blue"])
     with pytest.raises(ValueError, match="give --neutral"):
         read_rows(args)
+
+
+def test_resume_after_the_data_or_the_model_changed_is_refused(tmp_path, capsys):
+    """A run directory never mixes records: an edited CSV row or retrained weights are refused with a message
+    that says what changed, and leave the directory as it was."""
+    import shutil
+
+    from edit_bench.models.toy import pipeline_dir
+
+    src = (ROOT / "datasets/timed/TIMED_test_set_filtered_SD14.csv").read_text().splitlines()
+    csv = tmp_path / "rows.csv"
+    csv.write_text("\n".join(src[:3]) + "\n")
+    out = tmp_path / "run"
+    assert _eval(out, "--data.path", csv) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    csv.write_text("\n".join([src[0], src[1], src[2].replace("An apple", "A pear", 1)]) + "\n")
+    _assert_error(_eval(out, "--data.path", csv), capsys, "other prompts than this benchmark's", "A pear")
+    assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    model = tmp_path / "model"
+    shutil.copytree(pipeline_dir(), model)
+    run = tmp_path / "folder_run"
+    args = ["eval", "--model", ROOT / "configs/editor/unedited.yaml", "--model.base", model, "--data", BENCH,
+            "--data.rows", "0:1", "--out_dir", run]
+    assert run_cli(args) == 0
+    weights = model / "unet/diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(4)  # "retrained": one value changes
+    weights.write_bytes(bytes(data))
+    _assert_error(run_cli(args), capsys, "different config", "model_id")

@@ -4,7 +4,7 @@ computation (brute-force least squares, a hand-run attention layer, the authors'
 import pytest
 import torch
 
-from edit_bench.editors.dqf import DiffQuickFix
+from edit_bench.editors.diff_quickfix import DiffQuickFix
 from edit_bench.editors.locoedit import LocoEdit
 from edit_bench.editors.refact import ReFACT
 from edit_bench.editors.stats import second_moment

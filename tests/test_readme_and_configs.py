@@ -35,16 +35,25 @@ def test_readme_setup_has_exactly_two_commands_and_ci_runs_the_test_one():
     assert cmds[1] in (ROOT / ".ci/run").read_text()
 
 
-def test_every_readme_command_runs(tmp_path, capsys):
+def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
     """Run each `python -m edit_bench` command of the README, in order, from a scratch directory holding
     the checkout's configs/ and datasets/. Commands that need real weights must fail with the clear
-    not-cached message (they run for real where the weights are cached; see tests/gpu)."""
+    not-cached message (where the weights are cached they run for real)."""
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     (tmp_path / "datasets").symlink_to(ROOT / "datasets")
+    # the user's own editor of "Adding an editor", written where the commands run
+    adding = README.split("## Adding an editor", 1)[1].split("\n## ", 1)[0]
+    (tmp_path / "my_editor.py").write_text(re.findall(r"```python\n(.*?)```", adding, flags=re.S)[0])
+    monkeypatch.syspath_prepend(str(tmp_path))
     cmds = [c for c in _bash_commands() if "python -m edit_bench" in c]
-    assert len(cmds) >= 7
+    assert len(cmds) >= 9
     for cmd in cmds:
         module, args = _module_args(cmd)
+        if module == "edit_bench.testing":
+            from edit_bench import testing
+
+            assert testing.main(args) == 0, cmd
+            continue
         if module == "edit_bench.models.toy.train":  # the real run takes 66 min: same code, a few steps
             from edit_bench.models import load_t2i
             from edit_bench.models.toy import train
@@ -82,7 +91,7 @@ def test_every_readme_command_runs(tmp_path, capsys):
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
-def test_every_config_is_covered():
+def test_config_kinds_are_known():
     kinds = {p.parent.name for p in CONFIGS}
     assert kinds <= {"editor", "benchmark", "trainer", "experiment", "requests", "trace"}
 

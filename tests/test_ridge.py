@@ -32,3 +32,29 @@ def test_ridge_weights_and_float32():
 def test_ridge_rejects_bad_shapes():
     with pytest.raises(ValueError, match="shape mismatch"):
         ridge_update(torch.zeros(3, 4), torch.zeros(5, 2), torch.zeros(3, 2), 0.1)
+
+
+def test_one_factored_system_solves_every_matrix_in_place_and_reports_its_condition():
+    """ridge_update_ edits several matrices sharing K against one Cholesky factor, each equal to the
+    brute-force solution; the condition number is that of lam I + K K^T."""
+    from edit_bench.editors.ridge import ridge_update_
+
+    g = torch.Generator().manual_seed(2)
+    K = torch.randn(6, 4, generator=g)
+    params = [torch.nn.Parameter(torch.randn(d, 6, generator=g), requires_grad=False) for d in (3, 5)]
+    targets = [torch.randn(d, 6, generator=g) for d in (3, 5)]
+    Ws = [p.detach().clone() for p in params]
+    cond = ridge_update_(params, K, lambda W: W @ targets[0 if W.shape[0] == 3 else 1], 0.1)
+    for p, W, T in zip(params, Ws, targets):
+        torch.testing.assert_close(p.double(), _oracle(W, K, W @ T, 0.1), atol=1e-5, rtol=1e-5)
+    eig = torch.linalg.eigvalsh(0.1 * torch.eye(6, dtype=torch.float64) + K.double() @ K.double().T)
+    assert cond == pytest.approx(float(eig[-1] / eig[0]), rel=1e-9)
+
+
+def test_ridge_rejects_a_singular_system_and_bad_weights():
+    from edit_bench.errors import UsageError
+
+    with pytest.raises(UsageError, match="singular.*lam > 0"):
+        ridge_update(torch.zeros(3, 4), torch.zeros(4, 2), torch.zeros(3, 2), 0.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        ridge_update(torch.zeros(3, 4), torch.ones(4, 2), torch.zeros(3, 2), 0.1, weights=torch.tensor([1.0, -1.0]))

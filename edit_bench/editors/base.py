@@ -67,8 +67,10 @@ class Editor(L.LightningModule):
     def configure_model(self) -> None:
         """Lightning calls this before moving the module: load the model in time and, when training,
         make exactly the edited parameters trainable."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
         t2i = self.t2i
-        if self.trains and self._trainer is not None and self.trainer.training:
+        if self.trains and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             t2i.requires_grad_(False)
             for p in self.edited_parameters().values():
                 p.requires_grad_(True)
@@ -175,6 +177,15 @@ class Editor(L.LightningModule):
         """A Lightning checkpoint holds the edited parameters (and the optimizer), never the whole pipeline."""
         keep = {f"_t2i.{n}" for n in self.edited_parameters()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load a checkpoint's edited tensors into the model (loaded first: it is built lazily). Tensors the
+        editor does not have are an error; the frozen ones it lacks are the point."""
+        self.t2i
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if result.unexpected_keys:
+            raise UsageError(f"the checkpoint holds tensors {type(self).__name__} does not have: {result.unexpected_keys[:3]}")
+        return result
 
     # ------------------------------------------------------------------ evaluation
     def activate(self, case: EditCase) -> float | None:

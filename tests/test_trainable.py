@@ -1,0 +1,93 @@
+"""The seam for editors that train (ESD, Concept Ablation): `fit` runs Lightning's own loop on exactly the
+edited parameters, the fingerprint holds the training settings, checkpoints hold the edited tensors only,
+and an editor is rebuilt from its checkpoint."""
+
+import json
+
+import pytest
+import torch
+
+from edit_bench.benchmarks.requests import EditRequests
+from edit_bench.cli import EditTrainer
+from edit_bench.editors import Editor
+from edit_bench.errors import UsageError
+
+
+class MoveValues(Editor):
+    """A minimal trainable editor: the first cross-attention module (all of attn2) learns to give the
+    source prompt's values the target prompt's."""
+
+    edits = "unet"
+    trains = True
+
+    def __init__(self, lr: float = 0.1, base: str = "tiny:sd1"):
+        super().__init__(base=base)
+        self.lr = lr
+
+    def site(self):
+        return self.t2i.cross_attn()[0]
+
+    def edited_parameters(self):
+        return self.site().parameters()
+
+    def training_step(self, batch, batch_idx):
+        r = batch["requests"][0]
+        with torch.no_grad():
+            want = self.site().to_v(self.t2i.encode([r.target]))
+        return torch.nn.functional.mse_loss(self.site().to_v(self.t2i.encode([r.source])), want)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([p for p in self.edited_parameters().values()], lr=self.lr)
+
+
+def _trainer(steps):
+    return EditTrainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False)
+
+
+def test_cross_attn_site_exposes_the_whole_attention_module():
+    ed = MoveValues()
+    names = sorted(n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1] for n in ed.edited_parameters())
+    assert {"to_q.weight", "to_k.weight", "to_v.weight", "0.weight", "0.bias"} <= set(names)
+
+
+def test_fit_trains_exactly_the_edited_parameters_and_checkpoints_only_them(tmp_path):
+    data = EditRequests(requests=[{"source": "A banana", "target": "A blue banana"}])
+    ed = MoveValues()
+    before = {n: p.detach().clone() for n, p in ed.t2i.named_parameters()}
+    _trainer(3).fit(ed, datamodule=data, out_dir=tmp_path / "fit")
+    changed = {f"{n}" for n, p in ed.t2i.named_parameters() if not torch.equal(p, before[n])}
+    declared = {n.removeprefix("unet.") for n in ed.edited_parameters()}
+    assert changed and {c.removeprefix("unet.") for c in changed} <= declared
+    edit = json.loads((tmp_path / "fit/edit.json").read_text())
+    assert set(edit["changed"]) <= set(ed.edited_parameters()) and edit["editor_args"]["lr"] == 0.1
+    assert all(not p.requires_grad for n, p in ed.t2i.named_parameters() if f"{n}" not in
+               {k for k in ed.edited_parameters()})
+
+    # a different training run is never answered "already done"
+    with pytest.raises(UsageError, match="training.max_steps"):
+        _trainer(5).fit(MoveValues(), datamodule=data, out_dir=tmp_path / "fit")
+
+    # a Lightning checkpoint holds the edited tensors (and the optimizer), and rebuilds the editor
+    trainer = _trainer(2)
+    trainer.fit(ed, datamodule=data, out_dir=tmp_path / "fit2")
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    state = torch.load(ckpt, weights_only=False)
+    assert set(state["state_dict"]) == {f"_t2i.{n}" for n in ed.edited_parameters()}
+    assert state["optimizer_states"] and state["hyper_parameters"]["lr"] == 0.1
+    again = MoveValues.load_from_checkpoint(ckpt)
+    for n, p in ed.edited_parameters().items():
+        assert torch.equal(again.t2i.get_parameter(n), p.detach())
+
+
+def test_eval_of_a_trained_editor_asks_for_its_delta(tmp_path):
+    from edit_bench.benchmarks.timed import TIMED
+    from edit_bench.evaluate import Evaluation
+    from edit_bench.metrics import JudgeConfig
+    from edit_bench.types import SamplerConfig
+
+    bench = TIMED(rows="0:1", sampler=SamplerConfig(steps=2, size=32, seeds=[0]), judge=JudgeConfig(model="tiny:random"))
+    with pytest.raises(UsageError, match="trained by `fit`.*--model.delta"):
+        Evaluation(MoveValues(), bench, tmp_path / "run").run(_trainer(1))
+    assert not (tmp_path / "run").exists()
