@@ -42,7 +42,7 @@ def test_bad_timed_files(tmp_path):
         TIMED(path=str(_write(tmp_path / "c.csv", COLUMNS, [["A cat", "a cat"] + ["p"] * 20])))
     with pytest.raises(ValueError, match="out of range"):
         TIMED(rows="200")
-    with pytest.raises(FileNotFoundError, match="nope.csv"):
+    with pytest.raises(ValueError, match="nope.csv"):
         TIMED(path="nope.csv")
 
 

@@ -102,7 +102,7 @@ def _assert_error(code, capsys, *needles):
     (["--model", ROOT / "configs/editor/locoedit.yaml", "--model.init_args.sites", "[up_blocks.9.attentions.0]"],
      ["no cross-attention site named 'up_blocks.9.attentions.0'"]),
     (["--data.sampler.scheduler", "nope"], ["unknown scheduler 'nope'"]),
-    (["--data.sampler.size", "40"], ["sampler.size 40 must be a positive multiple of 32"]),
+    (["--data.sampler.size", "40"], ["sampler.size 40 must be a positive multiple of 16"]),
     (["--data.rows", "50:60", "--data.path", ROOT / "datasets/toy/toy_timed.csv"], ["selects no cases", "--data.rows"]),
     (["--model", ROOT / "configs/editor/refact.yaml", "--model.init_args.layer", "1", "--data.protocol", "fixed"],
      ["ReFACT edits one request at a time", "per_case"]),
@@ -285,7 +285,7 @@ def test_resume_after_the_data_or_the_model_changed_is_refused(tmp_path, capsys)
     out = tmp_path / "run"
     assert _eval(out, "--data.path", csv) == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    csv.write_text("\n".join([src[0], src[1], src[2].replace("An apple", "A pear", 1)]) + "\n")
+    csv.write_text("\n".join([src[0], src[1], src[2].rsplit(",", 1)[0] + ",A pear"]) + "\n")  # row 1's last label
     _assert_error(_eval(out, "--data.path", csv), capsys, "other prompts than this benchmark's", "A pear")
     assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 

@@ -93,7 +93,21 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 def test_config_kinds_are_known():
     kinds = {p.parent.name for p in CONFIGS}
-    assert kinds <= {"editor", "benchmark", "trainer", "experiment", "requests", "trace"}
+    assert kinds <= {"editor", "benchmark", "trainer", "experiment", "requests", "trace", "sampler"}
+
+
+def test_the_toy_sampler_lives_in_one_place():
+    """configs/sampler/toy.yaml (read by every toy benchmark and trace config) equals the toy world's
+    SAMPLER (the defaults of its quality script)."""
+    from dataclasses import asdict
+
+    from edit_bench.models.toy import SAMPLER
+
+    cfg = yaml.safe_load((ROOT / "configs/sampler/toy.yaml").read_text())
+    assert {**asdict(SAMPLER), **cfg} == asdict(SAMPLER)
+    for name in ("toy_timed", "toy_road", "toy_erasure"):
+        assert yaml.safe_load((ROOT / f"configs/benchmark/{name}.yaml").read_text())["init_args"]["sampler"] == "../sampler/toy.yaml"
+    assert yaml.safe_load((ROOT / "configs/trace/toy.yaml").read_text())["sampler"] == "../sampler/toy.yaml"
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name == "editor"], ids=lambda p: p.name)

@@ -42,7 +42,7 @@ def test_one_factored_system_solves_every_matrix_in_place_and_reports_its_condit
     g = torch.Generator().manual_seed(2)
     K = torch.randn(6, 4, generator=g)
     params = [torch.nn.Parameter(torch.randn(d, 6, generator=g), requires_grad=False) for d in (3, 5)]
-    targets = [torch.randn(d, 6, generator=g) for d in (3, 5)]
+    targets = [torch.randn(6, 4, generator=g) for _ in (3, 5)]
     Ws = [p.detach().clone() for p in params]
     cond = ridge_update_(params, K, lambda W: W @ targets[0 if W.shape[0] == 3 else 1], 0.1)
     for p, W, T in zip(params, Ws, targets):

@@ -71,6 +71,11 @@ def parser():
 AUTO_JUDGE = "auto"  # the model's own judge: the toy judge for the toy world, the paper's for real models
 
 
+def _fields(ns) -> dict:
+    """A parsed group's values, without jsonargparse's bookkeeping (``__path__`` of a sub-config file)."""
+    return {k: v for k, v in vars(ns).items() if not k.startswith("__")}
+
+
 def judge_for(model_spec: str, cfg: JudgeConfig) -> JudgeConfig:
     """Resolve ``judge.model: auto`` to the judge that goes with the model."""
     if cfg.model != AUTO_JUDGE:
@@ -143,7 +148,8 @@ def run(argv: list[str] | None = None) -> dict:
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
     if dtype is None:
         raise UsageError(f"--dtype {args.dtype!r}: use float32, float16 or bfloat16")
-    sampler, judge_cfg = SamplerConfig(**vars(args.sampler)), judge_for(args.model.base, JudgeConfig(**vars(args.judge)))
+    sampler = SamplerConfig(**_fields(args.sampler))
+    judge_cfg = judge_for(args.model.base, JudgeConfig(**_fields(args.judge)))
     t2i = load_t2i(args.model.base, delta=args.model.delta)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t2i.to(device, dtype)

@@ -8,6 +8,12 @@ defines the world (renderer, captions, defaults, analyser); ``train`` trains bot
 
 from pathlib import Path
 
+from ...types import SamplerConfig
+
+# The toy world's sampler (32x32, DDIM 20 steps, guidance 4, seeds 0-3). configs/sampler/toy.yaml, which every
+# toy benchmark and trace config reads, holds the same values (a test checks they agree).
+SAMPLER = SamplerConfig(scheduler="ddim", steps=20, guidance=4.0, size=32, seeds=[0, 1, 2, 3])
+
 WEIGHTS = Path(__file__).parent / "weights"
 _HOW = "train them with `python -m edit_bench.models.toy.train` (see the README, 'The toy world')"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ...types import SamplerConfig
-from . import world
+from . import SAMPLER, world
 
 
 def _judge_pick(judge, images, texts_per_image):
@@ -50,14 +50,15 @@ def judge_accuracy(judge, images, colours, shapes, textures):
 
 
 @torch.no_grad()
-def measure(n: int = 240, steps: int = 20, guidance: float = 4.0, scheduler: str = "ddim", seed: int = 1234) -> dict:
+def measure(n: int = 240, steps: int = SAMPLER.steps, guidance: float = SAMPLER.guidance, scheduler: str = SAMPLER.scheduler,
+            seed: int = 1234) -> dict:
     from ...metrics import ClipJudge, JudgeConfig
     from .. import load_t2i
 
     rng = random.Random(seed)
     model = load_t2i("toy")
     judge = ClipJudge(JudgeConfig(model="toy"))
-    sampler = SamplerConfig(scheduler=scheduler, steps=steps, guidance=guidance, size=32, seeds=[0])
+    sampler = SamplerConfig(scheduler=scheduler, steps=steps, guidance=guidance, size=SAMPLER.size, seeds=[0])
 
     def generate(prompts):
         seeds = list(range(len(prompts)))
@@ -109,8 +110,8 @@ def measure(n: int = 240, steps: int = 20, guidance: float = 4.0, scheduler: str
 
 
 @torch.no_grad()
-def edited_pixels(editor_yaml: str, steps: int = 20, guidance: float = 4.0, scheduler: str = "ddim",
-                  seeds=(0, 1, 2, 3), path: str = "datasets/toy/toy_timed.csv") -> dict:
+def edited_pixels(editor_yaml: str, steps: int = SAMPLER.steps, guidance: float = SAMPLER.guidance,
+                  scheduler: str = SAMPLER.scheduler, seeds=tuple(SAMPLER.seeds), path: str = "datasets/toy/toy_timed.csv") -> dict:
     """Apply each toy TIMED case with the editor of ``editor_yaml`` and read its efficacy / generality
     images: does the pixel analyser see the target colour (and shape)? Also the judge's verdict."""
     import importlib
@@ -124,7 +125,7 @@ def edited_pixels(editor_yaml: str, steps: int = 20, guidance: float = 4.0, sche
     mod, _, name = cfg["class_path"].rpartition(".")
     editor = getattr(importlib.import_module(mod), name)(**(cfg.get("init_args") or {}), base="toy")
     judge = ClipJudge(JudgeConfig(model="toy"))
-    sampler = SamplerConfig(scheduler=scheduler, steps=steps, guidance=guidance, size=32, seeds=list(seeds))
+    sampler = SamplerConfig(scheduler=scheduler, steps=steps, guidance=guidance, size=SAMPLER.size, seeds=list(seeds))
     out = {}
     for case in TIMED(path=path).cases():
         editor.apply_edit([case.request])
@@ -150,9 +151,9 @@ def edited_pixels(editor_yaml: str, steps: int = 20, guidance: float = 4.0, sche
 def main(argv=None):
     p = argparse.ArgumentParser(description="Measure the toy world against the renderer's ground truth")
     p.add_argument("--n", type=int, default=240)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--scheduler", default="ddim")
+    p.add_argument("--steps", type=int, default=SAMPLER.steps)
+    p.add_argument("--guidance", type=float, default=SAMPLER.guidance)
+    p.add_argument("--scheduler", default=SAMPLER.scheduler)
     p.add_argument("--editor", default=None, help="also read an editor's toy TIMED edits from the pixels")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)

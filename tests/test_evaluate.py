@@ -1,0 +1,101 @@
+"""The evaluation core in Python: the metric seam (per-sample scores and stored image features), results
+computed from the records, sharding by whole cases."""
+
+import json
+
+import pytest
+import torch
+
+from edit_bench.benchmarks.timed import TIMED
+from edit_bench.cli import EditTrainer
+from edit_bench.editors.time import TIME
+from edit_bench.evaluate import Evaluation, shard
+from edit_bench.metrics import EditScores, JudgeConfig, SampleMetric
+from edit_bench.types import EditRequest, PromptPair, Sample, SamplerConfig
+
+
+class MeanColour(SampleMetric):
+    """A metric with image-level state: the mean RGB of each image, stored as a feature, averaged in compute."""
+
+    stores_features = True
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.add_state("total", torch.zeros(3, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("n", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def score(self, images, samples):
+        return {"brightness": images.mean((1, 2, 3)).tolist()}
+
+    def features(self, images, samples):
+        return images.mean((2, 3))  # [B, 3]
+
+    def update(self, records, features=None):
+        self.total += features.double().sum(0)
+        self.n += len(records)
+
+    def compute(self):
+        return {"brightness": {"mean": float(self.total.mean() / self.n), "std": 0.0, "n": int(self.n)}}
+
+
+def _bench(**kw):
+    return TIMED(rows="0:2", sampler=SamplerConfig(steps=2, size=32, seeds=[0]), judge=JudgeConfig(model="tiny:random"),
+                 batch_size=4, **kw)
+
+
+def _trainer():
+    return EditTrainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                       enable_model_summary=False, inference_mode=False)
+
+
+def test_metrics_score_into_records_and_features_survive_a_resume(tmp_path):
+    out = tmp_path / "run"
+    bench = _bench(metrics=[EditScores(), MeanColour()])
+    first = Evaluation(TIME(base="tiny:sd1"), bench, out).run(_trainer())
+    rec = json.loads((out / "samples/rank0.jsonl").read_text().splitlines()[0])
+    assert set(rec["scores"]) == {"p_new", "success", "brightness"}
+    assert first["metrics"]["brightness"]["n"] == 22 and first["metrics"]["efficacy"]["n"] == 2
+    # a crash after the first batch: records and feature files of the rest are gone
+    lines = (out / "samples/rank0.jsonl").read_text().splitlines()
+    (out / "samples/rank0.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    feats = sorted((out / "samples/features").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+    for f in feats[1:]:
+        f.unlink()
+    again = Evaluation(TIME(base="tiny:sd1"), _bench(metrics=[EditScores(), MeanColour()]), out).run(_trainer())
+    assert again["samples"]["stored_before"] == 4 and again["samples"]["new_this_run"] == 18
+    assert again["metrics"] == first["metrics"]
+
+
+def test_two_metrics_may_not_write_the_same_score(tmp_path):
+    with pytest.raises(RuntimeError, match="p_new"):
+        Evaluation(TIME(base="tiny:sd1"), _bench(metrics=[EditScores(), EditScores()]), tmp_path / "r").run(_trainer())
+
+
+def _samples(cases):
+    pair = PromptPair("p", "o", "n", "new")
+    return [Sample(c, "generality", k, 0, pair) for c, n in cases for k in range(n)]
+
+
+def test_shards_are_whole_cases_and_cover_every_sample_once():
+    samples = _samples([("a", 11), ("b", 11), ("c", 3), ("d", 20)])
+    for world in (1, 2, 3, 5):
+        parts = [shard(samples, "per_case", r, world) for r in range(world)]
+        assert sorted(s.id for p in parts for s in p) == sorted(s.id for s in samples)
+        owners = {}
+        for r, p in enumerate(parts):
+            for s in p:
+                assert owners.setdefault(s.case_id, r) == r  # a case lives on one rank
+    flat = [shard(samples, "fixed", r, 2) for r in range(2)]
+    assert [len(p) for p in flat] == [22, 23]
+
+
+def test_requests_and_edits_run_without_autocast():
+    """An edit under a bf16 autocast context (as Lightning's predict step is) is the same edit."""
+    ed = TIME(base="tiny:sd1")
+    ed.apply_edit([EditRequest("A banana", "A blue banana")])
+    plain = {n: p.clone() for n, p in ed.edited_parameters().items()}
+    ed.restore()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ed.apply_edit([EditRequest("A banana", "A blue banana")])
+    for n, p in ed.edited_parameters().items():
+        assert torch.equal(p, plain[n])
