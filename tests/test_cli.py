@@ -247,7 +247,7 @@ def test_trace_locogen_chooses_sites_that_locoedit_takes(tmp_path):
     res = json.loads((out / "trace.json").read_text())
     assert [t["neutral"] for t in res["traces"]] == ["a star", "a square"]
     agg = res["aggregate"]
-    assert agg["chosen"]["p_attribute"] == min(agg["p_attribute"]) and len(agg["p_attribute"]) == 16
+    assert len(agg["p_attribute"]) == 16 and len(agg["chosen"]["sites"]) == 3
     cfg = yaml.safe_load((out / "locoedit.yaml").read_text())
     assert cfg["init_args"]["sites"] == agg["chosen"]["sites"]
     fit = tmp_path / "fit"
@@ -300,3 +300,11 @@ def test_resume_after_the_data_or_the_model_changed_is_refused(tmp_path, capsys)
     data[-4:] = bytes(4)  # "retrained": one value changes
     weights.write_bytes(bytes(data))
     _assert_error(run_cli(args), capsys, "different config", "model_id")
+
+
+def test_trace_judge_follows_the_model(tmp_path):
+    """Without --config, tracing the toy world uses the toy judge (not the paper's ViT-bigG, which is not cached)."""
+    out = tmp_path / "tr"
+    assert run_cli(["trace", "--model.base", "toy", "--prompt", "a blue circle", "--subject", "blue", "--parts", "[text]",
+                    "--sampler.steps", "2", "--sampler.seeds", "[0]", "--progress", "false", "--out_dir", out]) == 0
+    assert json.loads((out / "trace.json").read_text())["protocol"]["judge"]["model"] == "toy"

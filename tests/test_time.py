@@ -49,12 +49,16 @@ def test_time_matches_brute_force_least_squares():
 
 
 def test_time_edit_changes_the_source_image_only_through_kv():
+    """While edited, the text encoder's output is bitwise the same (the edit lives in the K/V projections)
+    and the image changes; after restore the image is bitwise the original."""
     from edit_bench.types import SamplerConfig
 
     ed = TIME(base="tiny:sd1")
     s = SamplerConfig(steps=3, size=32, seeds=[0])
     before = ed.t2i.generate(["A banana"], [0], s)
+    context = ed.t2i.encode(["A banana"])
     with ed.edited([EditRequest("A banana", "A blue banana")]):
+        assert torch.equal(ed.t2i.encode(["A banana"]), context)
         during = ed.t2i.generate(["A banana"], [0], s)
     after = ed.t2i.generate(["A banana"], [0], s)
     assert (during - before).abs().max() > 1e-4

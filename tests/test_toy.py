@@ -93,9 +93,13 @@ def efficacy_moved(res, by=0.3):
 
 
 def test_editing_moves_efficacy_and_a_no_op_editor_fails(tmp_path):
+    """TIME edits the toy world as the README reports (efficacy 1.00, generality 0.97 on all rows): on three
+    rows and two seeds it must reach efficacy >= 0.8 and lift generality by >= 0.5 over the unedited model;
+    an editor that edits nothing moves nothing."""
     time_res = _toy_eval(tmp_path, str(ROOT / "configs/editor/time.yaml"))
-    assert time_res["baseline"]["efficacy"]["mean"] <= 0.34  # the unedited model keeps its defaults
-    assert efficacy_moved(time_res), time_res["metrics"]
+    m, b = time_res["metrics"], time_res["baseline"]
+    assert b["efficacy"]["mean"] <= 0.34  # the unedited model keeps its defaults
+    assert m["efficacy"]["mean"] >= 0.8 and m["generality"]["mean"] >= b["generality"]["mean"] + 0.5, m
     # An editor that claims to edit but changes nothing (diffusers' deprecated TIME pipeline does this)
     noop = _toy_eval(tmp_path, "noop_editor.NoOpEditor")
     assert not efficacy_moved(noop)
