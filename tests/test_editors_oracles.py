@@ -174,3 +174,15 @@ def test_refact_rank_one_maps_k_star_to_v_star_and_spares_orthogonal_keys(tmp_pa
     # k* itself is the source's fc2 input at its last token (the layers before are untouched)
     xin, _ = ed._fc2_io(tl, ["a banana"], 0)
     torch.testing.assert_close(xin[0, 2], vec["k_star"])
+
+
+def test_refact_with_too_small_a_corpus_is_a_clear_error(tmp_path):
+    from edit_bench.editors.refact import ReFACT
+    from edit_bench.errors import UsageError
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("a cat\na dog\n")
+    ed = ReFACT(layer=1, steps=2, corpus=str(corpus), stats_dir=str(tmp_path), base="tiny:sd1")
+    with pytest.raises(UsageError, match=r"token positions, fewer than d = \d+.*too small"):
+        ed.apply_edit([EditRequest("A banana", "A blue banana")])
+    assert all(torch.equal(p, ed._snapshot[n]) for n, p in ed.edited_parameters().items())

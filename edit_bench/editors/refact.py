@@ -167,6 +167,12 @@ class ReFACT(Editor):
         for tl in self._layers():
             ti = tl.tokenizer_index
             C, n_tokens, stats_file = second_moment(self.t2i, tl, ti, self.corpus, self.stats_samples, self.stats_dir)
+            if n_tokens < C.shape[0]:  # C = E[k k^T] has rank <= n_tokens: C^-1 k_bar does not exist
+                raise UsageError(
+                    f"ReFACT statistics of {tl.name} come from {n_tokens} token positions, fewer than d = {C.shape[0]}: "
+                    f"the corpus {self.corpus!r} is too small; give a larger one (--model.init_args.corpus) or raise "
+                    f"--model.init_args.stats_samples ({self.stats_samples})"
+                )
             ctx = [t.format(src) for t in self.templates]
             x, _ = self._fc2_io(tl, ctx, ti)
             k_bar = torch.stack([x[j, self.t2i.token_index(p, subject, ti)] for j, p in enumerate(ctx)]).mean(0)
