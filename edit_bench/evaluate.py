@@ -156,6 +156,10 @@ class _Pass(L.LightningModule):
         if self.mode == "fixed":  # the one edit, on the accelerator, before any image
             self.run.log_edit(self.global_rank, None, self.editor.apply_edit(self.requests, self.preserve), self.variant)
 
+    def on_predict_end(self) -> None:
+        # what the editor has to say about the edits this rank made (the main process never sees a spawned rank's)
+        self.run.write_json(f"{self.variant}/editor-rank{self.global_rank}.json", self.editor.report())
+
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # prompts and seeds: nothing to move
 
@@ -294,6 +298,14 @@ class Evaluation:
             m.reset()
         return {"metrics": out, "records": records}
 
+    def _editor_info(self, run: RunDir) -> dict:
+        """The editor's report of this run's edits: one rank's as is, several ranks' by rank."""
+        files = sorted(run.samples_dir("samples").glob("editor-rank*.json"))
+        if not files:  # nothing was left to edit
+            return self.editor.report()
+        reports = {f.stem.removeprefix("editor-"): json.loads(f.read_text()) for f in files}
+        return next(iter(reports.values())) if len(reports) == 1 else reports
+
     def _results(self, the_plan, run, scored, before, edits_before, wall, trainer, matmul_precision, resumed) -> dict:
         editor, bench = self.editor, self.bench
         new = [r for r in scored["samples"]["records"] if r.id not in before["samples"]]
@@ -322,7 +334,7 @@ class Evaluation:
             },
             "samples": {"total": len(scored["samples"]["records"]), "stored_before": len(before["samples"]),
                         "new_this_run": len(new), "records": str(run.samples_dir())},
-            "editor_info": editor.report(),
+            "editor_info": self._editor_info(run),
             "versions": versions(),
             "config": self.config_yaml,
         }

@@ -6,6 +6,7 @@ Layout::
     DIR/config.yaml                the resolved config
     DIR/samples/rank{R}.jsonl      one Record per sample id, appended batch by batch by rank R
     DIR/samples/edits-rank{R}.jsonl one line per edit rank R made (case, seconds)
+    DIR/samples/editor-rank{R}.json what the editor reported about rank R's edits (its last pass)
     DIR/samples/features/          image-level metric state, one safetensors file per batch, keyed by sample id
     DIR/baseline/...               the same for the unedited model, when the benchmark asks for a baseline
     DIR/results.json               metrics, protocol, timing and versions (eval), computed from the records

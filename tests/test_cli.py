@@ -198,6 +198,8 @@ def test_two_processes_equal_one_process(tmp_path, strategy):
     assert res["metrics"] == one["metrics"]
     assert res["timing"]["edits"] == 2 and res["timing"]["edit_s"] > 0 and res["timing"]["images_per_s"] > 0
     assert res["samples"] == {**one["samples"], "records": str(out / "samples")}
+    assert set(res["editor_info"]) == {"rank0", "rank1"}  # each rank's editor reports its own edits
+    assert all(r["ridge_condition"]["solves"] == 1 for r in res["editor_info"].values())
 
 
 def test_fixed_protocol_edits_once_with_every_request(tmp_path):

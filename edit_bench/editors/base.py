@@ -185,7 +185,8 @@ class Editor(L.LightningModule):
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         if result.unexpected_keys:
             raise UsageError(f"the checkpoint holds tensors {type(self).__name__} does not have: {result.unexpected_keys[:3]}")
-        return result
+        missing = [k for k in result.missing_keys if k.removeprefix("_t2i.") in self.edited_parameters()]
+        return type(result)(missing, [])  # the frozen tensors come from the base model, not the checkpoint
 
     # ------------------------------------------------------------------ evaluation
     def activate(self, case: EditCase) -> float | None:
