@@ -19,7 +19,7 @@ from .benchmarks import discover as discover_benchmarks
 from .editors import Editor
 from .editors import discover as discover_editors
 from .errors import UsageError
-from .evaluate import Evaluation, _jsonable
+from .evaluate import Evaluation, init_args
 from .rundir import RunDir, versions
 
 
@@ -58,7 +58,7 @@ class EditTrainer(L.Trainer):
         """What decides a fit's delta: editor, requests, model identity, precision and, for trained editors,
         the training run (steps, epochs, effective batch, processes, strategy)."""
         fp = {
-            "model": {"class_path": f"{type(model).__module__}.{type(model).__qualname__}", "init_args": _jsonable(dict(model.hparams))},
+            "model": {"class_path": f"{type(model).__module__}.{type(model).__qualname__}", "init_args": init_args(model)},
             "requests": [r.__dict__ for r in data.requests()],
             "preserve": list(data.preserve()),
             "model_id": model.t2i.identity["id"],
@@ -107,7 +107,7 @@ class EditTrainer(L.Trainer):
             meta = {"requests": [r.__dict__ for r in requests], "preserve": list(preserve)}
             path = model.save_delta(run.path / "edit.safetensors", metadata=meta)
             changed = {k: list(v.shape) for k, v in model.delta_state_dict().items()}
-            run.write_json("edit.json", {"editor": type(model).__name__, "editor_args": _jsonable(dict(model.hparams)),
+            run.write_json("edit.json", {"editor": type(model).__name__, "editor_args": init_args(model),
                                          "model": model.t2i.identity, **meta, "timing": {"edit_s": edit_s},
                                          "changed": changed, "editor_info": model.report(), "versions": versions()})
             print(f"edit_bench fit: {type(model).__name__} applied {len(requests)} request(s) in {edit_s:.3f} s; "

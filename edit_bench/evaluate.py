@@ -64,15 +64,21 @@ def _jsonable(x):
     return json.loads(json.dumps(x, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
 
 
+def init_args(module: L.LightningModule | L.LightningDataModule, drop: tuple[str, ...] = ()) -> dict:
+    """A module's constructor arguments as saved by ``save_hyperparameters`` (without the keys LightningCLI
+    adds, so a run from Python and the same run from the CLI have one fingerprint)."""
+    return _jsonable({k: v for k, v in module.hparams.items() if not k.startswith("_") and k not in drop})
+
+
 def fingerprint(editor: Editor, bench: Benchmark, precision: str, matmul_precision: str) -> dict:
     """Everything that decides an evaluation's numbers: the editor's and the benchmark's constructor
     arguments, what the model, the delta and the metrics' models resolve to, and the numeric settings."""
-    data_args = {k: v for k, v in bench.hparams.items() if k not in RESUMABLE and k != "metrics"}
     fp = {
-        "model": {"class_path": f"{type(editor).__module__}.{type(editor).__qualname__}", "init_args": _jsonable(dict(editor.hparams))},
-        "data": {"class_path": f"{type(bench).__module__}.{type(bench).__qualname__}", "init_args": _jsonable(data_args)},
+        "model": {"class_path": f"{type(editor).__module__}.{type(editor).__qualname__}", "init_args": init_args(editor)},
+        "data": {"class_path": f"{type(bench).__module__}.{type(bench).__qualname__}",
+                 "init_args": init_args(bench, drop=(*RESUMABLE, "metrics"))},
         "model_id": editor.t2i.identity["id"],
-        "metrics": [{"class": type(m).__name__, **_jsonable(m.describe()), **_jsonable(m.identity())} for m in bench.metrics],
+        "metrics": [{"protocol": _jsonable(m.describe()), "identity": _jsonable(m.identity())} for m in bench.metrics],
         "precision": str(precision),
         "matmul_precision": matmul_precision,
     }
@@ -314,7 +320,7 @@ class Evaluation:
         size = bench.sampler.size or editor.t2i.native_size
         return {
             "editor": type(editor).__name__,
-            "editor_args": fingerprint_args(editor),
+            "editor_args": init_args(editor),
             "benchmark": type(bench).__name__,
             "model": editor.t2i.identity["spec"],
             "model_id": editor.t2i.identity["id"],
@@ -339,7 +345,3 @@ class Evaluation:
             "config": self.config_yaml,
         }
 
-
-def fingerprint_args(editor: Editor) -> dict:
-    """The editor's constructor arguments, as recorded."""
-    return _jsonable(dict(editor.hparams))

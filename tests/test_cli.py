@@ -310,3 +310,24 @@ def test_trace_judge_follows_the_model(tmp_path):
     assert run_cli(["trace", "--model.base", "toy", "--prompt", "a blue circle", "--subject", "blue", "--parts", "[text]",
                     "--sampler.steps", "2", "--sampler.seeds", "[0]", "--progress", "false", "--out_dir", out]) == 0
     assert json.loads((out / "trace.json").read_text())["protocol"]["judge"]["model"] == "toy"
+
+
+def test_a_run_from_python_resumes_from_the_cli(tmp_path):
+    """One fingerprint for both ways in: the same editor and benchmark built in Python and by the CLI."""
+    from edit_bench.benchmarks.timed import TIMED
+    from edit_bench.cli import EditTrainer
+    from edit_bench.editors.time import TIME
+    from edit_bench.evaluate import Evaluation
+    from edit_bench.metrics import JudgeConfig
+    from edit_bench.types import SamplerConfig
+
+    bench = TIMED(path="datasets/timed/TIMED_test_set_filtered_SD14.csv", rows="0:2", batch_size=11,
+                  sampler=SamplerConfig(scheduler="pndm", steps=4, guidance=7.5, size=32, seeds=[0]),
+                  judge=JudgeConfig(model="tiny:random"))
+    trainer = EditTrainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, inference_mode=False)
+    out = tmp_path / "run"
+    first = Evaluation(TIME(base="tiny:sd1"), bench, out).run(trainer)
+    assert _eval(out) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["samples"]["new_this_run"] == 0 and res["metrics"] == first["metrics"]
