@@ -143,7 +143,7 @@ class _Pass(L.LightningModule):
         self.editor = editor
         self.metrics = list(bench.metrics)  # a plain list: Lightning's precision never casts the judges
         self.requests, self.preserve = bench.requests(), bench.preserve()
-        self.cases = {c.id: c for c in bench.cases()} if mode == "per_case" else {}
+        self.cases = {s.case_id: bench.case(s.case_id) for s in pending} if mode == "per_case" else {}
         self.pending, self.mode, self.sampler, self.batch_size = pending, mode, bench.sampler, bench.batch_size
         self.run, self.variant, self.save_images = run, variant, save_images
 
