@@ -147,6 +147,13 @@ def test_second_moment_equals_per_text_full_length_capture(tmp_path):
     torch.testing.assert_close(C.double(), k.T @ k / len(k), atol=1e-5, rtol=1e-4)
     C2, _, path2 = second_moment(ed.t2i, tl, 0, str(corpus), 100, stats_dir=str(tmp_path / "cache"))
     assert path2 == path and torch.equal(C2, C)  # cached
+    with torch.no_grad():  # fc2 itself (the edited matrix) does not change its own inputs: same statistics
+        tl.mlp_out.weight.add_(1.0)
+    assert second_moment(ed.t2i, tl, 0, str(corpus), 100, stats_dir=str(tmp_path / "cache"))[2] == path
+    with torch.no_grad():  # a layer below does: new statistics, not the cached ones
+        ed.t2i.text_layers()[1].mlp_out.weight.mul_(1.5)
+    C3, _, path3 = second_moment(ed.t2i, tl, 0, str(corpus), 100, stats_dir=str(tmp_path / "cache"))
+    assert path3 != path and not torch.allclose(C3, C)
 
 
 def test_refact_rank_one_maps_k_star_to_v_star_and_spares_orthogonal_keys(tmp_path):
