@@ -24,5 +24,5 @@ def run_cli(args, cwd=None):
 
 def fast_kwargs(editor_name: str) -> dict:
     """Constructor overrides that keep contract tests fast without changing what they check (ReFACT's
-    statistics over 500 captions instead of 100,000: the contract is about which weights change)."""
-    return {"stats_samples": 500} if editor_name == "ReFACT" else {}
+    statistics over 500 captions instead of 100,000, ESD 2 steps: the contract is about which weights change)."""
+    return {"ReFACT": {"stats_samples": 500}, "ESD": {"steps": 2, "ddim_steps": 4, "lr": 1e-3}}.get(editor_name, {})

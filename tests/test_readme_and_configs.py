@@ -118,7 +118,9 @@ def test_editor_configs_build_and_edit(path):
 
     cfg = yaml.safe_load(path.read_text())
     mod, _, name = cfg["class_path"].rpartition(".")
-    ed = getattr(importlib.import_module(mod), name)(**(cfg.get("init_args") or {}), base="tiny:sd1")
+    from helpers import fast_kwargs
+
+    ed = getattr(importlib.import_module(mod), name)(**{**(cfg.get("init_args") or {}), **fast_kwargs(name)}, base="tiny:sd1")
     ed.apply_edit([EditRequest("A banana", "A blue banana")])
     assert bool(ed.edited_parameters()) == (ed.edits != "none")
 

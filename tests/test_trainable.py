@@ -91,3 +91,30 @@ def test_eval_of_a_trained_editor_asks_for_its_delta(tmp_path):
     with pytest.raises(UsageError, match="trained by `fit`.*--model.delta"):
         Evaluation(MoveValues(), bench, tmp_path / "run").run(_trainer(1))
     assert not (tmp_path / "run").exists()
+
+
+def test_esd_evaluates_the_frozen_model_without_a_second_unet():
+    """ESD's θ (functional_call with the snapshot of the trained tensors) equals a deep copy of the original
+    UNet; its target is the paper's formula on those predictions; training moves only its parameter set."""
+    import copy
+
+    from edit_bench.editors.esd import ESD
+    from edit_bench.types import EditRequest
+
+    ed = ESD(params="xattn", steps=3, ddim_steps=4, lr=1e-2, base="tiny:sd1")
+    original = copy.deepcopy(ed.t2i.unet)
+    ed.apply_edit([EditRequest("A banana", "")])  # three steps: θ* now differs from θ
+    t2i = ed.t2i
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500])
+    cond, uncond = t2i.condition(["A banana"]), t2i.unconditional(1)
+    with torch.no_grad():
+        frozen = t2i.noise_prediction(x, t, cond, unet_parameters=ed._frozen())
+        two_unets = original(x, t, encoder_hidden_states=cond.context).sample
+        trained = t2i.noise_prediction(x, t, cond)
+        e_0 = original(x, t, encoder_hidden_states=uncond.context).sample
+    torch.testing.assert_close(frozen, two_unets, atol=1e-6, rtol=0)
+    assert not torch.allclose(trained, two_unets)  # θ* moved
+    target = e_0 - ed.eta * (two_unets - e_0)  # paper-era target, η = 1
+    torch.testing.assert_close(target, 2 * e_0 - two_unets)
+    assert ed.report()["steps"] == 3

@@ -432,6 +432,27 @@ class T2IModel(nn.Module):
             latents = sched.step(eps.float(), t, latents, **extra).prev_sample
         return self.decode(latents)
 
+    def noise_prediction(self, x: Tensor, t, cond: Conditioning, size: int | None = None,
+                         unet_parameters: dict[str, Tensor] | None = None) -> Tensor:
+        """The UNet's noise prediction ``[B, C, h, w]`` for latents ``x`` at timestep ``t`` under ``cond``.
+
+        Args:
+            size: the image side (SDXL's time ids); default the model's native size.
+            unet_parameters: tensors by UNet parameter name (``down_blocks.0...``) that replace the module's own
+                for this call (``torch.func.functional_call``): a frozen copy of a few trained tensors evaluates
+                the original model without a second UNet.
+        """
+        added = None
+        if self.family == "sdxl":
+            s = size or self.native_size
+            time_ids = torch.tensor([s, s, 0, 0, s, s], device=x.device, dtype=cond.context.dtype)
+            added = {"text_embeds": cond.pooled, "time_ids": time_ids.expand(len(cond), -1)}
+        args = (x.to(self.dtype), t)
+        kwargs = {"encoder_hidden_states": cond.context.to(self.dtype), "added_cond_kwargs": added}
+        if unet_parameters is None:
+            return self.unet(*args, **kwargs).sample
+        return torch.func.functional_call(self.unet, unet_parameters, args, kwargs, strict=False).sample
+
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> images in [0, 1]. Decodes in float32 where the VAE asks for it (SDXL's overflows in fp16)."""
         vae = self.vae

@@ -1,0 +1,195 @@
+"""ESD: Erasing Concepts from Diffusion Models (Gandikota, Materzyńska, Fiotto-Kaufman & Bau, ICCV 2023,
+arXiv 2303.07345), trained by Lightning's ``fit``.
+
+The trained UNet θ* learns to predict, for the concept c, the noise the frozen UNet θ predicts with the
+concept's direction reversed (negative guidance η):
+
+    L = || ε_θ*(x_t, c, t) − target ||²
+    paper-era code:  target = ε_θ(x_t, t) − η (ε_θ(x_t, c, t) − ε_θ(x_t, t)),   η = 1
+    current code:    target = ε_θ(x_t, c, t) − η (ε_θ(x_t, c, t) − ε_θ(x_t, t)), η = 2
+
+x_t comes from a partial DDIM-``ddim_steps`` run from noise with prompt c at guidance ``start_guidance``
+(3), stopped after a random ``t_enc`` steps; the training timestep t is uniform in the 1000-step bucket of
+``t_enc``. The paper-era code samples x_t with θ* (the model being trained), the current code with θ.
+
+θ is never a second UNet: the editor keeps a copy of the trained tensors only (its snapshot) and evaluates
+θ with ``torch.func.functional_call`` on the same module.
+
+Parameter sets (``params``), by name through the adapter: ``xattn`` (ESD-x: every parameter of every
+cross-attention module), ``x-strict`` (their ``to_k``/``to_v``), ``selfattn`` (every self-attention
+module), ``noxattn`` (ESD-u: every UNet parameter but cross-attention, the time embedding and the output
+layers ``conv_norm_out``/``conv_out``), ``full`` (the whole UNet).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+import torch
+
+from ..errors import UsageError
+from .base import Editor
+
+PARAMS = ("xattn", "x-strict", "selfattn", "noxattn", "full")
+RECIPES = {  # (eta, lr, steps) of the paper-era CompVis code and of the current diffusers code
+    "paper": {"eta": 1.0, "lr": 1e-5, "steps": 1000},
+    "current": {"eta": 2.0, "lr": 5e-5, "steps": 200},
+}
+
+
+class ESD(Editor):
+    """ESD fine-tuning editor.
+
+    Args:
+        params: the trained parameter set (``xattn`` = ESD-x, ``noxattn`` = ESD-u, ``x-strict``,
+            ``selfattn``, ``full``).
+        recipe: ``paper`` (θ* samples x_t, target anchored on the unconditional prediction, η 1, lr 1e-5,
+            1000 iterations) or ``current`` (θ samples x_t, anchored on the conditional one, η 2, lr 5e-5,
+            200 iterations); ``eta``/``lr``/``steps`` override it.
+        eta: negative guidance η.
+        lr: Adam's learning rate.
+        steps: optimisation steps of ``edit()`` (the per-case protocol, without a Trainer); ``fit`` runs
+            ``--trainer.max_steps``.
+        start_guidance: classifier-free guidance of the x_t sampling (3).
+        ddim_steps: DDIM steps of the x_t sampling (50).
+        size: image side of the training latents; ``None`` = the model's native size (the paper: 512).
+        seed: seeds the editor's own sampling of concepts, t_enc and noise (never the global RNG).
+        base: see :class:`~edit_bench.editors.base.Editor`.
+    """
+
+    edits = "unet"
+    multi_request = True  # several concepts in one fit (the paper-era code's comma list)
+    needs_grad = True
+    trains = True
+
+    def __init__(self, params: Literal["xattn", "x-strict", "selfattn", "noxattn", "full"] = "xattn",
+                 recipe: Literal["paper", "current"] = "paper", eta: float | None = None, lr: float | None = None,
+                 steps: int | None = None, start_guidance: float = 3.0, ddim_steps: int = 50, size: int | None = None,
+                 seed: int = 0, base: str = "toy"):
+        super().__init__(base=base)
+        if params not in PARAMS:
+            raise UsageError(f"unknown ESD parameter set {params!r}: use one of {', '.join(PARAMS)}")
+        if recipe not in RECIPES:
+            raise UsageError(f"unknown ESD recipe {recipe!r}: use paper or current")
+        r = RECIPES[recipe]
+        self.params, self.recipe = params, recipe
+        self.eta = r["eta"] if eta is None else eta
+        self.lr = r["lr"] if lr is None else lr
+        self.steps = r["steps"] if steps is None else steps
+        if self.lr <= 0:
+            raise UsageError(f"ESD lr must be > 0 (paper: 1e-5), got {self.lr}")
+        if self.steps < 1:
+            raise UsageError(f"ESD steps must be >= 1 (paper: 1000), got {self.steps}")
+        if ddim_steps < 1:
+            raise UsageError(f"ESD ddim_steps must be >= 1 (paper: 50), got {ddim_steps}")
+        self.start_guidance, self.ddim_steps, self.size, self.seed = start_guidance, ddim_steps, size, seed
+        self._rng = random.Random(seed)
+        self.losses: list[float] = []
+
+    # ------------------------------------------------------------------ what is trained
+    def edited_parameters(self):
+        unet = self.t2i.unet
+        sites = self.t2i.cross_attn()
+        if self.params == "xattn":
+            out = {n: p for s in sites for n, p in s.parameters().items()}
+        elif self.params == "x-strict":
+            out = {n: p for s in sites for n, p in s.parameters().items() if ".to_k." in n or ".to_v." in n}
+        else:
+            cross = {id(p) for s in sites for p in s.parameters().values()}
+            named = [(f"unet.{n}", p) for n, p in unet.named_parameters()]
+            if self.params == "selfattn":
+                out = {n: p for n, p in named if ".attn1." in n}
+            elif self.params == "full":
+                out = dict(named)
+            else:  # noxattn: ESD-u
+                skip = ("unet.time_embedding.", "unet.conv_norm_out.", "unet.conv_out.")
+                out = {n: p for n, p in named if id(p) not in cross and not n.startswith(skip)}
+        if not out:
+            raise UsageError(f"ESD parameter set {self.params!r} selects no parameter of this {self.t2i.family} UNet")
+        return out
+
+    # ------------------------------------------------------------------ the loss
+    def _frozen(self) -> dict[str, torch.Tensor]:
+        """θ: the original values of the trained tensors, by UNet parameter name (on the model's device)."""
+        device = self.t2i.device
+        if getattr(self, "_frozen_on", (None,))[0] != device:
+            self._frozen_on = (device, {n.removeprefix("unet."): v.to(device) for n, v in self.snapshot().items()})
+        return self._frozen_on[1]
+
+    @torch.no_grad()
+    def _x_t(self, cond, uncond, t_enc: int, gen: torch.Generator, frozen):
+        """x_t after ``t_enc`` DDIM steps from noise with the concept at ``start_guidance``; the
+        scheduler's timestep there."""
+        t2i = self.t2i
+        size = self.size or t2i.native_size
+        h = size // t2i.vae_scale_factor
+        sched = t2i.make_scheduler("ddim")
+        sched.set_timesteps(self.ddim_steps, device=t2i.device)
+        x = torch.randn((1, t2i.unet.config.in_channels, h, h), generator=gen).to(t2i.device) * sched.init_noise_sigma
+        both = type(cond).cat([uncond, cond])
+        params = frozen if self.recipe == "current" else None  # paper-era: θ* samples
+        for t in sched.timesteps[:t_enc]:
+            eps = t2i.noise_prediction(torch.cat([x, x]), t, both, size, params).float()
+            eps_u, eps_c = eps.chunk(2)
+            x = sched.step(eps_u + self.start_guidance * (eps_c - eps_u), t, x).prev_sample
+        return x
+
+    def loss(self, concept: str, gen: torch.Generator | None = None) -> torch.Tensor:
+        """One ESD step's loss for ``concept`` (random t_enc, t and noise from the editor's own RNG)."""
+        t2i = self.t2i
+        gen = gen or torch.Generator("cpu").manual_seed(self._rng.randrange(2**31))
+        t_enc = int(torch.randint(0, self.ddim_steps, (1,), generator=gen))
+        n_train = int(t2i.scheduler_config.get("num_train_timesteps", 1000))
+        lo, hi = n_train * t_enc // self.ddim_steps, max(n_train * (t_enc + 1) // self.ddim_steps, n_train * t_enc // self.ddim_steps + 1)
+        t = torch.randint(lo, hi, (1,), generator=gen).to(t2i.device)
+        frozen = self._frozen()
+        with torch.no_grad():
+            cond, uncond = t2i.condition([concept]), t2i.unconditional(1)
+        x_t = self._x_t(cond, uncond, t_enc, gen, frozen)
+        with torch.no_grad():
+            e_0 = t2i.noise_prediction(x_t, t, uncond, self.size, frozen).float()
+            e_p = t2i.noise_prediction(x_t, t, cond, self.size, frozen).float()
+            anchor = e_0 if self.recipe == "paper" else e_p
+            target = anchor - self.eta * (e_p - e_0)
+        e_n = t2i.noise_prediction(x_t, t, cond, self.size).float()
+        return torch.nn.functional.mse_loss(e_n, target)
+
+    # ------------------------------------------------------------------ Lightning's fit
+    def on_fit_start(self) -> None:
+        self.snapshot()  # θ, before any step
+
+    def training_step(self, batch, batch_idx):
+        concept = self._rng.choice([r.source for r in batch["requests"]])
+        loss = self.loss(concept)
+        if not torch.isfinite(loss):
+            raise UsageError(f"ESD loss is {float(loss)} at step {self.global_step}: lower --model.init_args.lr")
+        self.losses.append(float(loss))
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(list(self.edited_parameters().values()), lr=self.lr)
+
+    # ------------------------------------------------------------------ the per-case protocol (no Trainer)
+    def edit(self, requests, preserve=()):
+        params = list(self.edited_parameters().values())
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=self.lr)
+        try:
+            for _ in range(self.steps):
+                loss = self.loss(self._rng.choice([r.source for r in requests]))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                self.losses.append(float(loss))
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+
+    def report(self) -> dict:
+        n = len(self.losses)
+        return {"steps": n, "first_loss": self.losses[0] if n else None, "final_loss": self.losses[-1] if n else None,
+                "recipe": self.recipe, "params": self.params, "trained_tensors": len(self.edited_parameters())}
