@@ -30,13 +30,19 @@ class EditTrainer(L.Trainer):
         matmul_precision: ``torch.set_float32_matmul_precision``: ``highest`` (true float32, the default),
             ``high`` (TF32 on recent GPUs: faster, ~1e-3 relative error) or ``medium``. Recorded in the
             protocol of every result.
+        checkpoint_every: ``fit`` of a trained editor keeps ``OUT_DIR/checkpoints/last.ckpt`` (the trained
+            tensors and the optimizer) every this many steps; rerunning an interrupted ``fit`` resumes from it.
         **kwargs: Lightning's Trainer arguments.
     """
 
     config_yaml: str = ""  # the resolved config, set by the CLI (kept as config.yaml in the run directory)
 
-    def __init__(self, *args, matmul_precision: Literal["highest", "high", "medium"] = "highest", **kwargs):
+    def __init__(self, *args, matmul_precision: Literal["highest", "high", "medium"] = "highest",
+                 checkpoint_every: int = 50, **kwargs):
         super().__init__(*args, **kwargs)
+        if checkpoint_every < 1:
+            raise UsageError(f"checkpoint_every must be >= 1 training steps, got {checkpoint_every}")
+        self.checkpoint_every = checkpoint_every
         if matmul_precision not in ("highest", "high", "medium"):
             raise UsageError(f"matmul_precision must be highest, high or medium, got {matmul_precision!r}")
         self.matmul_precision = matmul_precision
@@ -85,6 +91,8 @@ class EditTrainer(L.Trainer):
         if model.edits == "none":
             raise UsageError(f"{type(model).__name__} changes nothing: fit needs an editor (--model configs/editor/...yaml)")
         requests, preserve = datamodule.requests(), datamodule.preserve()
+        if model.trains and self.max_steps == 0:
+            raise UsageError(f"{type(model).__name__} trains: --trainer.max_steps must be >= 1 (or -1 with --trainer.max_epochs)")
         if len(requests) > 1 and not model.multi_request:
             raise UsageError(f"{type(model).__name__} edits one request at a time; the data holds {len(requests)}: give one")
         datamodule.check_prompts(model.t2i, model.derived_prompts(requests))
@@ -97,8 +105,7 @@ class EditTrainer(L.Trainer):
             run.create(self.config_yaml)
         t0 = time.perf_counter()
         if model.trains:
-            model.snapshot()
-            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+            self._train(model, run, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
         else:  # a closed form: on the accelerator, autocast off (Editor.apply_edit)
             model.to(self.strategy.root_device)
             model.apply_edit(requests, preserve)
@@ -108,11 +115,43 @@ class EditTrainer(L.Trainer):
             path = model.save_delta(run.path / "edit.safetensors", metadata=meta)
             changed = {k: list(v.shape) for k, v in model.delta_state_dict().items()}
             run.write_json("edit.json", {"editor": type(model).__name__, "editor_args": init_args(model),
-                                         "model": model.t2i.identity, **meta, "timing": {"edit_s": edit_s},
+                                         "model": model.t2i.identity, **meta, "timing": {"edit_s": edit_s, **_peak_memory()},
                                          "changed": changed, "editor_info": model.report(), "versions": versions()})
             print(f"edit_bench fit: {type(model).__name__} applied {len(requests)} request(s) in {edit_s:.3f} s; "
                   f"delta of {len(changed)} tensors -> {path}")
         return None
+
+
+    def _train(self, model: Editor, run: RunDir, train_dataloaders, val_dataloaders, datamodule, ckpt_path):
+        """Lightning's fit loop, logging the loss to OUT_DIR/metrics.csv (unless a logger is given) and keeping
+        OUT_DIR/checkpoints/last.ckpt; an interrupted run resumes from it."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.loggers import CSVLogger
+
+        if self.logger is None:
+            self.logger = CSVLogger(run.path, name="", version="")
+        ckpt = ModelCheckpoint(dirpath=run.path / "checkpoints", save_last=True, save_top_k=0,
+                               every_n_train_steps=self.checkpoint_every)
+        last = run.path / "checkpoints" / "last.ckpt"
+        if ckpt_path is None and last.is_file():  # same fingerprint (checked), no delta yet: interrupted
+            ckpt_path = str(last)
+            print(f"edit_bench fit: resuming from {last}")
+        model.snapshot()  # the original values, before any step (or any checkpoint) changes them
+        self.callbacks.append(ckpt)
+        try:
+            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+        finally:
+            self.callbacks.remove(ckpt)
+
+
+def _peak_memory() -> dict:
+    """Peak resident memory of this process and, on CUDA, the peak allocated GPU memory (MB)."""
+    import resource
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 class EditCLI(LightningCLI):

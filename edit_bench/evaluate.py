@@ -7,8 +7,10 @@ give the numbers and the accounting of one uninterrupted process, by constructio
 
 The protocol (one place, :func:`plan`):
 
-- ``per_case``: the editor restores and edits for every case (TIMED, RoAD);
-- ``fixed``: one edit with every request, made on the accelerator before the loop;
+- ``per_case``: the editor restores and edits for every case (TIMED, RoAD); an editor that trains runs its
+  training step without a Trainer (``edit()``) for every case;
+- ``fixed``: one edit with every request, made on the accelerator before the loop (for an editor that trains:
+  ``edit()`` once; or train with ``fit`` and evaluate its delta with the identity editor);
 - ``as_is``: the model is evaluated as loaded (the identity editor, with or without a saved delta);
 - the baseline pass (``Benchmark(baseline=True)``): the unedited model on the same samples, before the edits.
 """
@@ -47,11 +49,6 @@ def plan(editor: Editor, bench: Benchmark) -> Plan:
     """Decide the protocol, or say why this editor cannot run this benchmark."""
     if editor.edits == "none":
         return Plan("as_is", False)
-    if editor.trains:
-        raise UsageError(
-            f"{type(editor).__name__} is trained by `fit`: run `python -m edit_bench fit ... --out_dir D`, then "
-            "evaluate its delta with --model configs/editor/unedited.yaml --model.delta D/edit.safetensors"
-        )
     if bench.protocol == "fixed" and len(bench.requests()) > 1 and not editor.multi_request:
         raise UsageError(
             f"{type(editor).__name__} edits one request at a time, but the fixed protocol applies all "
@@ -255,6 +252,9 @@ class Evaluation:
         rank 0 (``None`` elsewhere)."""
         the_plan = self.validate()
         editor, bench = self.editor, self.bench
+        if editor.needs_grad and the_plan.mode != "as_is" and trainer.predict_loop.inference_mode:
+            raise UsageError(f"{type(editor).__name__} edits with gradients, which inference mode forbids: "
+                             "set --trainer.inference_mode false (the CLI's default)")
         run = RunDir(self.out_dir, "eval", fingerprint(editor, bench, trainer.precision, matmul_precision))
         resumed = run.resumes()
         samples = bench.samples()

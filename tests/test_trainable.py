@@ -34,7 +34,9 @@ class MoveValues(Editor):
         r = batch["requests"][0]
         with torch.no_grad():
             want = self.site().to_v(self.t2i.encode([r.target]))
-        return torch.nn.functional.mse_loss(self.site().to_v(self.t2i.encode([r.source])), want)
+        loss = torch.nn.functional.mse_loss(self.site().to_v(self.t2i.encode([r.source])), want)
+        self.log("loss", loss)
+        return loss
 
     def configure_optimizers(self):
         return torch.optim.SGD([p for p in self.edited_parameters().values()], lr=self.lr)
@@ -42,7 +44,7 @@ class MoveValues(Editor):
 
 def _trainer(steps):
     return EditTrainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                       enable_progress_bar=False, enable_model_summary=False)
+                       enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
 
 
 def test_cross_attn_site_exposes_the_whole_attention_module():
@@ -81,16 +83,56 @@ def test_fit_trains_exactly_the_edited_parameters_and_checkpoints_only_them(tmp_
         assert torch.equal(again.t2i.get_parameter(n), p.detach())
 
 
-def test_eval_of_a_trained_editor_asks_for_its_delta(tmp_path):
+def test_a_trained_editor_evaluates_under_the_fixed_protocol_without_a_trainer_loop(tmp_path):
+    """Under ``fixed`` an editor that trains runs its own step ``steps`` times once (edit()), then every case
+    is scored; the baseline is scored beside it."""
     from edit_bench.benchmarks.timed import TIMED
+    from edit_bench.editors.esd import ESD
     from edit_bench.evaluate import Evaluation
     from edit_bench.metrics import JudgeConfig
     from edit_bench.types import SamplerConfig
 
-    bench = TIMED(rows="0:1", sampler=SamplerConfig(steps=2, size=32, seeds=[0]), judge=JudgeConfig(model="tiny:random"))
-    with pytest.raises(UsageError, match="trained by `fit`.*--model.delta"):
-        Evaluation(MoveValues(), bench, tmp_path / "run").run(_trainer(1))
-    assert not (tmp_path / "run").exists()
+    bench = TIMED(rows="0:2", sampler=SamplerConfig(steps=2, size=32, seeds=[0]), judge=JudgeConfig(model="tiny:random"),
+                  protocol="fixed", baseline=True)
+    res = Evaluation(ESD(steps=2, ddim_steps=4, lr=1e-3, base="tiny:sd1"), bench, tmp_path / "run").run(_trainer(1))
+    assert res["timing"]["edits"] == 1 and res["editor_info"]["steps"] == 2
+    assert res["baseline"]["efficacy"]["n"] == res["metrics"]["efficacy"]["n"] == 2
+
+
+class Interrupted(MoveValues):
+    """Fails once at step 2, as a killed job would."""
+
+    failed = False
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 2 and not Interrupted.failed:
+            Interrupted.failed = True
+            raise RuntimeError("interrupted")
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_interrupted_fit_resumes_from_its_checkpoint_to_the_same_delta(tmp_path):
+    from safetensors.torch import load_file
+
+    data = EditRequests(requests=[{"source": "A banana", "target": "A blue banana"}])
+
+    def trainer():
+        return EditTrainer(max_steps=4, checkpoint_every=1, log_every_n_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, enable_model_summary=False)
+
+    _ = trainer().fit(MoveValues(), datamodule=data, out_dir=tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        trainer().fit(Interrupted(), datamodule=data, out_dir=tmp_path / "cut")
+    assert (tmp_path / "cut/checkpoints/last.ckpt").is_file() and not (tmp_path / "cut/edit.safetensors").exists()
+    trainer().fit(Interrupted(), datamodule=data, out_dir=tmp_path / "cut")  # resumes at step 2
+    whole, cut = load_file(str(tmp_path / "whole/edit.safetensors")), load_file(str(tmp_path / "cut/edit.safetensors"))
+    assert whole.keys() == cut.keys()
+    for k in whole:
+        torch.testing.assert_close(cut[k], whole[k], atol=1e-6, rtol=0)
+    rows = (tmp_path / "whole/metrics.csv").read_text().splitlines()
+    assert "loss" in rows[0].split(",") and len(rows) == 5  # header + one row per step
+    edit = json.loads((tmp_path / "whole/edit.json").read_text())
+    assert edit["timing"]["peak_rss_mb"] > 0
 
 
 def test_esd_evaluates_the_frozen_model_without_a_second_unet():
