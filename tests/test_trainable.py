@@ -160,3 +160,16 @@ def test_esd_evaluates_the_frozen_model_without_a_second_unet():
     target = e_0 - ed.eta * (two_unets - e_0)  # paper-era target, η = 1
     torch.testing.assert_close(target, 2 * e_0 - two_unets)
     assert ed.report()["steps"] == 3
+
+
+def test_esd_fit_runs_in_bf16_mixed_on_cpu_and_keeps_float32_master_weights(tmp_path):
+    from edit_bench.editors.esd import ESD
+
+    data = EditRequests(requests=[{"source": "A banana", "target": ""}])
+    ed = ESD(ddim_steps=4, lr=1e-3, base="tiny:sd1")
+    trainer = EditTrainer(max_steps=3, precision="bf16-mixed", accelerator="cpu", logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
+    trainer.fit(ed, datamodule=data, out_dir=tmp_path / "fit")
+    assert all(p.dtype == torch.float32 for p in ed.edited_parameters().values())
+    edit = json.loads((tmp_path / "fit/edit.json").read_text())
+    assert edit["editor_info"]["steps"] == 3 and len(edit["changed"]) == len(ed.edited_parameters())
