@@ -107,7 +107,10 @@ def _assert_error(code, capsys, *needles):
     (["--model", ROOT / "configs/editor/refact.yaml", "--model.init_args.layer", "1", "--data.protocol", "fixed"],
      ["ReFACT edits one request at a time", "per_case"]),
     (["--trainer.matmul_precision", "low"], ["matmul_precision"]),
+    (["--model", ROOT / "configs/editor/esd_x.yaml", "--model.init_args.params", "nope"], ["params", "nope"]),
+    (["--model", ROOT / "configs/editor/esd_x.yaml", "--model.init_args.lr", "0"], ["ESD lr must be > 0"]),
 ])
+
 def test_bad_input_is_a_clear_error_and_leaves_no_run_dir(tmp_path, capsys, args, needles):
     out = tmp_path / "run"
     base = ["eval", "--model", EDITOR, *TINY, "--data", BENCH, "--out_dir", out]
@@ -119,6 +122,13 @@ def test_bad_input_is_a_clear_error_and_leaves_no_run_dir(tmp_path, capsys, args
     _assert_error(run_cli(base), capsys, *needles)
     assert not out.exists()
 
+
+def test_fit_of_a_trained_editor_with_zero_steps_is_refused(tmp_path, capsys):
+    out = tmp_path / "fit"
+    code = run_cli(["fit", "--model", ROOT / "configs/editor/esd_x.yaml", *TINY, "--data", BENCH, "--trainer.max_steps", "0",
+                    "--out_dir", out])
+    _assert_error(code, capsys, "max_steps must be >= 1")
+    assert not out.exists()
 
 def test_only_the_identity_editor_takes_a_delta(tmp_path, capsys):
     code = run_cli(["eval", "--model", EDITOR, *TINY, "--model.delta", tmp_path / "x.safetensors", "--data", BENCH,
