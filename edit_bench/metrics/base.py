@@ -22,11 +22,16 @@ from typing import ClassVar
 from torch import Tensor
 from torchmetrics import Metric
 
-from ..types import Record, Sample
+from ..types import Sample
 
 
 class SampleMetric(Metric):
     """Base class of the metrics a benchmark lists (``Benchmark(metrics=[...])``, by ``class_path``).
+
+    Subclasses implement ``update(records, features=None)`` (accumulate stored records and, same order,
+    their stored features ``[N, F]``) and ``compute() -> {metric name: {"mean", "std", "n", ...}}``, as every
+    torchmetrics ``Metric`` does; a metric with ``stores_features`` also implements
+    ``features(images, samples) -> [B, F]``, the image-level state stored per sample.
 
     Class attributes:
         stores_features: ``features()`` returns image-level state to store per sample.
@@ -34,6 +39,11 @@ class SampleMetric(Metric):
 
     full_state_update = False
     stores_features: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.stores_features and not callable(getattr(cls, "features", None)):
+            raise TypeError(f"{cls.__name__} sets stores_features but defines no features(images, samples)")
 
     def __init__(self, **kwargs):
         kwargs.setdefault("sync_on_compute", False)
@@ -55,15 +65,3 @@ class SampleMetric(Metric):
     def score(self, images: Tensor, samples: list[Sample]) -> dict[str, list[float]]:
         """Per-sample scalars ``{name: [B values]}`` of images ``[B, 3, H, W]`` in [0, 1]."""
         return {}
-
-    def features(self, images: Tensor, samples: list[Sample]) -> Tensor:
-        """Image-level state ``[B, F]`` to store per sample (when ``stores_features``)."""
-        raise NotImplementedError
-
-    def update(self, records: list[Record], features: Tensor | None = None) -> None:
-        """Accumulate stored records (and their stored features ``[N, F]``, same order)."""
-        raise NotImplementedError
-
-    def compute(self) -> dict[str, dict]:
-        """``{metric name: {"mean", "std", "n", ...}}``."""
-        raise NotImplementedError

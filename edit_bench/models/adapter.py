@@ -397,7 +397,7 @@ class T2IModel(nn.Module):
         if len(prompts) != len(seeds):
             raise UsageError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         n = len(seeds)
-        device, dtype = self.device, self.dtype
+        device = self.device
         self.check_sampler(sampler)
         size = sampler.size or self.native_size
         h = size // self.vae_scale_factor
@@ -412,10 +412,6 @@ class T2IModel(nn.Module):
         cond = conditioning if conditioning is not None else self.condition(prompts)
         cfg = sampler.guidance != 1.0
         both = Conditioning.cat([self.unconditional(n), cond]) if cfg else cond
-        added = None
-        if self.family == "sdxl":
-            time_ids = torch.tensor([size, size, 0, 0, size, size], device=device, dtype=both.context.dtype)
-            added = {"text_embeds": both.pooled, "time_ids": time_ids.expand(len(both), -1)}
         step_kw = inspect.signature(sched.step).parameters
         extra = {}
         if "generator" in step_kw:
@@ -424,8 +420,7 @@ class T2IModel(nn.Module):
             extra["eta"] = sampler.eta
         for t in sched.timesteps:
             x = torch.cat([latents, latents]) if cfg else latents
-            x = sched.scale_model_input(x, t).to(dtype)
-            eps = self.unet(x, t, encoder_hidden_states=both.context.to(dtype), added_cond_kwargs=added).sample
+            eps = self.noise_prediction(sched.scale_model_input(x, t), t, both, size)
             if cfg:
                 eps_u, eps_c = eps.float().chunk(2)
                 eps = eps_u + sampler.guidance * (eps_c - eps_u)
