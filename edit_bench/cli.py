@@ -137,6 +137,8 @@ class EditTrainer(L.Trainer):
             ckpt_path = str(last)
             print(f"edit_bench fit: resuming from {last}")
         model.snapshot()  # the original values, before any step (or any checkpoint) changes them
+        if datamodule is not None:  # editor and benchmark arguments are separate namespaces (both have batch_size);
+            datamodule._log_hyperparams = False  # the run's config.yaml holds both whole
         self.callbacks.append(ckpt)
         try:
             super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
@@ -204,6 +206,8 @@ def main(args: list[str] | None = None):
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")  # one batch list per rank
     warnings.filterwarnings("ignore", message=".*predict returned None.*")  # records are written, not returned
+    # the model stays in eval mode while an editor trains: SD's dropout is 0, so train mode would change nothing
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     return EditCLI(
         Editor,
         EditData,

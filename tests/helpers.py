@@ -24,5 +24,10 @@ def run_cli(args, cwd=None):
 
 def fast_kwargs(editor_name: str) -> dict:
     """Constructor overrides that keep contract tests fast without changing what they check (ReFACT's
-    statistics over 500 captions instead of 100,000, ESD 2 steps: the contract is about which weights change)."""
+    statistics over 500 captions instead of 100,000, ESD and Concept Ablation 2 steps, 2 anchor images: the contract is about which weights change)."""
+    if editor_name == "ConceptAblation":
+        from edit_bench.types import SamplerConfig
+
+        return {"num_anchor_images": 2, "steps": 2, "lr": 1e-3,
+                "anchor_sampler": SamplerConfig(scheduler="ddim", steps=2, guidance=6.0, size=None, seeds=[0], eta=1.0)}
     return {"ReFACT": {"stats_samples": 500}, "ESD": {"steps": 2, "ddim_steps": 4, "lr": 1e-3}}.get(editor_name, {})

@@ -173,3 +173,133 @@ def test_esd_fit_runs_in_bf16_mixed_on_cpu_and_keeps_float32_master_weights(tmp_
     assert all(p.dtype == torch.float32 for p in ed.edited_parameters().values())
     edit = json.loads((tmp_path / "fit/edit.json").read_text())
     assert edit["editor_info"]["steps"] == 3 and len(edit["changed"]) == len(ed.edited_parameters())
+
+
+# ---------------------------------------------------------------------- fine-tuning editors (ESD, Concept Ablation)
+CHEAP = {"scheduler": "ddim", "steps": 2, "guidance": 6.0, "size": None, "seeds": [0], "eta": 1.0}
+
+
+def _ca(**kw):
+    from edit_bench.editors.concept_ablation import ConceptAblation
+    from edit_bench.types import SamplerConfig
+
+    args = {"num_anchor_images": 4, "anchor_sampler": SamplerConfig(**CHEAP), "lr": 1e-3, "steps": 2, "base": "tiny:sd1"}
+    return ConceptAblation(**{**args, **kw})
+
+
+def test_concept_ablation_builds_target_prompts_as_the_authors():
+    from edit_bench.types import EditRequest
+
+    obj = _ca(anchor_prompts=["a cat on a bed", "A Cat in the sun"])
+    assert obj.prompt_pairs(EditRequest("grumpy cat", "cat")) == [
+        ("a cat on a bed", "a grumpy cat on a bed"), ("A Cat in the sun", "A grumpy cat in the sun")]
+    assert _ca().prompt_pairs(EditRequest("a star", "an orange circle")) == [("an orange circle", "a star")]
+    style = _ca(concept_type="style", anchor_prompts=["a painting of a house"])
+    assert style.prompt_pairs(EditRequest("van gogh", "painting")) == [
+        ("a painting of a house", "a painting of a house, in the style of van gogh")]
+    with pytest.raises(UsageError, match="does not contain the anchor 'dog'"):
+        obj.prompt_pairs(EditRequest("a corgi", "dog"))
+    with pytest.raises(UsageError, match="parameter set"):
+        _ca(params="attn")
+
+
+def test_concept_ablation_anchor_images_are_cached_and_the_cache_is_hit(tmp_path, monkeypatch):
+    """Anchor images are made once per (model, prompts, sampler, seeds): a second editor reads them back
+    without generating; another seed is another entry."""
+    from edit_bench.types import EditRequest, SamplerConfig
+
+    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
+    req = [EditRequest("A banana", "A fruit")]
+    first = _ca()
+    first.apply_edit(req)
+    files = sorted((tmp_path / "cache/anchors").glob("*.safetensors"))
+    assert len(files) == 1 and not list((tmp_path / "cache/anchors").glob(".*.tmp"))  # whole, atomic
+
+    second = _ca()
+    monkeypatch.setattr(type(second), "_generate", lambda self, prompts: pytest.fail("the anchor cache was missed"))
+    second.apply_edit(req)
+    assert second.report()["anchor_cache"] == [str(files[0])]
+    for n, p in first.edited_parameters().items():  # same images, same samples: the same edit
+        assert torch.equal(p, second.edited_parameters()[n])
+    monkeypatch.undo()
+    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
+    _ca(anchor_sampler=SamplerConfig(**{**CHEAP, "seeds": [7]})).apply_edit(req)
+    assert len(list((tmp_path / "cache/anchors").glob("*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("editor", ["ESD", "ConceptAblation"])
+def test_the_loss_falls_on_the_toy_world(editor):
+    """On the trained toy world, 30 steps lower the loss on the same samples (drawn from fixed generators)."""
+    from edit_bench.editors.esd import ESD
+    from edit_bench.types import EditRequest
+
+    req = [EditRequest("a star", "an orange circle")]
+    if editor == "ESD":
+        ed = ESD(steps=30, ddim_steps=10, lr=1e-3, batch_size=2, base="toy")
+    else:
+        ed = _ca(base="toy", steps=30, num_anchor_images=8, lr=2.5e-5)
+    ed.snapshot()
+    with torch.no_grad():
+        ed.prepare(req)
+        before = float(ed.batch_loss(req, ed._gens(1000)))
+    ed.apply_edit(req)
+    with torch.no_grad():
+        after = float(ed.batch_loss(req, ed._gens(1000)))
+    assert after < 0.8 * before, (before, after, ed.losses)
+
+
+def test_gradient_checkpointing_changes_memory_not_the_result():
+    from edit_bench.types import EditRequest
+
+    req = [EditRequest("A banana", "A fruit")]
+    plain, ckpt = _ca(), _ca(gradient_checkpointing=True)
+    plain.apply_edit(req)
+    ckpt.apply_edit(req)
+    assert not ckpt.t2i.unet.is_gradient_checkpointing  # switched off again after the edit
+    for n, p in plain.edited_parameters().items():
+        torch.testing.assert_close(ckpt.edited_parameters()[n], p, atol=1e-6, rtol=0)
+
+
+def test_a_step_draws_the_same_samples_however_the_batch_is_split():
+    """Batch 2 on one process = batch 1 on each of 2 ranks = batch 1 with 2 accumulated micro-batches."""
+    one = _ca(batch_size=2)
+    two = _ca(batch_size=1)
+    seeds = lambda gens: [g.initial_seed() for g in gens]  # noqa: E731
+    whole = seeds(one._gens(5))
+    assert seeds(two._gens(5, world=2, rank=0)) + seeds(two._gens(5, world=2, rank=1)) == whole
+    assert seeds(two._gens(5, micro=0)) + seeds(two._gens(5, micro=1)) == whole
+    assert seeds(one._gens(6)) != whole
+
+
+def test_an_interrupted_concept_ablation_fit_resumes_to_the_same_delta(tmp_path, monkeypatch):
+    """Samples are keyed by the optimiser step, so a resumed run draws what the whole run drew."""
+    from safetensors.torch import load_file
+
+    from edit_bench.editors.concept_ablation import ConceptAblation
+
+    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
+
+    class CutCA(ConceptAblation):
+        failed = False
+
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 2 and not CutCA.failed:
+                CutCA.failed = True
+                raise RuntimeError("interrupted")
+            return super().training_step(batch, batch_idx)
+
+    data = EditRequests(requests=[{"source": "A banana", "target": "A fruit"}])
+    kw = {"num_anchor_images": 4, "anchor_sampler": _ca().anchor_sampler, "lr": 1e-3, "base": "tiny:sd1"}
+
+    def trainer():
+        return EditTrainer(max_steps=4, checkpoint_every=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, enable_model_summary=False)
+
+    trainer().fit(ConceptAblation(**kw), datamodule=data, out_dir=tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        trainer().fit(CutCA(**kw), datamodule=data, out_dir=tmp_path / "cut")
+    trainer().fit(CutCA(**kw), datamodule=data, out_dir=tmp_path / "cut")
+    whole, cut = load_file(str(tmp_path / "whole/edit.safetensors")), load_file(str(tmp_path / "cut/edit.safetensors"))
+    assert whole.keys() == cut.keys() and len(whole) == 32
+    for k in whole:
+        torch.testing.assert_close(cut[k], whole[k], atol=1e-7, rtol=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..metrics import EditScores, JudgeConfig, SampleMetric
 from ..types import EditCase, EditRequest, Sample, SamplerConfig
@@ -111,9 +111,29 @@ class EditData(L.LightningDataModule):
 
     def train_dataloader(self):
         """For editors that train (``Editor.trains``): every step sees all requests and the preserve set, as
-        one batch ``{"requests": [...], "preserve": [...]}``; ``--trainer.max_steps`` sets the steps."""
+        one batch ``{"requests": [...], "preserve": [...]}``; ``--trainer.max_steps`` sets the steps.
+
+        One epoch is the whole run (``max_steps`` × ``accumulate_grad_batches`` batches on every process), so
+        that gradient accumulation is never cut short by an epoch's end; the editor draws its own samples."""
         requests, preserve = self.requests(), self.preserve()
-        return DataLoader([0], batch_size=1, collate_fn=lambda _: {"requests": requests, "preserve": preserve})
+        trainer = self.trainer
+        n = 1
+        if trainer is not None and trainer.max_steps > 0:
+            n = trainer.max_steps * trainer.accumulate_grad_batches * trainer.world_size  # split over ranks
+        return DataLoader(_Repeat(n), batch_size=1, collate_fn=lambda _: {"requests": requests, "preserve": preserve})
+
+
+class _Repeat(Dataset):
+    """``n`` placeholder items: the batches of a training run carry the requests, not data."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
 
 
 class Benchmark(EditData):

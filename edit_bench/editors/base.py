@@ -10,6 +10,8 @@ about evaluation (protocol, records, metrics, run directory) belongs to :mod:`ed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +51,12 @@ class Editor(L.LightningModule):
     def __init__(self, base: str = "toy"):
         super().__init__()
         self.save_hyperparameters()  # every subclass's constructor arguments: its checkpoint rebuilds it
+        own = inspect.signature(type(self).__init__).parameters
+        for k in [k for k in self.hparams if k not in own]:  # an intermediate base's arguments (FineTuner's)
+            del self.hparams[k]
+        for k, v in self.hparams.items():  # plain data: a checkpoint loads with torch.load(weights_only=True)
+            if dataclasses.is_dataclass(v) and not isinstance(v, type):
+                self.hparams[k] = dataclasses.asdict(v)
         self.base = base
         self.strict_loading = False  # checkpoints hold the edited parameters only (on_save_checkpoint)
         self._snapshot: dict[str, Tensor] | None = None

@@ -23,13 +23,12 @@ layers ``conv_norm_out``/``conv_out``), ``full`` (the whole UNet).
 
 from __future__ import annotations
 
-import random
 from typing import Literal
 
 import torch
 
 from ..errors import UsageError
-from .base import Editor
+from .finetune import FineTuner
 
 PARAMS = ("xattn", "x-strict", "selfattn", "noxattn", "full")
 RECIPES = {  # (eta, lr, steps) of the paper-era CompVis code and of the current diffusers code
@@ -38,7 +37,7 @@ RECIPES = {  # (eta, lr, steps) of the paper-era CompVis code and of the current
 }
 
 
-class ESD(Editor):
+class ESD(FineTuner):
     """ESD fine-tuning editor.
 
     Args:
@@ -54,38 +53,28 @@ class ESD(Editor):
         start_guidance: classifier-free guidance of the x_t sampling (3).
         ddim_steps: DDIM steps of the x_t sampling (50).
         size: image side of the training latents; ``None`` = the model's native size (the paper: 512).
-        seed: seeds the editor's own sampling of concepts, t_enc and noise (never the global RNG).
+        batch_size: samples per step and process (the authors: 1).
+        gradient_checkpointing: see :class:`~edit_bench.editors.finetune.FineTuner`.
+        seed: seeds every sample's concept, t_enc, t and noise (never the global RNG).
         base: see :class:`~edit_bench.editors.base.Editor`.
     """
-
-    edits = "unet"
-    multi_request = True  # several concepts in one fit (the paper-era code's comma list)
-    needs_grad = True
-    trains = True
 
     def __init__(self, params: Literal["xattn", "x-strict", "selfattn", "noxattn", "full"] = "xattn",
                  recipe: Literal["paper", "current"] = "paper", eta: float | None = None, lr: float | None = None,
                  steps: int | None = None, start_guidance: float = 3.0, ddim_steps: int = 50, size: int | None = None,
-                 seed: int = 0, base: str = "toy"):
-        super().__init__(base=base)
+                 batch_size: int = 1, gradient_checkpointing: bool = False, seed: int = 0, base: str = "toy"):
         if params not in PARAMS:
             raise UsageError(f"unknown ESD parameter set {params!r}: use one of {', '.join(PARAMS)}")
         if recipe not in RECIPES:
             raise UsageError(f"unknown ESD recipe {recipe!r}: use paper or current")
         r = RECIPES[recipe]
-        self.params, self.recipe = params, recipe
-        self.eta = r["eta"] if eta is None else eta
-        self.lr = r["lr"] if lr is None else lr
-        self.steps = r["steps"] if steps is None else steps
-        if self.lr <= 0:
-            raise UsageError(f"ESD lr must be > 0 (paper: 1e-5), got {self.lr}")
-        if self.steps < 1:
-            raise UsageError(f"ESD steps must be >= 1 (paper: 1000), got {self.steps}")
+        super().__init__(lr=r["lr"] if lr is None else lr, steps=r["steps"] if steps is None else steps,
+                         batch_size=batch_size, gradient_checkpointing=gradient_checkpointing, seed=seed, base=base)
         if ddim_steps < 1:
             raise UsageError(f"ESD ddim_steps must be >= 1 (paper: 50), got {ddim_steps}")
-        self.start_guidance, self.ddim_steps, self.size, self.seed = start_guidance, ddim_steps, size, seed
-        self._rng = random.Random(seed)
-        self.losses: list[float] = []
+        self.params, self.recipe = params, recipe
+        self.eta = r["eta"] if eta is None else eta
+        self.start_guidance, self.ddim_steps, self.size = start_guidance, ddim_steps, size
 
     # ------------------------------------------------------------------ what is trained
     def edited_parameters(self):
@@ -109,6 +98,9 @@ class ESD(Editor):
             raise UsageError(f"ESD parameter set {self.params!r} selects no parameter of this {self.t2i.family} UNet")
         return out
 
+    def make_optimizer(self, params, lr):
+        return torch.optim.Adam(params, lr=lr)
+
     # ------------------------------------------------------------------ the loss
     def _frozen(self) -> dict[str, torch.Tensor]:
         """θ: the original values of the trained tensors, by UNet parameter name (on the model's device)."""
@@ -119,8 +111,7 @@ class ESD(Editor):
 
     @torch.no_grad()
     def _x_t(self, cond, uncond, t_enc: int, gen: torch.Generator, frozen):
-        """x_t after ``t_enc`` DDIM steps from noise with the concept at ``start_guidance``; the
-        scheduler's timestep there."""
+        """x_t after ``t_enc`` DDIM steps from noise with the concept at ``start_guidance``."""
         t2i = self.t2i
         size = self.size or t2i.native_size
         h = size // t2i.vae_scale_factor
@@ -135,13 +126,13 @@ class ESD(Editor):
             x = sched.step(eps_u + self.start_guidance * (eps_c - eps_u), t, x).prev_sample
         return x
 
-    def loss(self, concept: str, gen: torch.Generator | None = None) -> torch.Tensor:
-        """One ESD step's loss for ``concept`` (random t_enc, t and noise from the editor's own RNG)."""
+    def loss(self, concept: str, gen: torch.Generator) -> torch.Tensor:
+        """One sample's ESD loss for ``concept`` (t_enc, t and noise from ``gen``)."""
         t2i = self.t2i
-        gen = gen or torch.Generator("cpu").manual_seed(self._rng.randrange(2**31))
         t_enc = int(torch.randint(0, self.ddim_steps, (1,), generator=gen))
         n_train = int(t2i.scheduler_config.get("num_train_timesteps", 1000))
-        lo, hi = n_train * t_enc // self.ddim_steps, max(n_train * (t_enc + 1) // self.ddim_steps, n_train * t_enc // self.ddim_steps + 1)
+        lo = n_train * t_enc // self.ddim_steps
+        hi = max(n_train * (t_enc + 1) // self.ddim_steps, lo + 1)
         t = torch.randint(lo, hi, (1,), generator=gen).to(t2i.device)
         frozen = self._frozen()
         with torch.no_grad():
@@ -155,41 +146,10 @@ class ESD(Editor):
         e_n = t2i.noise_prediction(x_t, t, cond, self.size).float()
         return torch.nn.functional.mse_loss(e_n, target)
 
-    # ------------------------------------------------------------------ Lightning's fit
-    def on_fit_start(self) -> None:
-        self.snapshot()  # θ, before any step
-
-    def training_step(self, batch, batch_idx):
-        concept = self._rng.choice([r.source for r in batch["requests"]])
-        loss = self.loss(concept)
-        if not torch.isfinite(loss):
-            raise UsageError(f"ESD loss is {float(loss)} at step {self.global_step}: lower --model.init_args.lr")
-        self.losses.append(float(loss))
-        self.log("loss", loss, prog_bar=True)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(list(self.edited_parameters().values()), lr=self.lr)
-
-    # ------------------------------------------------------------------ the per-case protocol (no Trainer)
-    def edit(self, requests, preserve=()):
-        params = list(self.edited_parameters().values())
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=self.lr)
-        try:
-            for _ in range(self.steps):
-                loss = self.loss(self._rng.choice([r.source for r in requests]))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                self.losses.append(float(loss))
-        finally:
-            for p in params:
-                p.requires_grad_(False)
-                p.grad = None
+    def batch_loss(self, requests, gens):
+        concepts = [r.source for r in requests]
+        return torch.stack([self.loss(concepts[int(torch.randint(len(concepts), (1,), generator=g))], g)
+                            for g in gens]).mean()
 
     def report(self) -> dict:
-        n = len(self.losses)
-        return {"steps": n, "first_loss": self.losses[0] if n else None, "final_loss": self.losses[-1] if n else None,
-                "recipe": self.recipe, "params": self.params, "trained_tensors": len(self.edited_parameters())}
+        return {**super().report(), "recipe": self.recipe, "params": self.params}

@@ -448,6 +448,18 @@ class T2IModel(nn.Module):
             return self.unet(*args, **kwargs).sample
         return torch.func.functional_call(self.unet, unet_parameters, args, kwargs, strict=False).sample
 
+    def encode_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Images ``[B, 3, H, W]`` in [0, 1] -> the VAE posterior's mean and std ``[B, C, h, w]``, already in
+        the UNet's latent scale (``scaling_factor``, ``shift_factor``); a latent is ``mean + std * noise``."""
+        vae = self.vae
+        with torch.autocast(images.device.type, enabled=False):
+            dist = vae.encode((images.to(vae.device, vae.dtype) * 2 - 1)).latent_dist
+        mean, std = dist.mean.float(), dist.std.float()
+        if vae.config.get("shift_factor"):
+            mean = mean - vae.config.shift_factor
+        f = vae.config.scaling_factor
+        return mean * f, std * f
+
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> images in [0, 1]. Decodes in float32 where the VAE asks for it (SDXL's overflows in fp16)."""
         vae = self.vae

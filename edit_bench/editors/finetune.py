@@ -1,0 +1,171 @@
+"""`FineTuner`: the base of editors trained by gradient steps (ESD, Concept Ablation).
+
+One optimisation step is the mean of ``batch_size`` sample losses. Every random choice of a sample (the
+request, the timestep, the noise, the anchor image) comes from its own generator, seeded by the editor's
+seed, the optimiser step and the sample's **global** index ``(micro-batch · world size + rank) · batch_size +
+j``. So the samples of a step do not depend on how they are split: 2 processes with batch 1 see the samples
+1 process with batch 2 sees (and ``accumulate_grad_batches 2`` with batch 1 too), and a run resumed from a
+checkpoint continues with exactly the samples the uninterrupted run would have drawn.
+
+The same step runs under Lightning's ``fit`` (``training_step``, ``configure_optimizers``; precision, devices,
+strategy and accumulation are the Trainer's) and without a Trainer in ``edit()`` (``steps`` steps; the
+per-case and ``fixed`` protocols of ``eval``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+
+from ..errors import UsageError
+from ..types import EditRequest
+from .base import Editor
+
+
+def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
+    """The CPU generator of sample ``index`` at optimiser step ``step`` (independent of batch split)."""
+    digest = hashlib.sha256(f"{seed}/{step}/{index}".encode()).digest()
+    return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+class FineTuner(Editor):
+    """Base class of fine-tuning editors; subclasses write ``edited_parameters``, ``batch_loss`` and
+    ``make_optimizer`` (and ``prepare`` when they need data before the first step).
+
+    Args:
+        lr: the optimiser's learning rate (before any scaling a subclass applies, see ``effective_lr``).
+        steps: optimisation steps of ``edit()`` (no Trainer); ``fit`` runs ``--trainer.max_steps``.
+        batch_size: samples per step and process.
+        max_grad_norm: gradient-norm clipping of the trained tensors (``None``: none).
+        gradient_checkpointing: recompute the UNet's activations in the backward pass (diffusers' gradient
+            checkpointing): less memory, about a third more compute per step.
+        seed: seeds every sample's generator (never the global RNG).
+        base: see :class:`~edit_bench.editors.base.Editor`.
+    """
+
+    abstract = True  # not an editor by itself: discover() skips it
+    edits = "unet"
+    multi_request = True
+    needs_grad = True
+    trains = True
+
+    def __init__(self, lr: float, steps: int, batch_size: int = 1, max_grad_norm: float | None = None,
+                 gradient_checkpointing: bool = False, seed: int = 0, base: str = "toy"):
+        super().__init__(base=base)
+        name = type(self).__name__
+        if lr <= 0:
+            raise UsageError(f"{name} lr must be > 0, got {lr}")
+        if steps < 1:
+            raise UsageError(f"{name} steps must be >= 1, got {steps}")
+        if batch_size < 1:
+            raise UsageError(f"{name} batch_size must be >= 1, got {batch_size}")
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise UsageError(f"{name} max_grad_norm must be > 0 or null, got {max_grad_norm}")
+        self.lr, self.steps, self.batch_size = lr, steps, batch_size
+        self.max_grad_norm, self.gradient_checkpointing, self.seed = max_grad_norm, gradient_checkpointing, seed
+        self.losses: list[float] = []
+
+    # ------------------------------------------------------------------ what subclasses write
+    def batch_loss(self, requests: Sequence[EditRequest], gens: list[torch.Generator]) -> torch.Tensor:
+        """The mean loss of one sample per generator."""
+        raise NotImplementedError(f"{type(self).__name__} must define batch_loss(requests, gens)")
+
+    def make_optimizer(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        raise NotImplementedError(f"{type(self).__name__} must define make_optimizer(params, lr)")
+
+    def prepare(self, requests: Sequence[EditRequest]) -> None:
+        """Called before the first step with the requests to train on (e.g. to make anchor images)."""
+
+    def effective_lr(self, world_size: int = 1, accumulate: int = 1) -> float:
+        """The learning rate the optimiser gets (Concept Ablation scales it by the global batch)."""
+        return self.lr
+
+    # ------------------------------------------------------------------ one step
+    def _gens(self, step: int, micro: int = 0, world: int = 1, rank: int = 0) -> list[torch.Generator]:
+        first = (micro * world + rank) * self.batch_size
+        return [sample_generator(self.seed, step, first + j) for j in range(self.batch_size)]
+
+    def _set_checkpointing(self, on: bool) -> None:
+        unet = self.t2i.unet
+        if on:
+            unet.enable_gradient_checkpointing()
+        elif getattr(unet, "is_gradient_checkpointing", False):
+            unet.disable_gradient_checkpointing()
+
+    def _record(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise UsageError(f"{type(self).__name__} loss is {float(loss)} after {len(self.losses)} steps: "
+                             "lower --model.init_args.lr")
+        self.losses.append(float(loss))
+
+    # ------------------------------------------------------------------ Lightning's fit
+    def _requests(self, batch) -> list[EditRequest]:
+        requests = list(batch["requests"])
+        if not requests:
+            raise UsageError(f"{type(self).__name__} has no request to train on")
+        return requests
+
+    def on_fit_start(self) -> None:
+        self.snapshot()  # the original values, before any step
+        self._set_checkpointing(self.gradient_checkpointing)
+        self._prepared = None
+
+    def on_fit_end(self) -> None:
+        self._set_checkpointing(False)
+
+    def training_step(self, batch, batch_idx):
+        trainer = self.trainer
+        requests = self._requests(batch)
+        if getattr(self, "_prepared", None) != requests:  # once per fit, outside autocast and autograd
+            with torch.autocast(self.device.type, enabled=False), torch.no_grad():
+                self.prepare(requests)
+            self._prepared = requests
+        micro = batch_idx % trainer.accumulate_grad_batches
+        loss = self.batch_loss(requests, self._gens(self.global_step, micro, trainer.world_size, self.global_rank))
+        self._record(loss.detach())
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        t = self.trainer
+        lr = self.lr_used = self.effective_lr(t.world_size, t.accumulate_grad_batches)
+        return self.make_optimizer(list(self.edited_parameters().values()), lr)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if gradient_clip_val is None and self.max_grad_norm is not None:
+            gradient_clip_val, gradient_clip_algorithm = self.max_grad_norm, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+
+    # ------------------------------------------------------------------ the per-case protocol (no Trainer)
+    def edit(self, requests, preserve=()):
+        requests = list(requests)
+        self.prepare(requests)
+        named = self.edited_parameters()
+        params = list(named.values())
+        for p in params:
+            p.requires_grad_(True)
+        opt = self.make_optimizer(params, self.effective_lr())
+        self.lr_used = self.effective_lr()
+        self._set_checkpointing(self.gradient_checkpointing)
+        try:
+            for step in range(self.steps):  # every edit() draws the same samples: an edit is a function of its requests
+                loss = self.batch_loss(requests, self._gens(step))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+                opt.step()
+                self._record(loss.detach())
+        finally:
+            self._set_checkpointing(False)
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+
+    def report(self) -> dict:
+        n = len(self.losses)
+        return {"steps": n, "first_loss": self.losses[0] if n else None, "final_loss": self.losses[-1] if n else None,
+                "batch_size": self.batch_size, "lr": getattr(self, "lr_used", None), "trained_tensors": len(self.edited_parameters()),
+                "trained_parameters": sum(p.numel() for p in self.edited_parameters().values())}
