@@ -77,6 +77,12 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
             args = args + ["--sampler.steps", "3", "--sampler.seeds", "[0]", "--progress", "false"]
         if args[0] == "fit" and "esd" in cmd:  # the real run takes 2 min: same code, 2 steps
             args = args + ["--trainer.max_steps", "2"]
+        if args[0] == "eval" and "esd_x.yaml" in cmd:  # per case, 100 steps each: same code, 2 steps
+            args = args + ["--model.init_args.steps", "2"]
+        if "concept_ablation.yaml" in cmd:  # 200 anchor images of DDIM 100 and 100 steps: 2 cheap ones, 2 steps
+            args = args + ["--model.init_args.steps", "2", "--model.init_args.num_anchor_images", "2",
+                           "--model.init_args.anchor_sampler", json.dumps({"scheduler": "ddim", "steps": 2, "size": None,
+                                                                          "guidance": 6.0, "eta": 1.0, "seeds": [0]})]
         code = run_cli(args, cwd=tmp_path)
         err = capsys.readouterr().err
         if "configs/experiment/" in cmd:
@@ -88,6 +94,26 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
         assert (out / expect).is_file() and (args[0] != "trace" or (out / "trace.png").is_file()), cmd
     res = json.loads((tmp_path / "runs/quickstart/results.json").read_text())
     assert res["editor"] == "TIME" and res["model"] == "toy" and res["baseline"] is not None
+
+
+def test_readme_benchmark_scripts_run(tmp_path):
+    """The README's `python benchmarks/...` commands, on the random tiny model and 1 step (the toy run is the
+    README's)."""
+    import subprocess
+    import sys
+
+    cmds = [c for c in _bash_commands() if c.startswith("python benchmarks/")]
+    assert cmds
+    for cmd in cmds:
+        words = shlex.split(cmd)
+        r = subprocess.run([sys.executable, *words[1:], "--base", "tiny:sd1", "--steps", "1"], capture_output=True,
+                           text=True, cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+        ways = {x["mode"]: x for x in lines if "mode" in x}
+        assert set(ways) == {"snapshot", "copy"} and all(w["peak_rss_mb"] > 0 for w in ways.values())
+        sizes = {x["params"]: x for x in lines if "trained_M" in x}
+        assert sizes["x-strict"]["trained_M"] == 19.2  # SD-1's to_k + to_v: 19.17 M (TIME's 2.2 % of the UNet)
 
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))

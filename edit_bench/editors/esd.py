@@ -37,6 +37,25 @@ RECIPES = {  # (eta, lr, steps) of the paper-era CompVis code and of the current
 }
 
 
+def parameter_set(unet: torch.nn.Module, params: str) -> dict[str, torch.nn.Parameter]:
+    """ESD's trained parameters of a diffusers UNet, by UNet parameter name (works on a ``meta`` UNet too)."""
+    from diffusers.models.attention_processor import Attention
+
+    cross = [n for n, m in unet.named_modules() if isinstance(m, Attention) and m.is_cross_attention]
+    in_cross = lambda n: any(n.startswith(c + ".") for c in cross)  # noqa: E731
+    named = list(unet.named_parameters())
+    if params == "xattn":
+        return {n: p for n, p in named if in_cross(n)}
+    if params == "x-strict":
+        return {n: p for n, p in named if in_cross(n) and (".to_k." in n or ".to_v." in n)}
+    if params == "selfattn":
+        return {n: p for n, p in named if ".attn1." in n}
+    if params == "full":
+        return dict(named)
+    skip = ("time_embedding.", "conv_norm_out.", "conv_out.")  # noxattn (ESD-u), as the paper-era code
+    return {n: p for n, p in named if not in_cross(n) and not n.startswith(skip)}
+
+
 class ESD(FineTuner):
     """ESD fine-tuning editor.
 
@@ -78,22 +97,7 @@ class ESD(FineTuner):
 
     # ------------------------------------------------------------------ what is trained
     def edited_parameters(self):
-        unet = self.t2i.unet
-        sites = self.t2i.cross_attn()
-        if self.params == "xattn":
-            out = {n: p for s in sites for n, p in s.parameters().items()}
-        elif self.params == "x-strict":
-            out = {n: p for s in sites for n, p in s.parameters().items() if ".to_k." in n or ".to_v." in n}
-        else:
-            cross = {id(p) for s in sites for p in s.parameters().values()}
-            named = [(f"unet.{n}", p) for n, p in unet.named_parameters()]
-            if self.params == "selfattn":
-                out = {n: p for n, p in named if ".attn1." in n}
-            elif self.params == "full":
-                out = dict(named)
-            else:  # noxattn: ESD-u
-                skip = ("unet.time_embedding.", "unet.conv_norm_out.", "unet.conv_out.")
-                out = {n: p for n, p in named if id(p) not in cross and not n.startswith(skip)}
+        out = {f"unet.{n}": p for n, p in parameter_set(self.t2i.unet, self.params).items()}
         if not out:
             raise UsageError(f"ESD parameter set {self.params!r} selects no parameter of this {self.t2i.family} UNet")
         return out
@@ -109,8 +113,12 @@ class ESD(FineTuner):
             self._frozen_on = (device, {n.removeprefix("unet."): v.to(device) for n, v in self.snapshot().items()})
         return self._frozen_on[1]
 
+    def theta_prediction(self, x, t, cond):
+        """ε_θ: the frozen model's prediction, through the trained module with the original tensors."""
+        return self.t2i.noise_prediction(x, t, cond, self.size, self._frozen())
+
     @torch.no_grad()
-    def _x_t(self, cond, uncond, t_enc: int, gen: torch.Generator, frozen):
+    def _x_t(self, cond, uncond, t_enc: int, gen: torch.Generator):
         """x_t after ``t_enc`` DDIM steps from noise with the concept at ``start_guidance``."""
         t2i = self.t2i
         size = self.size or t2i.native_size
@@ -119,9 +127,12 @@ class ESD(FineTuner):
         sched.set_timesteps(self.ddim_steps, device=t2i.device)
         x = torch.randn((1, t2i.unet.config.in_channels, h, h), generator=gen).to(t2i.device) * sched.init_noise_sigma
         both = type(cond).cat([uncond, cond])
-        params = frozen if self.recipe == "current" else None  # paper-era: θ* samples
         for t in sched.timesteps[:t_enc]:
-            eps = t2i.noise_prediction(torch.cat([x, x]), t, both, size, params).float()
+            x2 = torch.cat([x, x])
+            if self.recipe == "current":  # θ samples
+                eps = self.theta_prediction(x2, t, both).float()
+            else:  # paper-era: θ* samples
+                eps = t2i.noise_prediction(x2, t, both, size).float()
             eps_u, eps_c = eps.chunk(2)
             x = sched.step(eps_u + self.start_guidance * (eps_c - eps_u), t, x).prev_sample
         return x
@@ -134,13 +145,12 @@ class ESD(FineTuner):
         lo = n_train * t_enc // self.ddim_steps
         hi = max(n_train * (t_enc + 1) // self.ddim_steps, lo + 1)
         t = torch.randint(lo, hi, (1,), generator=gen).to(t2i.device)
-        frozen = self._frozen()
         with torch.no_grad():
             cond, uncond = t2i.condition([concept]), t2i.unconditional(1)
-        x_t = self._x_t(cond, uncond, t_enc, gen, frozen)
+        x_t = self._x_t(cond, uncond, t_enc, gen)
         with torch.no_grad():
-            e_0 = t2i.noise_prediction(x_t, t, uncond, self.size, frozen).float()
-            e_p = t2i.noise_prediction(x_t, t, cond, self.size, frozen).float()
+            e_0 = self.theta_prediction(x_t, t, uncond).float()
+            e_p = self.theta_prediction(x_t, t, cond).float()
             anchor = e_0 if self.recipe == "paper" else e_p
             target = anchor - self.eta * (e_p - e_0)
         e_n = t2i.noise_prediction(x_t, t, cond, self.size).float()

@@ -3,6 +3,8 @@
 Specs:
     ``toy``: the shipped, trained toy world (an SD-1-layout pipeline folder; see ``edit_bench.models.toy``).
     ``tiny:sd1`` | ``tiny:sd2`` | ``tiny:sdxl``: random tiny models with the real layouts (tests only).
+    ``random:sd1`` | ``random:sd2`` | ``random:sdxl``: random models with the full-size architectures (speed and
+    memory measurements without weights; their images mean nothing).
     a local diffusers folder (``model_index.json`` with ``unet/``, ``vae/``, ``text_encoder/`` ...).
     a Hugging Face hub id (``CompVis/stable-diffusion-v1-4``), taken from the local cache only.
 
@@ -97,6 +99,14 @@ def load_t2i(spec: str, dtype=None, device=None, delta: str | Path | None = None
         if family not in FAMILIES:
             raise ModelNotAvailable(f"unknown tiny model {spec!r}: use tiny:sd1, tiny:sd2 or tiny:sdxl")
         comps, ident = tiny_components(family), f"{spec}@code:{source_identity(tiny.__file__)}"
+    elif spec.startswith("random:"):
+        from . import tiny
+        from .tiny import FAMILIES, random_components
+
+        family = spec.split(":", 1)[1]
+        if family not in FAMILIES:
+            raise ModelNotAvailable(f"unknown random model {spec!r}: use random:sd1, random:sd2 or random:sdxl")
+        comps, ident = random_components(family), f"{spec}@code:{source_identity(tiny.__file__)}"
     elif Path(spec).expanduser().exists():
         path = Path(spec).expanduser()
         comps = _load_folder(path)
@@ -108,7 +118,7 @@ def load_t2i(spec: str, dtype=None, device=None, delta: str | Path | None = None
     else:
         raise ModelNotAvailable(
             f"model {spec!r} is not available: it is neither a local folder nor a hub id of the form "
-            "'org/name'. Use tiny:sd1|sd2|sdxl, a local diffusers folder, or a cached hub id."
+            "'org/name'. Use tiny:sd1|sd2|sdxl, random:sd1|sd2|sdxl, a local diffusers folder, or a cached hub id."
         )
     # float32 unless asked otherwise (folders may hold fp16 weights); Lightning's precision casts later
     t2i = T2IModel(comps, spec).eval().to(device=device, dtype=dtype or torch.float32)

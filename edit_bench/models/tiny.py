@@ -100,3 +100,54 @@ def tiny_components(family: str) -> dict:
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         )
         return dict(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=dict(SD_SCHEDULER))
+
+
+def random_components(family: str) -> dict:
+    """Random components with the **full-size** architectures of SD-1.5 (860 M-parameter UNet, CLIP ViT-L/14
+    text encoder), SD-2.1 (OpenCLIP ViT-H/14 text encoder, 23 of its 24 layers as the pipeline keeps them) and
+    SDXL (2.6 B-parameter UNet, CLIP ViT-L + OpenCLIP ViT-bigG), built offline under a fixed seed.
+
+    For measuring speed and memory without downloading weights; their images and scores mean nothing.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .tokenizer import clip_tokenizer
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown random family {family!r}: use one of {', '.join(FAMILIES)}")
+
+    def clip(tok, hidden, layers, heads, act, projection=None):
+        cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden,
+                             num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                             hidden_act=act, projection_dim=projection or 768, bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        return CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tok = clip_tokenizer()
+        size = {"sd1": 512, "sd2": 768, "sdxl": 1024}[family]
+        vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
+                            sample_size=size, down_block_types=["DownEncoderBlock2D"] * 4,
+                            up_block_types=["UpDecoderBlock2D"] * 4, force_upcast=family == "sdxl",
+                            scaling_factor=0.13025 if family == "sdxl" else 0.18215)
+        if family == "sdxl":
+            unet = UNet2DConditionModel(
+                sample_size=128, block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20),
+                use_linear_projection=True, transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816)
+            return dict(unet=unet, vae=vae, text_encoder=clip(tok, 768, 12, 12, "quick_gelu"),
+                        text_encoder_2=clip(tok, 1280, 32, 20, "gelu", projection=1280), tokenizer=tok,
+                        tokenizer_2=clip_tokenizer(), scheduler=dict(SD_SCHEDULER), force_zeros_for_empty_prompt=True)
+        if family == "sd1":
+            te = clip(tok, 768, 12, 12, "quick_gelu")
+            unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+        else:
+            te = clip(tok, 1024, 23, 16, "gelu")
+            unet = UNet2DConditionModel(sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                                        use_linear_projection=True)
+        return dict(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=dict(SD_SCHEDULER))
