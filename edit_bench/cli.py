@@ -30,6 +30,7 @@ class EditTrainer(L.Trainer):
         matmul_precision: ``torch.set_float32_matmul_precision``: ``highest`` (true float32, the default),
             ``high`` (TF32 on recent GPUs: faster, ~1e-3 relative error) or ``medium``. Recorded in the
             protocol of every result.
+        log_every_n_steps: Lightning's; default 1 here (the loss of every training step in ``metrics.csv``).
         checkpoint_every: ``fit`` of a trained editor keeps ``OUT_DIR/checkpoints/last.ckpt`` (the trained
             tensors and the optimizer) every this many steps; rerunning an interrupted ``fit`` resumes from it.
         **kwargs: Lightning's Trainer arguments.
@@ -39,6 +40,8 @@ class EditTrainer(L.Trainer):
 
     def __init__(self, *args, matmul_precision: Literal["highest", "high", "medium"] = "highest",
                  checkpoint_every: int = 50, **kwargs):
+        if kwargs.get("log_every_n_steps") is None:
+            kwargs["log_every_n_steps"] = 1  # a fit's metrics.csv holds the loss of every step
         super().__init__(*args, **kwargs)
         if checkpoint_every < 1:
             raise UsageError(f"checkpoint_every must be >= 1 training steps, got {checkpoint_every}")
@@ -208,6 +211,8 @@ def main(args: list[str] | None = None):
     warnings.filterwarnings("ignore", message=".*predict returned None.*")  # records are written, not returned
     # the model stays in eval mode while an editor trains: SD's dropout is 0, so train mode would change nothing
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+    # the CSV logger writes metrics.csv into the run directory, beside config.yaml and run.json (which it keeps)
+    warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
     return EditCLI(
         Editor,
         EditData,

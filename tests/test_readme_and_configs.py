@@ -75,7 +75,7 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
         assert module == "edit_bench", cmd
         if args[0] == "trace":  # the real runs take 40 s to 3 min: same code, 3 steps and one seed
             args = args + ["--sampler.steps", "3", "--sampler.seeds", "[0]", "--progress", "false"]
-        if args[0] == "fit" and "esd" in cmd:  # the real run takes 2 min: same code, 2 steps
+        if args[0] == "fit" and ("esd" in cmd or "concept_ablation" in cmd):  # 1 min each: same code, 2 steps
             args = args + ["--trainer.max_steps", "2"]
         if args[0] == "eval" and "esd_x.yaml" in cmd:  # per case, 100 steps each: same code, 2 steps
             args = args + ["--model.init_args.steps", "2"]

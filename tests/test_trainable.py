@@ -352,3 +352,19 @@ def test_two_processes_with_batch_1_train_the_delta_of_one_process_with_batch_2(
     moved = min(float(one[k].abs().max()) for k in one)
     print(f"relative delta difference {rel:.2e}, worst element {worst:.2e}, smallest tensor move {moved:.2e}")
     assert rel < 1e-2 and worst < 1e-4 < moved, (rel, worst, moved)
+
+
+def test_fit_and_the_per_case_edit_run_the_same_training(tmp_path, monkeypatch):
+    """`fit` (Lightning's loop, 3 steps) and `edit()` (no Trainer, steps 3) draw the same samples and take the
+    same steps: a delta trained by `fit` is the edit the per-case protocol makes."""
+    from edit_bench.types import EditRequest
+
+    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
+    data = EditRequests(requests=[{"source": "A banana", "target": "A fruit"}])
+    fitted, edited = _ca(steps=3), _ca(steps=3)
+    EditTrainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False).fit(fitted, datamodule=data, out_dir=tmp_path / "fit")
+    edited.apply_edit([EditRequest("A banana", "A fruit")])
+    assert fitted.losses == pytest.approx(edited.losses, rel=1e-5)
+    for n, p in edited.edited_parameters().items():
+        torch.testing.assert_close(fitted.edited_parameters()[n], p, atol=1e-6, rtol=0)
