@@ -109,6 +109,12 @@ def _assert_error(code, capsys, *needles):
     (["--trainer.matmul_precision", "low"], ["matmul_precision"]),
     (["--model", ROOT / "configs/editor/esd_x.yaml", "--model.init_args.params", "nope"], ["params", "nope"]),
     (["--model", ROOT / "configs/editor/esd_x.yaml", "--model.init_args.lr", "0"], ["ESD lr must be > 0"]),
+    (["--model", ROOT / "configs/editor/concept_ablation.yaml", "--model.init_args.anchor_prompts", "no_such_prompts.txt"],
+     ["no_such_prompts.txt", "not found"]),
+    (["--model", ROOT / "configs/editor/concept_ablation.yaml", "--model.init_args.anchor_prompts", "[a photo of a dog]"],
+     ["anchor prompt 'a photo of a dog' does not contain the anchor", "concept_type style"]),
+    (["--model", ROOT / "configs/editor/concept_ablation.yaml", "--model.init_args.batch_size", "0"],
+     ["batch_size must be >= 1"]),
 ])
 
 def test_bad_input_is_a_clear_error_and_leaves_no_run_dir(tmp_path, capsys, args, needles):

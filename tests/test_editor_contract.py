@@ -13,7 +13,8 @@ EDITORS = discover()
 
 
 def test_discovery_finds_the_shipped_editors():
-    assert {"TIME", "UCE", "DiffQuickFix", "LocoEdit", "ReFACT", "Unedited"} <= set(EDITORS)
+    assert {"TIME", "UCE", "DiffQuickFix", "LocoEdit", "ReFACT", "ESD", "ConceptAblation", "Unedited"} <= set(EDITORS)
+    assert "FineTuner" not in EDITORS  # a base (abstract = True), not an editor
 
 
 @pytest.mark.parametrize("name", sorted(EDITORS))

@@ -135,31 +135,32 @@ def test_an_interrupted_fit_resumes_from_its_checkpoint_to_the_same_delta(tmp_pa
     assert edit["timing"]["peak_rss_mb"] > 0
 
 
-def test_esd_evaluates_the_frozen_model_without_a_second_unet():
-    """ESD's θ (functional_call with the snapshot of the trained tensors) equals a deep copy of the original
-    UNet; its target is the paper's formula on those predictions; training moves only its parameter set."""
+@pytest.mark.parametrize("recipe", ["paper", "current"])
+def test_esd_target_equals_a_hand_computation_with_two_unets(recipe):
+    """After a few steps (θ* ≠ θ), ESD's θ (functional_call with the snapshot of the trained tensors) equals a
+    deep copy of the original UNet, and its target is the recipe's formula on that second UNet's predictions:
+    paper ε_θ(x,t) − 1·(ε_θ(x,c,t) − ε_θ(x,t)), current ε_θ(x,c,t) − 2·(ε_θ(x,c,t) − ε_θ(x,t))."""
     import copy
 
     from edit_bench.editors.esd import ESD
     from edit_bench.types import EditRequest
 
-    ed = ESD(params="xattn", steps=3, ddim_steps=4, lr=1e-2, base="tiny:sd1")
+    ed = ESD(params="xattn", recipe=recipe, steps=3, ddim_steps=4, lr=1e-2, base="tiny:sd1")
     original = copy.deepcopy(ed.t2i.unet)
-    ed.apply_edit([EditRequest("A banana", "")])  # three steps: θ* now differs from θ
+    ed.apply_edit([EditRequest("A banana", "")])
     t2i = ed.t2i
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([500])
     cond, uncond = t2i.condition(["A banana"]), t2i.unconditional(1)
     with torch.no_grad():
-        frozen = t2i.noise_prediction(x, t, cond, unet_parameters=ed._frozen())
-        two_unets = original(x, t, encoder_hidden_states=cond.context).sample
-        trained = t2i.noise_prediction(x, t, cond)
+        e_c = original(x, t, encoder_hidden_states=cond.context).sample
         e_0 = original(x, t, encoder_hidden_states=uncond.context).sample
-    torch.testing.assert_close(frozen, two_unets, atol=1e-6, rtol=0)
-    assert not torch.allclose(trained, two_unets)  # θ* moved
-    target = e_0 - ed.eta * (two_unets - e_0)  # paper-era target, η = 1
-    torch.testing.assert_close(target, 2 * e_0 - two_unets)
-    assert ed.report()["steps"] == 3
+        trained = t2i.noise_prediction(x, t, cond)
+        torch.testing.assert_close(ed.theta_prediction(x, t, cond), e_c, atol=1e-6, rtol=0)
+    assert not torch.allclose(trained, e_c, atol=1e-4)  # θ* moved
+    hand = e_0 - 1.0 * (e_c - e_0) if recipe == "paper" else e_c - 2.0 * (e_c - e_0)
+    torch.testing.assert_close(ed.target(x, t, cond, uncond), hand, atol=1e-6, rtol=0)
+    assert ed.report()["steps"] == 3 and ed.report()["recipe"] == recipe
 
 
 def test_esd_fit_runs_in_bf16_mixed_on_cpu_and_keeps_float32_master_weights(tmp_path):

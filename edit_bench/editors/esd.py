@@ -148,13 +148,17 @@ class ESD(FineTuner):
         with torch.no_grad():
             cond, uncond = t2i.condition([concept]), t2i.unconditional(1)
         x_t = self._x_t(cond, uncond, t_enc, gen)
-        with torch.no_grad():
-            e_0 = self.theta_prediction(x_t, t, uncond).float()
-            e_p = self.theta_prediction(x_t, t, cond).float()
-            anchor = e_0 if self.recipe == "paper" else e_p
-            target = anchor - self.eta * (e_p - e_0)
+        target = self.target(x_t, t, cond, uncond)
         e_n = t2i.noise_prediction(x_t, t, cond, self.size).float()
         return torch.nn.functional.mse_loss(e_n, target)
+
+    @torch.no_grad()
+    def target(self, x_t, t, cond, uncond) -> torch.Tensor:
+        """What θ* learns to predict at (x_t, t, c): θ's prediction with the concept's direction reversed."""
+        e_0 = self.theta_prediction(x_t, t, uncond).float()
+        e_p = self.theta_prediction(x_t, t, cond).float()
+        anchor = e_0 if self.recipe == "paper" else e_p
+        return anchor - self.eta * (e_p - e_0)
 
     def batch_loss(self, requests, gens):
         concepts = [r.source for r in requests]
