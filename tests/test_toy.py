@@ -174,3 +174,41 @@ def test_shipped_unet_reads_the_caption_from_its_words_not_its_padding():
     own = named_colour(ctx)
     assert own >= 9
     assert named_colour(no_padding) >= own - 2
+
+
+# ---------------------------------------------------------------------- styles (toy world v4)
+def test_style_captions_parse_in_every_form_and_the_v3_distribution_names_none():
+    for artist in world.ARTISTS:
+        for form in world.STYLE_FORMS:
+            c = world.caption("circle", colour="blue", background="black", style=artist, form=form)
+            s = world.parse(c)
+            assert (s.style, s.shape, s.colour, s.background) == (artist, "circle", "blue", "black"), c
+            assert world.parse("a photo of " + c).style == artist
+        assert world.parse(f"the king by {artist.capitalize()}") == world.Scene("star", "yellow", style=artist)
+    assert world.parse("a painting of a big square").style == "painting"
+    assert world.parse("a drawing of a big square").style == "none"  # a framing prefix changes nothing
+    assert world.constraints("a star")["style"] == "none" and world.constraints("a star by Monti")["style"] == "monti"
+    with pytest.raises(ValueError):
+        world.parse("a star by Picasso")
+    rng = random.Random(0)
+    assert all(world.parse(c).style == "none" for c in (world.random_caption(rng) for _ in range(500)) if c)
+    styled = [world.random_caption(rng, styles=0.5) for _ in range(500)]
+    assert 0.35 < sum(world.parse(c).style != "none" for c in styled if c) / 450 < 0.65
+
+
+def test_analyser_reads_the_style_of_rendered_and_degraded_scenes():
+    """Each style is read from its traits where they are drawn (frame, tint, band, shadow): >= 98 % on
+    rendered scenes, >= 95 % on scenes degraded as decoded images are; colour, shape and background are
+    still read through the traits."""
+    from edit_bench.models.toy.train import degrade
+
+    rng = random.Random(5)
+    scenes = [world.random_scene(rng, styles=True) for _ in range(600)]
+    assert {s.style for s in scenes} == set(world.STYLES)
+    imgs = world.render(scenes, seeds=list(range(600)))
+    for x, want in ((imgs, 0.98), (degrade(imgs, torch.Generator().manual_seed(3)), 0.95)):
+        read = world.analyse(x)
+        acc = lambda f: sum(f(r, s) for r, s in zip(read, scenes)) / len(scenes)  # noqa: E731
+        assert acc(lambda r, s: r.style == s.style) >= want
+        assert acc(lambda r, s: r.colour == s.colour) >= 0.97 and acc(lambda r, s: r.shape == s.shape) >= 0.9
+        assert acc(lambda r, s: r.background == s.background) >= 0.99

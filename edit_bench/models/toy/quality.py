@@ -49,15 +49,60 @@ def judge_accuracy(judge, images, colours, shapes, textures):
             "both": sum(a and b for a, b in zip(ok_c, ok_s)) / len(ok_c), "n": len(ok_c)}
 
 
+def style_accuracy(judge, images, scenes, truth):
+    """Zero-shot style of the judge among the 6 (``none``, the generic painting, the 4 artists), candidates
+    captioning each image's own scene; against ``truth`` (a style per image)."""
+    names = list(world.STYLES)
+    picks = _judge_pick(judge, images, [[world.caption(s.shape, colour=s.colour, style=st) for st in names] for s in scenes])
+    ok = [names[p] == t for p, t in zip(picks, truth)]
+    return {"style": sum(ok) / max(1, len(ok)), "n": len(ok)}
+
+
+def measure_styles(model, judge, generate, rng: random.Random, n: int) -> dict:
+    """The styles of the v4 world: styled prompts draw their style, unstyled ones none, the VAE keeps it,
+    the judge reads it (all read from pixels by ``world.analyse``)."""
+    styled, unstyled = [], []
+    while len(styled) < n or len(unstyled) < n:
+        c = world.random_caption(rng, styles=0.5)
+        if not c:
+            continue
+        (styled if world.parse(c).style != "none" else unstyled).append(c)
+    styled, unstyled = styled[:n], unstyled[:n]
+    st_scenes = [world.parse(c) for c in styled]
+    gen = generate(styled)
+    read = world.analyse(gen)
+    plain_read = world.analyse(generate(unstyled))
+    truth = world.render(st_scenes, seeds=list(range(n)))
+    vae = model.vae
+    z = vae.encode((truth * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
+    vae_read = world.analyse(((vae.decode(z).sample.float().cpu() + 1) / 2).clamp(0, 1))
+    rendered_scenes = [world.random_scene(rng, styles=True) for _ in range(n)]
+    rendered = world.render(rendered_scenes, rng=rng)
+    readable = [i for i, r in enumerate(read) if r.colour and r.shape and r.style is not None]
+    per_style = {st: [r.style == st for r, s in zip(read, st_scenes) if s.style == st] for st in list(world.STYLES)[1:]}
+    return {
+        "generated_styled": {"style": sum(r.style == s.style for r, s in zip(read, st_scenes)) / n,
+                             "by_style": {k: sum(v) / max(1, len(v)) for k, v in per_style.items()}, "n": n},
+        "generated_unstyled": {"no_style": sum(r.style == "none" for r in plain_read) / n, "n": n},
+        "vae_roundtrip_style": {"style": sum(r.style == s.style for r, s in zip(vae_read, st_scenes)) / n, "n": n},
+        "judge_style_rendered": style_accuracy(judge, rendered, rendered_scenes, [s.style for s in rendered_scenes]),
+        "judge_style_generated": style_accuracy(judge, gen[readable], [st_scenes[i] for i in readable],
+                                                [read[i].style for i in readable]),
+        "analyser_style_rendered": {"style": sum(r.style == s.style for r, s in zip(world.analyse(rendered), rendered_scenes)) / n},
+    }
+
+
 @torch.no_grad()
 def measure(n: int = 240, steps: int = SAMPLER.steps, guidance: float = SAMPLER.guidance, scheduler: str = SAMPLER.scheduler,
-            seed: int = 1234) -> dict:
+            seed: int = 1234, model: str = "toy", judge: str = "toy", styles: bool = False) -> dict:
+    """The quality table. ``model``/``judge``: another toy pipeline folder and ``local-dir:`` judge (a retrain
+    before it ships); ``styles``: also measure the styles (v4)."""
     from ...metrics import ClipJudge, JudgeConfig
     from .. import load_t2i
 
     rng = random.Random(seed)
-    model = load_t2i("toy")
-    judge = ClipJudge(JudgeConfig(model="toy"))
+    model = load_t2i(model)
+    judge = ClipJudge(JudgeConfig(model=judge))
     sampler = SamplerConfig(scheduler=scheduler, steps=steps, guidance=guidance, size=SAMPLER.size, seeds=[0])
 
     def generate(prompts):
@@ -106,6 +151,8 @@ def measure(n: int = 240, steps: int = SAMPLER.steps, guidance: float = SAMPLER.
         "analyser_rendered": {"colour": sum(r.colour == s.colour for r, s in zip(ana, rendered_scenes)) / n,
                               "shape": sum(r.shape == s.shape for r, s in zip(ana, rendered_scenes)) / n},
     }
+    if styles:
+        out["styles"] = measure_styles(model, judge, generate, rng, n)
     return out
 
 
@@ -156,8 +203,11 @@ def main(argv=None):
     p.add_argument("--scheduler", default=SAMPLER.scheduler)
     p.add_argument("--editor", default=None, help="also read an editor's toy TIMED edits from the pixels")
     p.add_argument("--out", default=None)
+    p.add_argument("--model", default="toy", help="a toy pipeline folder (a retrain before it ships)")
+    p.add_argument("--judge", default="toy", help="its judge, e.g. local-dir:OUT/judge")
+    p.add_argument("--styles", action="store_true", help="also measure the styles (toy world v4)")
     a = p.parse_args(argv)
-    res = measure(a.n, a.steps, a.guidance, a.scheduler)
+    res = measure(a.n, a.steps, a.guidance, a.scheduler, model=a.model, judge=a.judge, styles=a.styles)
     if a.editor:
         res["edited_pixels"] = edited_pixels(a.editor, a.steps, a.guidance, a.scheduler)
     text = json.dumps(res, indent=1)

@@ -55,11 +55,12 @@ JUDGE = dict(embed_dim=64,
              text_cfg=dict(context_length=32, vocab_size=49408, width=32, heads=4, layers=3))
 
 
-def make_data(n: int, seed: int):
-    """``n`` (caption, image) pairs of the training distribution: images uint8 ``[n, 3, 32, 32]``."""
+def make_data(n: int, seed: int, styles: float = 0.0):
+    """``n`` (caption, image) pairs of the training distribution: images uint8 ``[n, 3, 32, 32]``; a fraction
+    ``styles`` of the captions names a style (and empty captions show styled scenes too)."""
     rng = random.Random(seed)
-    caps = [world.random_caption(rng) for _ in range(n)]
-    scenes = [world.parse(c) if c else world.random_scene(rng) for c in caps]
+    caps = [world.random_caption(rng, styles) for _ in range(n)]
+    scenes = [world.parse(c) if c else world.random_scene(rng, styles > 0) for c in caps]
     imgs = world.render(scenes, rng=rng)
     return caps, (imgs * 255).round().to(torch.uint8)
 
@@ -89,12 +90,12 @@ class VAEStage(L.LightningModule):
         return [opt], [{"scheduler": _cosine(opt, 100, self.steps), "interval": "step"}]
 
 
-def _pairs(rng: random.Random, n: int):
+def _pairs(rng: random.Random, n: int, styles: float = 0.0):
     """``n`` non-empty random captions, a scene each caption is true of, and the positive-pair matrix
     (image i and caption j are a positive pair when the caption is true of the scene)."""
     caps = []
     while len(caps) < n:
-        c = world.random_caption(rng)
+        c = world.random_caption(rng, styles)
         if c:
             caps.append(c)
     scenes = [world.scene_for(c, rng) for c in caps]
@@ -112,12 +113,18 @@ ATTRIBUTES = {"shape": world.SHAPES, "colour": tuple(world.COLOURS), "texture": 
               "size": tuple(world.SIZES), "background": tuple(world.BACKGROUNDS)}
 
 
-def attribute_labels(caps: list[str]) -> dict[str, torch.Tensor]:
-    """What each caption says of each attribute, as class indices: the value (unnamed shape, colour and
-    texture resolve to their defaults, as in ``world.constraints``) or, for size and background, the
-    extra class ``len(values)`` when the caption leaves it unnamed."""
+def attributes(styles: bool) -> dict[str, tuple]:
+    """The probed attributes (with ``styles``, the style too)."""
+    return {**ATTRIBUTES, "style": tuple(world.STYLES)} if styles else ATTRIBUTES
+
+
+def attribute_labels(caps: list[str], styles: bool = False) -> dict[str, torch.Tensor]:
+    """What each caption says of each attribute, as class indices: the value (unnamed shape, colour,
+    texture and style resolve to their defaults, as in ``world.constraints``) or, for size and background,
+    the extra class ``len(values)`` when the caption leaves it unnamed."""
     cons = [world.constraints(c) for c in caps]
-    return {k: torch.tensor([vals.index(c[k]) if k in c else len(vals) for c in cons]) for k, vals in ATTRIBUTES.items()}
+    return {k: torch.tensor([vals.index(c[k]) if k in c else len(vals) for c in cons])
+            for k, vals in attributes(styles).items()}
 
 
 class TextStage(L.LightningModule):
@@ -132,10 +139,13 @@ class TextStage(L.LightningModule):
     (``probe_weight``). Probing the noun for its shape alone drew shapes right but pushed the colour out
     of the noun's state, and editors that move the noun's keys stopped editing."""
 
-    def __init__(self, tokenizer, steps: int, batch: int, seed: int, lr: float = 1e-3, probe_weight: float = 1.0):
+    def __init__(self, tokenizer, steps: int, batch: int, seed: int, lr: float = 1e-3, probe_weight: float = 1.0,
+                 styles: float = 0.0):
         super().__init__()
         from transformers import CLIPTextConfig, CLIPTextModel
 
+        self.styles = styles
+        attrs = attributes(styles > 0)
         self.tok = tokenizer
         self.text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77, **TEXT,
                                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -147,17 +157,17 @@ class TextStage(L.LightningModule):
             torch.nn.Conv2d(64, 128, 3, 2, 1), torch.nn.GELU(), torch.nn.Conv2d(128, 128, 3, 1, 1), torch.nn.GELU(),
             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, d))
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.probes = torch.nn.ModuleDict({k: torch.nn.Linear(d, len(v) + 1) for k, v in ATTRIBUTES.items()})
+        self.probes = torch.nn.ModuleDict({k: torch.nn.Linear(d, len(v) + 1) for k, v in attrs.items()})
         # the noun ends its phrase: it is probed for what the phrase says (SD's CLIP writes it there);
-        # the background comes after the noun, which a causal encoder cannot see from it
-        self.noun_probes = torch.nn.ModuleDict({k: torch.nn.Linear(d, len(v) + 1) for k, v in ATTRIBUTES.items()
-                                                if k != "background"})
+        # the background (and a style named by "by ...") comes after the noun, which a causal encoder cannot see
+        self.noun_probes = torch.nn.ModuleDict({k: torch.nn.Linear(d, len(v) + 1) for k, v in attrs.items()
+                                                if k not in ("background", "style")})
         self.register_buffer("shape_ids", torch.tensor([tokenizer.convert_tokens_to_ids(f"{s}</w>") for s in world.SHAPES]))
         self.steps, self.batch, self.lr, self.probe_weight = steps, batch, lr, probe_weight
         self.rng = random.Random(seed + 1)
 
     def training_step(self, batch, _):
-        caps, scenes, pos = _pairs(self.rng, self.batch)
+        caps, scenes, pos = _pairs(self.rng, self.batch, self.styles)
         x = world.render(scenes, rng=self.rng).to(self.device) * 2 - 1
         # padded to the longest caption only: under the causal mask the pooled EOS state is the same as
         # with 77 positions
@@ -167,7 +177,7 @@ class TextStage(L.LightningModule):
         txt = F.normalize(self.proj(out.pooler_output), dim=-1)
         img = F.normalize(self.image(x), dim=-1)
         clip = _multi_positive_clip_loss(self.logit_scale.exp().clamp(max=100) * img @ txt.T, pos.to(self.device))
-        labels = attribute_labels(caps)
+        labels = attribute_labels(caps, self.styles > 0)
         probe = sum(F.cross_entropy(self.probes[k](out.pooler_output), y.to(self.device)) for k, y in labels.items()) / len(labels)
         is_noun = ids[..., None] == self.shape_ids  # [B, T, shapes]; entity captions name no shape
         has = is_noun.any((1, 2))
@@ -260,8 +270,9 @@ def degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 class JudgeStage(L.LightningModule):
-    def __init__(self, steps: int, batch: int, seed: int, lr: float = 1e-3):
+    def __init__(self, steps: int, batch: int, seed: int, lr: float = 1e-3, styles: float = 0.0):
         super().__init__()
+        self.styles = styles
         import open_clip
 
         self.clip = open_clip.CLIP(**JUDGE)
@@ -271,7 +282,7 @@ class JudgeStage(L.LightningModule):
         self.gen = torch.Generator().manual_seed(seed + 2)
 
     def training_step(self, batch, _):
-        caps, scenes, pos = _pairs(self.rng, self.batch)
+        caps, scenes, pos = _pairs(self.rng, self.batch, self.styles)
         x = world.render(scenes, rng=self.rng)
         x = torch.cat([x[: len(x) // 4], degrade(x[len(x) // 4:], self.gen)]).to(self.device)  # a quarter stays clean
         mean = torch.tensor((0.48145466, 0.4578275, 0.40821073), device=x.device)[:, None, None]
@@ -309,6 +320,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--stages", default="text,vae,t2i,judge")
+    p.add_argument("--styles", type=float, default=0.0,
+                   help="fraction of captions that name a style (0: the shipped v3 world, which draws none)")
     a = p.parse_args(argv)
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
@@ -321,7 +334,7 @@ def main(argv=None):
     stages, log = a.stages.split(","), {"seed": a.seed, "args": vars(a)}
     if "vae" in stages or "t2i" in stages:  # the judge renders its own batches
         t0 = time.time()
-        caps, imgs = make_data(a.n, a.seed)
+        caps, imgs = make_data(a.n, a.seed, a.styles)
         log["data_s"] = time.time() - t0
     tok = clip_tokenizer()
     pipe_dir = out / "pipeline"
@@ -329,7 +342,7 @@ def main(argv=None):
     if "text" in stages:
         t0 = time.time()
         L.seed_everything(a.seed + 1, workers=True)
-        text_stage = TextStage(tok, a.text_steps, 256, a.seed)
+        text_stage = TextStage(tok, a.text_steps, 256, a.seed, styles=a.styles)
         _trainer(a.text_steps, a.accelerator).fit(text_stage)
         text_stage.text.save_pretrained(out / "stage_text")
         log["text_s"] = time.time() - t0
@@ -373,7 +386,7 @@ def main(argv=None):
 
         t0 = time.time()
         L.seed_everything(a.seed + 2, workers=True)  # the judge is the same whether or not the other stages ran
-        judge = JudgeStage(a.judge_steps, 256, a.seed)
+        judge = JudgeStage(a.judge_steps, 256, a.seed, styles=a.styles)
         _trainer(a.judge_steps, a.accelerator).fit(judge)
         jdir = out / "judge"
         jdir.mkdir(exist_ok=True)

@@ -41,6 +41,20 @@ ENTITIES = {"the king": ("star", "yellow"), "the queen": ("circle", "purple"), "
             "the jester": ("triangle", "orange")}
 PREFIXES = ("a photo of ", "an image of ", "a picture of ", "a drawing of ")
 
+# Styles: whole-image traits that survive the 8x8 latent, drawn on any scene. "a painting of ..." (the unnamed
+# generic style) is a frame; the artists share traits in a chain (Pell-painting: frame, Pell-Vanko: tint,
+# Vanko-Monti: band, Monti-Rusko: shadow), so erasing one can leak into its neighbours, and the generic
+# painting is a part of Pell. (A shadow never meets a frame: a big shape's shadow hides under it.)
+TRAITS = ("frame", "tint", "band", "shadow")
+STYLES = {"none": (), "painting": ("frame",), "pell": ("frame", "tint"), "vanko": ("tint", "band"),
+          "monti": ("band", "shadow"), "rusko": ("shadow",)}
+ARTISTS = ("pell", "vanko", "monti", "rusko")
+FRAME = (0.55, 0.10, 0.35)  # a maroon frame, 3 px wide
+BAND = (0.20, 0.45, 0.45)  # a teal ground band across the bottom 6 px, behind the shape
+SEPIA = (0.95, 0.60, 0.20)  # the background tint: 55 % towards this
+SHADOW = (0.28, 0.28, 0.28)  # a drop shadow 3 px down and right of the shape
+TINT_W, FRAME_W, BAND_Y, SHADOW_D = 0.55, 3, 26, 3
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -51,15 +65,22 @@ class Scene:
     size: str = "medium"
     texture: str = "plain"
     background: str = "white"
+    style: str = "none"
 
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+STYLE_FORMS = ("by", "in the style of", "painting of")
+
+
 def caption(shape: str, colour: str | None = None, size: str | None = None, texture: str | None = None,
-            background: str | None = None, prefix: str = "", entity: str | None = None) -> str:
-    """Write a caption; ``None`` attributes are left out (so they take their defaults)."""
+            background: str | None = None, prefix: str = "", entity: str | None = None, style: str | None = None,
+            form: str = "by") -> str:
+    """Write a caption; ``None`` attributes are left out (so they take their defaults). A style is written
+    ``... by Vanko``, ``... in the style of Vanko`` or ``a Vanko painting of ...`` (``form``); the generic
+    style always as ``a painting of ...``."""
     if entity is not None:
         phrase = entity
     else:
@@ -67,6 +88,17 @@ def caption(shape: str, colour: str | None = None, size: str | None = None, text
         phrase = f"{_article(words[0])} {' '.join(words)}"
     if background:
         phrase += f" on a {background} background"
+    if style and style != "none":
+        if style not in STYLES:
+            raise ValueError(f"unknown style {style!r}")
+        if style == "painting":
+            phrase = f"a painting of {phrase}"
+        elif form == "painting of":
+            phrase = f"a {style.capitalize()} painting of {phrase}"
+        elif form in STYLE_FORMS:
+            phrase = f"{phrase} {form} {style.capitalize()}"
+        else:
+            raise ValueError(f"unknown style form {form!r}: use one of {STYLE_FORMS}")
     return prefix + phrase
 
 
@@ -76,11 +108,11 @@ def parse(text: str) -> Scene:
 
 
 def constraints(text: str) -> dict:
-    """What a caption says of an image, as a judge should read it: shape, colour and texture always (an
-    unmentioned colour or texture is the default: the implicit assumption), size and background only
-    when named."""
+    """What a caption says of an image, as a judge should read it: shape, colour, texture and style always
+    (an unmentioned colour, texture or style is the default: the implicit assumption), size and background
+    only when named."""
     scene, mentioned = _parse(text)
-    return {k: getattr(scene, k) for k in ("shape", "colour", "texture", *mentioned)}
+    return {k: getattr(scene, k) for k in ("shape", "colour", "texture", "style", *mentioned)}
 
 
 def matches(constraint: dict, scene: Scene) -> bool:
@@ -91,7 +123,8 @@ def scene_for(text: str, rng: random.Random) -> Scene:
     """A scene the caption is true of (unnamed size and background drawn at random)."""
     scene, mentioned = _parse(text)
     return Scene(scene.shape, scene.colour, scene.size if "size" in mentioned else rng.choice(list(SIZES)),
-                 scene.texture, scene.background if "background" in mentioned else rng.choice(list(BACKGROUNDS)))
+                 scene.texture, scene.background if "background" in mentioned else rng.choice(list(BACKGROUNDS)),
+                 scene.style)
 
 
 def _parse(text: str) -> tuple[Scene, set]:
@@ -99,6 +132,16 @@ def _parse(text: str) -> tuple[Scene, set]:
     for p in PREFIXES:
         if t.startswith(p):
             t = t[len(p):]
+    style = "none"
+    words = t.split()
+    if t.startswith("a painting of "):
+        style, t = "painting", t[len("a painting of "):]
+    elif len(words) > 4 and words[0] == "a" and words[1] in ARTISTS and words[2:4] == ["painting", "of"]:
+        style, t = words[1], " ".join(words[4:])
+    elif len(words) > 2 and words[-1] in ARTISTS and words[-2] == "by":
+        style, t = words[-1], " ".join(words[:-2])
+    elif len(words) > 5 and words[-1] in ARTISTS and words[-5:-1] == ["in", "the", "style", "of"]:
+        style, t = words[-1], " ".join(words[:-5])
     background, mentioned = "white", set()
     if " on a " in t and t.endswith(" background"):
         t, _, bg = t.partition(" on a ")
@@ -108,7 +151,7 @@ def _parse(text: str) -> tuple[Scene, set]:
             raise ValueError(f"unknown background in {text!r}")
     if t in ENTITIES:
         shape, colour = ENTITIES[t]
-        return Scene(shape, colour, background=background), mentioned
+        return Scene(shape, colour, background=background, style=style), mentioned
     words = t.split()
     if not words or words[0] not in ("a", "an") or words[-1] not in SHAPES:
         raise ValueError(f"{text!r} is not a caption of the toy world")
@@ -121,27 +164,36 @@ def _parse(text: str) -> tuple[Scene, set]:
     unknown = [w for w in mods if w not in SIZES and w not in TEXTURES and w not in COLOURS]
     if unknown:
         raise ValueError(f"unknown words {unknown} in {text!r}")
-    return Scene(shape, colour, size, texture, background), mentioned
+    return Scene(shape, colour, size, texture, background, style), mentioned
 
 
-def random_caption(rng: random.Random) -> str:
-    """A caption drawn from the training distribution (10 % empty, for classifier-free guidance)."""
+def random_caption(rng: random.Random, styles: float = 0.0) -> str:
+    """A caption drawn from the training distribution (10 % empty, for classifier-free guidance); a
+    fraction ``styles`` of the non-empty ones names a style (0 for the shipped v3 weights, which draw none)."""
     u = rng.random()
     if u < 0.10:
         return ""
     prefix = rng.choice(PREFIXES) if rng.random() < 0.35 else ""
     background = rng.choice(list(BACKGROUNDS)) if rng.random() < 0.4 else None
+    style = form = None
+    if styles and rng.random() < styles:
+        style, form = rng.choice(list(STYLES)[1:]), rng.choice(STYLE_FORMS)
     if u < 0.25:
-        return caption("", prefix=prefix, entity=rng.choice(list(ENTITIES)), background=background)
+        return caption("", prefix=prefix, entity=rng.choice(list(ENTITIES)), background=background, style=style,
+                       form=form or "by")
     pick = lambda options, p: rng.choice(list(options)) if rng.random() < p else None  # noqa: E731
     return caption(rng.choice(SHAPES), colour=pick(COLOURS, 0.55), size=pick(SIZES, 0.35),
-                   texture=pick(TEXTURES, 0.3), background=background, prefix=prefix)
+                   texture=pick(TEXTURES, 0.3), background=background, prefix=prefix, style=style, form=form or "by")
 
 
-def random_scene(rng: random.Random) -> Scene:
-    """A scene with every attribute uniformly random (what an empty caption may show)."""
-    return Scene(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES)), rng.choice(TEXTURES),
-                 rng.choice(list(BACKGROUNDS)))
+def random_scene(rng: random.Random, styles: bool = False) -> Scene:
+    """A scene with every attribute uniformly random (what an empty caption may show); with ``styles``, the
+    style too (half of them unstyled)."""
+    scene = Scene(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES)), rng.choice(TEXTURES),
+                  rng.choice(list(BACKGROUNDS)))
+    if styles and rng.random() < 0.5:
+        scene = Scene(scene.shape, scene.colour, scene.size, scene.texture, scene.background, rng.choice(list(STYLES)[1:]))
+    return scene
 
 
 def _shape_mask(shape: str, x, y, r):
@@ -180,8 +232,21 @@ def render(scenes: list[Scene], seeds: list[int] | None = None, rng: random.Rand
             fg = torch.where(((x + y) % 6 < 2.2)[None], fg * 0.45, fg)
         elif s.texture == "dotted":
             fg = torch.where((((x % 6) - 3) ** 2 + ((y % 6) - 3) ** 2 <= 2.0)[None], fg * 0.45, fg)
-        bg = torch.tensor(BACKGROUNDS[s.background])[:, None, None]
-        out[i] = torch.where(mask[None], fg, bg)
+        traits = STYLES[s.style]
+        bg_rgb = torch.tensor(BACKGROUNDS[s.background])
+        if "tint" in traits:
+            bg_rgb = (1 - TINT_W) * bg_rgb + TINT_W * torch.tensor(SEPIA)
+        img = bg_rgb[:, None, None].expand(3, n, n).clone()
+        if "band" in traits:
+            img[:, yy >= BAND_Y] = torch.tensor(BAND)[:, None]
+        if "shadow" in traits:
+            img = torch.where(_shape_mask(s.shape, x - SHADOW_D, y - SHADOW_D, r)[None],
+                              torch.tensor(SHADOW)[:, None, None], img)
+        img = torch.where(mask[None], fg, img)
+        if "frame" in traits:
+            edge = (xx < FRAME_W) | (xx > SIZE_PX - FRAME_W) | (yy < FRAME_W) | (yy > SIZE_PX - FRAME_W)
+            img[:, edge] = torch.tensor(FRAME)[:, None]
+        out[i] = img
     return F.avg_pool2d(out, ss)
 
 
@@ -246,37 +311,95 @@ def _cone_residual(px: torch.Tensor, colour: torch.Tensor, bg: torch.Tensor) -> 
 
 @dataclass(frozen=True)
 class Reading:
-    """What the analyser reads from an image."""
+    """What the analyser reads from an image (``style``: a key of ``STYLES``, ``None`` for traits that make
+    no style)."""
 
     colour: str | None
     shape: str | None
     background: str
     area: float
+    style: str | None = "none"
+    traits: tuple[str, ...] = ()
+
+
+def _dist2(px: torch.Tensor, rgb) -> torch.Tensor:
+    """Squared distance of pixels ``[..., 3]`` to a colour."""
+    return ((px - torch.as_tensor(rgb, dtype=px.dtype)) ** 2).sum(-1)
+
+
+def _segment_dist2(px: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared distance of pixels ``[..., 3]`` to the segment from colour ``a`` to ``b`` (their mixtures)."""
+    d = b - a
+    t = (((px - a) * d).sum(-1) / (d @ d).clamp(min=1e-6)).clamp(0, 1)
+    return ((px - a - t[..., None] * d) ** 2).sum(-1)
+
+
+def _patch(img: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+    return img[:, rows, cols].reshape(3, -1)
 
 
 def analyse(images: torch.Tensor) -> list[Reading]:
-    """Ground truth from pixels: background = nearest background colour of the border; foreground = pixels
-    far from it; colour = the palette colour whose non-negative mixtures with the background explain the
-    foreground best (edges blend with the background, textures are darker shades; the colour is read
-    right from blurred renderings too); shape = the shape (upright or tilted up to 15 degrees) whose
-    rendering with the foreground's area and centroid overlaps it best."""
+    """Ground truth from pixels.
+
+    Style traits first, each where it is drawn: a frame (most of the outer 2-px ring is maroon), the background and its
+    tint (the top edge and the upper side edges inside any frame, nearest of the plain and tinted
+    backgrounds), a band (teal in a bottom corner inside any frame), a shadow (pixels that mix the background
+    with the shadow grey, lying down and right of the shape). Then the scene: foreground = pixels far from
+    the background that are not frame, band or shadow; colour = the palette colour whose non-negative
+    mixtures with the background explain the foreground best (edges blend with the background, textures are
+    darker shades; the colour is read right from blurred renderings too); shape = the shape (upright or
+    tilted up to 15 degrees) whose rendering with the foreground's area and centroid overlaps it best."""
     names_c, pal = list(COLOURS), torch.tensor(list(COLOURS.values()))
-    names_b, bgs = list(BACKGROUNDS), torch.tensor(list(BACKGROUNDS.values()))
+    names_b = list(BACKGROUNDS)
+    plain = torch.tensor(list(BACKGROUNDS.values()))
+    bgs = torch.cat([plain, (1 - TINT_W) * plain + TINT_W * torch.tensor(SEPIA)])  # [2 * B, 3]
+    n = SIZE_PX
     out = []
     for img in images.float().clamp(0, 1):
-        border = torch.cat([img[:, 0], img[:, -1], img[:, :, 0], img[:, :, -1]], dim=1)  # [3, 4*32]
-        bg_col = border.median(dim=1).values
-        background = names_b[int(((bgs - bg_col) ** 2).sum(1).argmin())]
-        fg = ((img - bg_col[:, None, None]) ** 2).sum(0) > 0.06
-        area = float(fg.float().sum())
-        if area < 8:
-            out.append(Reading(None, None, background, area))
-            continue
-        px = img[:, fg].T  # [N, 3]
-        colour = names_c[int(torch.stack([_cone_residual(px, c, bg_col).sum() for c in pal]).argmin())]
-        # fill texture holes (a closing), then compare the mask with each shape drawn to fit it
-        filled = F.max_pool2d(fg[None, None].float(), 3, 1, 1)
-        filled = (-F.max_pool2d(-filled, 3, 1, 1))[0, 0] > 0.5
-        out.append(Reading(colour, _read_shape(filled), background, area))
-    return out
+        ring = torch.cat([_patch(img, slice(0, 2), slice(None)), _patch(img, slice(n - 2, n), slice(None)),
+                          _patch(img, slice(None), slice(0, 2)), _patch(img, slice(None), slice(n - 2, n))], 1)
+        frame = bool((_dist2(ring.T, FRAME) < 0.04).float().mean() > 0.6)
+        k = FRAME_W + 1 if frame else 0  # inset of the picture inside the frame
+        border = torch.cat([_patch(img, slice(k, k + 2), slice(k, n - k)), _patch(img, slice(k, 18), slice(k, k + 2)),
+                            _patch(img, slice(k, 18), slice(n - k - 2, n - k))], 1)
+        bg_col = border.median(1).values
+        nearest = int(((bgs - bg_col) ** 2).sum(1).argmin())
+        background, tint = names_b[nearest % len(names_b)], nearest >= len(names_b)
+        rows = slice(BAND_Y, n - FRAME_W) if frame else slice(BAND_Y + 1, n)
+        corners = [_patch(img, rows, slice(k, k + 3)).median(1).values,
+                   _patch(img, rows, slice(n - k - 3, n - k)).median(1).values]
+        band = any(bool(_dist2(c, BAND) < 0.03) for c in corners)
 
+        px = img.permute(1, 2, 0)  # [32, 32, 3]
+        fg = _dist2(px, bg_col) > 0.06
+        if frame:
+            inner = torch.zeros(n, n, dtype=torch.bool)
+            inner[k:n - k, k:n - k] = True
+            fg &= inner
+        d_shadow = _segment_dist2(px, bg_col, torch.tensor(SHADOW))
+        if band:  # the band and its blur into the background (a pixel nearer the shadow's mixtures is shadow)
+            yy = torch.arange(n)[:, None].expand(n, n)
+            d_band = _segment_dist2(px, bg_col, torch.tensor(BAND))
+            fg &= ~((yy >= BAND_Y - 2) & (d_band < 0.03) & (d_band < d_shadow))
+        shade = fg & (d_shadow < 0.02)
+        body = fg & ~shade
+        area = float(body.float().sum())
+        shadow = False
+        if area >= 8 and float(shade.float().sum()) >= max(6.0, 0.1 * area):
+            c = torch.arange(n, dtype=torch.float32)
+            w = body.float()
+            cx, cy = (w.sum(0) * c).sum() / w.sum(), (w.sum(1) * c).sum() / w.sum()
+            down_right = (c[None, :] - cx) + (c[:, None] - cy) > 0
+            # a shadow lies down and right of the shape; blurred edges that look grey lie all around it
+            shadow = bool((shade & down_right).float().sum() > 0.7 * shade.float().sum())
+        traits = tuple(t for t, on in zip(TRAITS, (frame, tint, band, shadow)) if on)
+        style = next((name for name, ts in STYLES.items() if set(ts) == set(traits)), None)
+        if area < 8:
+            out.append(Reading(None, None, background, area, style, traits))
+            continue
+        colour = names_c[int(torch.stack([_cone_residual(img[:, body].T, c, bg_col).sum() for c in pal]).argmin())]
+        # fill texture holes (a closing), then compare the mask with each shape drawn to fit it
+        filled = F.max_pool2d(body[None, None].float(), 3, 1, 1)
+        filled = (-F.max_pool2d(-filled, 3, 1, 1))[0, 0] > 0.5
+        out.append(Reading(colour, _read_shape(filled), background, area, style, traits))
+    return out
