@@ -10,6 +10,9 @@ Three files, all derived from the world's grammar (deterministic, no randomness)
 - ``toy_road.csv``: entity edits, like RoAD's roles ("the king" -> drawn as "the knight", a green square).
 - ``toy_erasure.csv``: erasing a style (a texture) or an object (towards an anchor shape, as Concept
   Ablation does), with a ``preserve`` column for editors with a preserve set.
+- ``toy_artists.csv``: erasing one named artist's style (toy world v4), the other artists and the generic
+  painting kept; ``toy_artists_erase{1,2,3}.csv``: the first 1, 2 or 3 artists erased at once (the ``fixed``
+  protocol), the rest kept, as UCE erases many artists.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from .world import COLOURS, DEFAULT_COLOUR, ENTITIES, SHAPES, caption
+from .world import ARTISTS, COLOURS, DEFAULT_COLOUR, ENTITIES, SHAPES, caption
 
 HEADER = (["old", "new"] + [c for k in range(1, 6) for c in (f"positive{k}", f"gt{k}")]
           + [c for k in range(1, 6) for c in (f"negative{k}", f"gn{k}")])
@@ -102,11 +105,38 @@ def erasure_rows():
     return rows
 
 
+def _styled(shape, artist, form="by", **kw):
+    return caption(shape, style=artist, form=form, **kw)
+
+
+def artist_rows(erased: tuple[str, ...] = ARTISTS, kept: tuple[str, ...] | None = None):
+    """One row per artist of ``erased``: erase the artist's style ("a circle by Vanko" -> "a circle").
+    Generality: the artist on other subjects, in every caption form; specificity: the artists of ``kept``
+    (default: every other artist) and the generic painting keep their style. The preserve set lists the
+    kept styles' prompts (as UCE preserves other artists)."""
+    rows = []
+    for artist in erased:
+        keep = [a for a in ARTISTS if a != artist] if kept is None else list(kept)
+        positives = [(_styled("square", artist), caption("square")),
+                     (_styled("triangle", artist, "in the style of", colour="blue"), caption("triangle", colour="blue")),
+                     (_styled("diamond", artist, "painting of", size="big"), caption("diamond", size="big")),
+                     (_styled("star", artist, background="black"), caption("star", background="black")),
+                     (caption("", entity="the king", style=artist), caption("", entity="the king"))]
+        others = [(_styled(s, a), caption(s)) for a, s in zip(keep * 5, SHAPES)]
+        negatives = (others + [(caption("circle", style="painting"), caption("circle"))])[:4]
+        negatives.append((caption("square", style="painting"), caption("square")))
+        preserve = [_styled(s, a) for a in keep for s in ("circle", "square")] + [caption("circle", style="painting")]
+        rows.append(_row(_styled("circle", artist), caption("circle"), positives, negatives, preserve))
+    return rows
+
+
 def write(out: Path) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
+    many = [(f"toy_artists_erase{k}.csv", artist_rows(ARTISTS[:k], ARTISTS[k:]), ["preserve"]) for k in (1, 2, 3)]
     for name, rows, extra in (("toy_timed.csv", timed_rows(), []), ("toy_road.csv", road_rows(), []),
-                              ("toy_erasure.csv", erasure_rows(), ["preserve"])):
+                              ("toy_erasure.csv", erasure_rows(), ["preserve"]),
+                              ("toy_artists.csv", artist_rows(), ["preserve"]), *many):
         with open(out / name, "w", newline="") as f:
             w = csv.DictWriter(f, HEADER + extra, lineterminator="\n")
             w.writeheader()
