@@ -99,16 +99,20 @@ def test_a_trained_editor_evaluates_under_the_fixed_protocol_without_a_trainer_l
     assert res["baseline"]["efficacy"]["n"] == res["metrics"]["efficacy"]["n"] == 2
 
 
-class Interrupted(MoveValues):
-    """Fails once at step 2, as a killed job would."""
+class FailsOnce:
+    """Mixin: training fails once at step 2, as a killed job would."""
 
     failed = False
 
     def training_step(self, batch, batch_idx):
-        if self.global_step == 2 and not Interrupted.failed:
-            Interrupted.failed = True
+        if self.global_step == 2 and not type(self).failed:
+            type(self).failed = True
             raise RuntimeError("interrupted")
         return super().training_step(batch, batch_idx)
+
+
+class Interrupted(FailsOnce, MoveValues):
+    pass
 
 
 def test_an_interrupted_fit_resumes_from_its_checkpoint_to_the_same_delta(tmp_path):
@@ -280,14 +284,8 @@ def test_an_interrupted_concept_ablation_fit_resumes_to_the_same_delta(tmp_path,
 
     monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
 
-    class CutCA(ConceptAblation):
-        failed = False
-
-        def training_step(self, batch, batch_idx):
-            if self.global_step == 2 and not CutCA.failed:
-                CutCA.failed = True
-                raise RuntimeError("interrupted")
-            return super().training_step(batch, batch_idx)
+    class CutCA(FailsOnce, ConceptAblation):
+        pass
 
     data = EditRequests(requests=[{"source": "A banana", "target": "A fruit"}])
     kw = {"num_anchor_images": 4, "anchor_sampler": _ca().anchor_sampler, "lr": 1e-3, "base": "tiny:sd1"}

@@ -1,9 +1,10 @@
 """Editors. The folder is the registry: every module here is imported by :func:`discover`, and every
-concrete :class:`Editor` subclass found (a class may say ``abstract = True``: a base, not an editor) gets the contract tests."""
+concrete :class:`Editor` subclass found (an abstract base is not an editor) gets the contract tests."""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 
 from .base import Editor
@@ -22,4 +23,4 @@ def discover() -> dict[str, type[Editor]]:
     """Import every module of this package; return ``{class name: class}`` of all editors."""
     for mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{mod.name}")
-    return {c.__name__: c for c in _subclasses(Editor) if not c.__dict__.get("abstract", False)}
+    return {c.__name__: c for c in _subclasses(Editor) if not inspect.isabstract(c)}

@@ -14,6 +14,7 @@ per-case and ``fixed`` protocols of ``eval``).
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from collections.abc import Sequence
 
@@ -30,7 +31,7 @@ def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
-class FineTuner(Editor):
+class FineTuner(Editor, metaclass=abc.ABCMeta):
     """Base class of fine-tuning editors; subclasses write ``edited_parameters``, ``batch_loss`` and
     ``make_optimizer`` (and ``prepare`` when they need data before the first step).
 
@@ -45,7 +46,7 @@ class FineTuner(Editor):
         base: see :class:`~edit_bench.editors.base.Editor`.
     """
 
-    abstract = True  # not an editor by itself: discover() skips it
+    # abstract (batch_loss, make_optimizer): not an editor by itself, discover() skips it
     edits = "unet"
     multi_request = True
     needs_grad = True
@@ -68,12 +69,13 @@ class FineTuner(Editor):
         self.losses: list[float] = []
 
     # ------------------------------------------------------------------ what subclasses write
+    @abc.abstractmethod
     def batch_loss(self, requests: Sequence[EditRequest], gens: list[torch.Generator]) -> torch.Tensor:
         """The mean loss of one sample per generator."""
-        raise NotImplementedError(f"{type(self).__name__} must define batch_loss(requests, gens)")
 
+    @abc.abstractmethod
     def make_optimizer(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        raise NotImplementedError(f"{type(self).__name__} must define make_optimizer(params, lr)")
+        """The optimiser of the trained tensors."""
 
     def prepare(self, requests: Sequence[EditRequest]) -> None:
         """Called before the first step with the requests to train on (e.g. to make anchor images)."""

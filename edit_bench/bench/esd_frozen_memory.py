@@ -1,9 +1,9 @@
 """Peak memory of ESD's frozen model θ: the editor's way (a copy of the trained tensors, evaluated through
 ``torch.func.functional_call``) against a second UNet (the authors' way: a deep copy of the whole UNet).
 
-    python benchmarks/esd_frozen_memory.py                      # the toy world on the CPU
-    python benchmarks/esd_frozen_memory.py --base random:sd1 --size 64 --steps 2   # full-size SD-1.5, random
-    python benchmarks/esd_frozen_memory.py --base random:sd1 --device cuda         # on a GPU, at 512 px
+    python -m edit_bench.bench.esd_frozen_memory                      # the toy world on the CPU
+    python -m edit_bench.bench.esd_frozen_memory --base random:sd1 --size 64 --steps 2   # full-size SD-1.5, random
+    python -m edit_bench.bench.esd_frozen_memory --base random:sd1 --device cuda         # on a GPU, at 512 px
 
 Each way runs in a fresh process (ESD, ``--steps`` steps), which prints its peak resident memory and, on
 CUDA, its peak allocated GPU memory. The script then prints, for the full-size SD-1.x UNet built on the

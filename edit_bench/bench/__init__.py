@@ -1,0 +1,1 @@
+"""Measurement scripts that print numbers (``python -m edit_bench.bench.NAME``)."""
