@@ -133,7 +133,7 @@ def test_the_toy_sampler_lives_in_one_place():
 
     cfg = yaml.safe_load((ROOT / "configs/sampler/toy.yaml").read_text())
     assert {**asdict(SAMPLER), **cfg} == asdict(SAMPLER)
-    for name in ("toy_timed", "toy_road", "toy_erasure"):
+    for name in ("toy_timed", "toy_road", "toy_erasure", "toy_artists", *(f"toy_artists_erase{k}" for k in (1, 2, 3))):
         assert yaml.safe_load((ROOT / f"configs/benchmark/{name}.yaml").read_text())["init_args"]["sampler"] == "../sampler/toy.yaml"
     assert yaml.safe_load((ROOT / "configs/trace/toy.yaml").read_text())["sampler"] == "../sampler/toy.yaml"
 

@@ -314,14 +314,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=60000, help="pre-rendered (caption, image) pairs")
     p.add_argument("--text_steps", type=int, default=1500)
-    p.add_argument("--vae_steps", type=int, default=800)
+    p.add_argument("--vae_steps", type=int, default=2500)
     p.add_argument("--t2i_steps", type=int, default=4500)
     p.add_argument("--judge_steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--stages", default="text,vae,t2i,judge")
-    p.add_argument("--styles", type=float, default=0.0,
-                   help="fraction of captions that name a style (0: the shipped v3 world, which draws none)")
+    p.add_argument("--styles", type=float, default=0.35,
+                   help="fraction of captions that name a style (0 and --vae_steps 800: the v3 world, which drew none)")
     a = p.parse_args(argv)
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 

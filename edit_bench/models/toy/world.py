@@ -52,8 +52,8 @@ ARTISTS = ("pell", "vanko", "monti", "rusko")
 FRAME = (0.55, 0.10, 0.35)  # a maroon frame, 3 px wide
 BAND = (0.20, 0.45, 0.45)  # a teal ground band across the bottom 6 px, behind the shape
 SEPIA = (0.95, 0.60, 0.20)  # the background tint: 55 % towards this
-SHADOW = (0.28, 0.28, 0.28)  # a drop shadow 3 px down and right of the shape
-TINT_W, FRAME_W, BAND_Y, SHADOW_D = 0.55, 3, 26, 3
+SHADOW = (0.28, 0.28, 0.28)  # a drop shadow 5 px down and right of the shape (3 px hid inside one latent cell)
+TINT_W, FRAME_W, BAND_Y, SHADOW_D = 0.55, 3, 26, 5
 
 
 @dataclass(frozen=True)
