@@ -143,6 +143,20 @@ class _Pass(L.LightningModule):
         self.cases = {s.case_id: bench.case(s.case_id) for s in pending} if mode == "per_case" else {}
         self.pending, self.mode, self.sampler, self.batch_size = pending, mode, bench.sampler, bench.batch_size
         self.run, self.variant, self.save_images = run, variant, save_images
+        self.with_baseline = bench.baseline and variant == "samples" and mode != "as_is"
+        self._references: dict[str, dict] = {}
+
+    def _baseline_reference(self, metric, samples: list[Sample]) -> torch.Tensor:
+        """The baseline pass's stored references of ``samples`` for a paired metric (loaded once per pass)."""
+        name = type(metric).__name__
+        if name not in self._references:
+            self._references[name] = self.run.load_features(name, "baseline")
+        refs = self._references[name]
+        missing = [s.id for s in samples if s.id not in refs]
+        if missing:
+            raise RuntimeError(f"{name}: the baseline pass stored no reference image for {len(missing)} sample(s), "
+                               f"e.g. {missing[0]}")
+        return torch.stack([refs[s.id] for s in samples])
 
     def configure_model(self) -> None:
         self.editor.configure_model()
@@ -183,6 +197,13 @@ class _Pass(L.LightningModule):
         samples = list(batch.samples)
         scores: dict[str, list[float]] = {}
         for m in self.metrics:
+            if getattr(m, "paired", False):  # a distance to the unedited image of the same sample
+                if self.variant == "baseline":
+                    self.run.save_features(self.global_rank, type(m).__name__, [s.id for s in samples],
+                                           m.reference(images), self.variant)
+                elif self.with_baseline:
+                    scores.update(m.score_pairs(images, self._baseline_reference(m, samples)))
+                continue
             for name, values in m.score(images, samples).items():
                 if name in scores:
                     raise RuntimeError(f"two metrics write the per-sample score {name!r}; rename one")

@@ -39,3 +39,9 @@ def write_atomic(path: str | Path, data: str | bytes | Callable[[Path], None]) -
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def cache_root() -> Path:
+    """Where edit_bench caches what it computes once (statistics, anchor images, reference features):
+    ``$EDIT_BENCH_CACHE``, default ``~/.cache/edit_bench``."""
+    return Path(os.environ.get("EDIT_BENCH_CACHE") or Path.home() / ".cache" / "edit_bench")

@@ -10,8 +10,8 @@ def format_table(results: dict, path) -> str:
              f"{results['samples']['total']} samples, {len(results['protocol']['seeds'])} seed(s)"]
     if b:
         lines += ["| metric | baseline (unedited) | edited | n |", "|---|---|---|---|"]
-        lines += [f"| {k} | {b[k]['mean']:.3f} ± {b[k]['std']:.3f} | {v['mean']:.3f} ± {v['std']:.3f} | {v['n']} |"
-                  for k, v in m.items()]
+        base = {k: f"{b[k]['mean']:.3f} ± {b[k]['std']:.3f}" if k in b else "—" for k in m}  # paired metrics: edited only
+        lines += [f"| {k} | {base[k]} | {v['mean']:.3f} ± {v['std']:.3f} | {v['n']} |" for k, v in m.items()]
     else:
         lines += ["| metric | mean | std | n |", "|---|---|---|---|"]
         lines += [f"| {k} | {v['mean']:.3f} | {v['std']:.3f} | {v['n']} |" for k, v in m.items()]

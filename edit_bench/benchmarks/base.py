@@ -10,7 +10,7 @@ from typing import Literal
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from ..metrics import EditScores, JudgeConfig, SampleMetric
+from ..metrics import ClipScore, EditScores, JudgeConfig, SampleMetric
 from ..types import EditCase, EditRequest, Sample, SamplerConfig
 from ..errors import UsageError
 
@@ -150,7 +150,9 @@ class Benchmark(EditData):
         baseline: also score the unedited model on the same samples, so results and the printed table
             show baseline and edited side by side.
         metrics: the metrics (``SampleMetric`` subclasses, by ``class_path``); default: the judge's TIMED
-            scores, ``[EditScores]``.
+            scores and the CLIP-score of every image against its prompt with the same judge,
+            ``[EditScores, ClipScore]``. Paired distances to the baseline (``LPIPS``; on the toy world
+            ``JudgeDistance``, ``SSIM``) and ``FID`` are listed by the configs that want them.
     """
 
     def __init__(self, sampler: SamplerConfig = SamplerConfig(), judge: JudgeConfig = JudgeConfig(),
@@ -169,7 +171,7 @@ class Benchmark(EditData):
         self.protocol = protocol
         self.batch_size = batch_size
         self.truncate_long_prompts = truncate_long_prompts
-        self.metrics = list(metrics) if metrics is not None else [EditScores()]
+        self.metrics = list(metrics) if metrics is not None else [EditScores(), ClipScore()]
         if not self.metrics:
             raise UsageError("metrics is empty: list at least one metric, or leave it out for the judge's TIMED scores")
 

@@ -49,9 +49,9 @@ STYLE_TEMPLATES = ("{prompt}, in the style of {target}", "{target} inspired pain
 
 
 def anchor_cache_dir() -> Path:
-    import os
+    from ..io import cache_root
 
-    return Path(os.environ.get("EDIT_BENCH_CACHE") or Path.home() / ".cache" / "edit_bench") / "anchors"
+    return cache_root() / "anchors"
 
 
 class ConceptAblation(FineTuner):

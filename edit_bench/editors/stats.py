@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -48,8 +47,9 @@ def read_corpus(path: str | Path, limit: int) -> list[str]:
 def cache_dir(stats_dir: str | None) -> Path:
     if stats_dir:
         return Path(stats_dir).expanduser()
-    root = os.environ.get("EDIT_BENCH_CACHE") or Path.home() / ".cache" / "edit_bench"
-    return Path(root) / "stats"
+    from ..io import cache_root
+
+    return cache_root() / "stats"
 
 
 def _slug(text: str) -> str:

@@ -1,8 +1,11 @@
 """Metrics of ``eval``: each a :class:`SampleMetric` (torchmetrics) that scores samples into records and
-aggregates the stored records; the CLIP judge and its TIMED scores."""
+aggregates the stored records: the CLIP judge and its TIMED scores, and image quality (CLIP-score, FID/KID,
+LPIPS and the toy world's twins)."""
 
 from .base import SampleMetric
 from .clip_preference import PAPER_JUDGE, ClipJudge, JudgeConfig
 from .edit_scores import FORMULA, EditScores, timed_success
+from .quality import FID, LPIPS, SSIM, ClipScore, ImageFeatures, JudgeDistance, PairedMetric
 
-__all__ = ["SampleMetric", "ClipJudge", "JudgeConfig", "PAPER_JUDGE", "EditScores", "FORMULA", "timed_success"]
+__all__ = ["SampleMetric", "ClipJudge", "JudgeConfig", "PAPER_JUDGE", "EditScores", "FORMULA", "timed_success",
+           "ClipScore", "FID", "LPIPS", "SSIM", "JudgeDistance", "PairedMetric", "ImageFeatures"]

@@ -116,6 +116,7 @@ class ClipJudge(nn.Module):
         self.model, self.preprocess, self.tokenizer = _load(cfg)
         self.model.eval().requires_grad_(False)
         self._text: dict[str, Tensor] = {}
+        self._last_images: tuple | None = None
 
     @property
     def device(self):
@@ -131,7 +132,16 @@ class ClipJudge(nn.Module):
         return torch.stack([self._text[t].to(self.device) for t in texts])
 
     def image_features(self, images: Tensor) -> Tensor:
-        """Normalised image features ``[B, E]`` of images ``[B, 3, H, W]`` in [0, 1]."""
+        """Normalised image features ``[B, E]`` of images ``[B, 3, H, W]`` in [0, 1]. The last batch's are kept:
+        two metrics of one judge (TIMED scores, CLIP-score) encode a batch once."""
+        last = self._last_images
+        if last is not None and last[0] is images and last[1] == images._version:
+            return last[2]
+        feats = self._image_features(images)
+        self._last_images = (images, images._version, feats)
+        return feats
+
+    def _image_features(self, images: Tensor) -> Tensor:
         from PIL import Image
 
         u8 = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -145,3 +155,15 @@ class ClipJudge(nn.Module):
             img = self.image_features(images)
             cos = torch.stack([(img * self.text_features(old)).sum(-1), (img * self.text_features(new)).sum(-1)], -1)
             return torch.softmax(self.cfg.scale * cos, dim=-1)[:, 1].cpu()
+
+
+_SHARED: dict[JudgeConfig, ClipJudge] = {}
+
+
+def shared_judge(cfg: JudgeConfig) -> ClipJudge:
+    """One loaded judge per configuration in a process: the metrics that use the same judge (the TIMED scores,
+    CLIP-score, the toy twins) share its weights and its last batch's image features."""
+    if cfg not in _SHARED:
+        _SHARED[cfg] = ClipJudge(cfg)
+    return _SHARED[cfg]
+

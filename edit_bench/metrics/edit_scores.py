@@ -8,7 +8,7 @@ import torch
 
 from ..types import GROUPS, Record
 from .base import SampleMetric
-from .clip_preference import ClipJudge, JudgeConfig
+from .clip_preference import ClipJudge, JudgeConfig, shared_judge
 
 FORMULA = {
     "mean": "successes / samples over all rows and seeds",
@@ -27,6 +27,11 @@ def timed_success(p_new: torch.Tensor, expect: list[str]) -> torch.Tensor:
 def _cat(state) -> torch.Tensor:
     """A list state as one CPU tensor (torchmetrics concatenates it already after a sync)."""
     return (torch.cat(state) if isinstance(state, list) else state).cpu()
+
+
+def _empty(state) -> bool:
+    """No values in a list state (a list before a sync, one tensor after it)."""
+    return len(state) == 0 if isinstance(state, list) else state.numel() == 0
 
 
 class EditScores(SampleMetric):
@@ -53,7 +58,7 @@ class EditScores(SampleMetric):
         if self.judge_cfg is None:
             self.judge_cfg = bench.judge_cfg
         if not self._judge:
-            self._judge.append(ClipJudge(self.judge_cfg))
+            self._judge.append(shared_judge(self.judge_cfg))
 
     @property
     def judge(self) -> ClipJudge:
@@ -82,7 +87,7 @@ class EditScores(SampleMetric):
         self.success.append(torch.tensor([bool(r.scores["success"]) for r in records], device=self.device))
 
     def compute(self) -> dict:
-        if not self.group:
+        if _empty(self.group):
             return {}
         group, seed, success = _cat(self.group), _cat(self.seed), _cat(self.success).double()
         seeds = sorted(set(seed.tolist()))
