@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from .errors import UsageError
 
-GROUPS = ("efficacy", "generality", "specificity")
+GROUPS = ("efficacy", "generality", "specificity", "captions")  # captions: image quality on a caption set
 
 
 @dataclass(frozen=True)

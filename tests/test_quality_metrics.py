@@ -273,7 +273,7 @@ def test_eval_records_clip_score_paired_distances_and_toy_fid(tmp_path):
     out = tmp_path / "run"
     metrics = json.dumps([{"class_path": "edit_bench.metrics.EditScores"}, {"class_path": "edit_bench.metrics.ClipScore"},
                           {"class_path": "edit_bench.metrics.JudgeDistance"}, {"class_path": "edit_bench.metrics.SSIM"},
-                          {"class_path": "edit_bench.metrics.FID", "init_args": {"features": "toy_judge"}}])
+                          {"class_path": "edit_bench.metrics.FID", "init_args": {"features": "toy_judge", "reference": "renderer"}}])
     code = run_cli(["eval", "--model", ROOT / "configs/editor/time.yaml", "--data", ROOT / "configs/benchmark/toy_timed.yaml",
                     "--data.rows", "0:1", "--data.sampler.seeds", "[0, 1]", "--data.metrics", metrics, "--out_dir", out])
     assert code == 0
@@ -289,3 +289,35 @@ def test_eval_records_clip_score_paired_distances_and_toy_fid(tmp_path):
     assert m["judge_distance/efficacy"]["mean"] > m["judge_distance/specificity"]["mean"]
     protocols = {p["class"]: p for p in res["protocol"]["metrics"]}
     assert protocols["FID"]["names"] == ["toy_fid", "toy_kid"] and protocols["ClipScore"]["formula"] == "100 * max(cos, 0)(image, prompt)"
+
+
+def test_caption_benchmark_draws_each_caption_once_with_its_seed_and_scores_quality(tmp_path):
+    """The toy twin of coco30k: 12 captions, each with its file seed; the edited and the unedited model's
+    CLIP-score, toy FID/KID and paired distances; without an edit the benchmark asks for one."""
+    from edit_bench.benchmarks.captions import Captions
+
+    b = Captions(path="datasets/toy/toy_captions.csv", n=12)
+    seeds = [s.seed for s in b.samples()]
+    import csv
+
+    with open(ROOT / "datasets/toy/toy_captions.csv") as f:
+        rows = list(csv.DictReader(f))[:12]
+    assert seeds == [int(r["evaluation_seed"]) for r in rows] and len({s.id for s in b.samples()}) == 12
+    assert [type(m).__name__ for m in b.metrics] == ["ClipScore"]  # no FID without a reference
+    with pytest.raises(Exception, match="--data.requests FILE"):
+        b.requests()
+    out = tmp_path / "capt"
+    code = run_cli(["eval", "--model", ROOT / "configs/editor/uce.yaml", "--data", ROOT / "configs/benchmark/toy_captions.yaml",
+                    "--data.n", "12", "--out_dir", out])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    m, b = res["metrics"], res["baseline"]
+    assert m["clip_score"]["n"] == m["toy_fid"]["n"] == m["judge_distance"]["n"] == 12
+    assert res["protocol"]["seeds"] == seeds and res["protocol"]["protocol"] == "fixed"
+    assert res["timing"]["edits"] == 1
+    # FID of the unedited model against this world's data is finite and positive; the edit moves images
+    assert 0 < b["toy_fid"]["mean"] < 1e4 and m["ssim"]["mean"] <= 1
+    code = run_cli(["eval", "--model", ROOT / "configs/editor/uce.yaml", "--data", ROOT / "configs/benchmark/coco30k.yaml",
+                    "--model.base", "tiny:sd1", "--data.requests", ROOT / "configs/requests/toy_blue_circle.yaml",
+                    "--out_dir", tmp_path / "coco"])
+    assert code == 2 and not (tmp_path / "coco").exists()  # no reference folder, no CLIP weights: a one-line error

@@ -169,7 +169,7 @@ def test_configs_parse_and_resolve(path, capsys):
 
         init = resolved["data"]["init_args"]
         cls = discover()[resolved["data"]["class_path"].rsplit(".", 1)[1]]
-        assert cls(path=init["path"], rows=init.get("rows")).cases()
+        assert cls(path=init["path"], **({"rows": init["rows"]} if "rows" in init else {})).cases()
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name == "requests"], ids=lambda p: p.name)

@@ -296,8 +296,9 @@ class FID(SampleMetric):
     (so a resumed or multi-process run computes the score of all of them once).
 
     Args:
-        reference: a folder of real images (its features are computed once and cached in
-            ``$EDIT_BENCH_CACHE/fid_ref``, keyed by the folder's content, the mode and the features), or
+        reference: a folder of real images (default: the benchmark's ``fid_reference``), its features computed
+            once and cached in ``$EDIT_BENCH_CACHE/fid_ref``, keyed by the folder's content, the mode and the
+            features; or
             ``renderer`` (the toy world: the renderer's images of the benchmark's own prompts and seeds, its
             true data distribution).
         features: ``inception`` (clean-fid's; the FID of the papers) or ``toy_judge`` (the toy judge's image
@@ -309,7 +310,7 @@ class FID(SampleMetric):
 
     stores_features = True
 
-    def __init__(self, reference: str = "renderer", features: str = "inception", mode: str = "clean",
+    def __init__(self, reference: str | None = None, features: str = "inception", mode: str = "clean",
                  inception: str | None = None, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
                  **kwargs):
         super().__init__(**kwargs)
@@ -333,6 +334,13 @@ class FID(SampleMetric):
 
     def prepare(self, bench) -> None:
         self.extractor  # a missing network fails here
+        if self.reference is None:
+            self.reference = getattr(bench, "fid_reference", None)
+        if self.reference is None:
+            from ..errors import UsageError
+
+            raise UsageError("FID needs a reference: a folder of real images (--data.fid_reference DIR on a caption "
+                             "benchmark, or the metric's reference), or 'renderer' on the toy world")
         if self.reference == "renderer":
             self._ref = self._renderer_reference(bench.samples())
         else:

@@ -130,6 +130,21 @@ def artist_rows(erased: tuple[str, ...] = ARTISTS, kept: tuple[str, ...] | None 
     return rows
 
 
+def caption_rows(n: int = 1000, seed: int = 0) -> list[dict]:
+    """The toy world's COCO: ``n`` non-empty captions of the training distribution (styles included), each with
+    its own seed, for image quality (CLIP-score, the toy FID against the renderer)."""
+    import random
+
+    from .world import random_caption
+
+    rng, rows = random.Random(seed), []
+    while len(rows) < n:
+        c = random_caption(rng, styles=0.35)
+        if c:
+            rows.append({"image_id": f"toy{len(rows):05d}", "prompt": c, "evaluation_seed": rng.randrange(100000)})
+    return rows
+
+
 def write(out: Path) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -142,6 +157,12 @@ def write(out: Path) -> dict[str, int]:
             w.writeheader()
             w.writerows(rows)
         counts[name] = len(rows)
+    rows = caption_rows()
+    with open(out / "toy_captions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["image_id", "prompt", "evaluation_seed"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    counts["toy_captions.csv"] = len(rows)
     return counts
 
 
