@@ -1,7 +1,7 @@
-"""``python -m edit_bench fit | eval | trace``: offline by default (the hub is never contacted unless HF_HUB_OFFLINE=0).
+"""``python -m edit_bench fit | eval | trace | report``: offline by default (the hub is never contacted unless HF_HUB_OFFLINE=0).
 
 ``fit``/``eval`` are LightningCLI subcommands (``edit_bench.cli``); ``trace`` trains nothing and has its own
-parser (``edit_bench.localize.command``). Bad input (a :class:`~edit_bench.errors.UsageError`, also when
+parser (``edit_bench.localize.command``), as has ``report`` (``edit_bench.report``). Bad input (a :class:`~edit_bench.errors.UsageError`, also when
 jsonargparse raised it while building ``--model``/``--data``) is one line on stderr and exit code 2; any other
 exception is a bug and keeps its traceback.
 """
@@ -32,6 +32,10 @@ def run(args=None) -> int:
             from .localize.command import run as trace
 
             trace(argv[1:])
+        elif argv[:1] == ["report"]:
+            from .report import main as report
+
+            report(argv[1:])
         else:
             from .cli import main
 

@@ -23,3 +23,284 @@ def format_table(results: dict, path) -> str:
         tail.append(f"{t['images_per_s']:.1f} images/s")
     tail.append(f"results: {path}")
     return "\n".join(lines + [" · ".join(tail)])
+
+
+# ------------------------------------------------------------------------------------------ report command
+# What makes two runs' numbers comparable: refused side by side when any differs within one benchmark.
+PROTOCOL_KEYS = ("sampler", "seeds", "size", "protocol", "precision")
+
+
+def load_run(path) -> dict:
+    """``RUN_DIR/results.json`` with the run directory and what the run's config says about its data."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from .errors import UsageError
+
+    p = Path(path)
+    f = p / "results.json" if p.is_dir() else p
+    if not f.is_file():
+        raise UsageError(f"{path} has no results.json: give the out_dir of a finished `edit_bench eval` run")
+    res = json.loads(f.read_text())
+    cfg = yaml.safe_load(res.get("config") or "") or {}
+    data = (cfg.get("data") or {}).get("init_args") or {}
+    res["_dir"], res["_config"] = str(f.parent), cfg
+    res["_data"] = Path(str(data.get("path", res["benchmark"]))).stem
+    return res
+
+
+def _metric_protocols(res: dict) -> dict:
+    return {m.get("class"): m for m in res["protocol"].get("metrics", [])}
+
+
+def check_comparable(runs: list[dict]) -> None:
+    """Refuse runs of one benchmark whose protocols differ, naming the first difference."""
+    from .errors import UsageError
+
+    first: dict[str, dict] = {}
+    for r in runs:
+        ref = first.setdefault(r["_data"], r)
+        for k in PROTOCOL_KEYS:
+            if r["protocol"].get(k) != ref["protocol"].get(k):
+                raise UsageError(f"{r['_dir']} and {ref['_dir']} ran {r['_data']} under different protocols: {k} "
+                                 f"{r['protocol'].get(k)!r} vs {ref['protocol'].get(k)!r}. Report them separately")
+        mine, theirs = _metric_protocols(r), _metric_protocols(ref)
+        for cls in sorted(set(mine) & set(theirs)):
+            if mine[cls] != theirs[cls]:
+                diff = sorted(k for k in set(mine[cls]) | set(theirs[cls]) if mine[cls].get(k) != theirs[cls].get(k))
+                raise UsageError(f"{r['_dir']} and {ref['_dir']} score {r['_data']} with different {cls} protocols "
+                                 f"({', '.join(diff)} differ). Report them separately")
+
+
+def _label(r: dict) -> str:
+    args = r.get("editor_args") or {}
+    short = {k: v for k, v in args.items() if k not in ("base", "augmentations", "delta") and not isinstance(v, (dict, list))}
+    return r["editor"] + (f" ({', '.join(f'{k}={v}' for k, v in list(short.items())[:3])})" if short else "")
+
+
+def table_rows(runs: list[dict]) -> list[dict]:
+    """One row per run (and one per distinct unedited baseline): labels, metrics, edit time."""
+    rows, seen = [], set()
+    for r in runs:
+        if r.get("baseline"):
+            key = (r["model_id"], r["_data"], repr(sorted(r["baseline"].items())))
+            if key not in seen:
+                seen.add(key)
+                rows.append({"run": r["_dir"], "method": "unedited (baseline)", "model": r["model"], "benchmark": r["_data"],
+                             "metrics": r["baseline"], "edit_s": None, "editor": "Unedited", "res": r})
+        rows.append({"run": r["_dir"], "method": _label(r), "model": r["model"], "benchmark": r["_data"],
+                     "metrics": r["metrics"], "edit_s": r["timing"].get("edit_s"), "editor": r["editor"], "res": r})
+    return rows
+
+
+def _metric_names(rows) -> list[str]:
+    return list(dict.fromkeys(k for row in rows for k in row["metrics"]))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    names = _metric_names(rows)
+    out = ["| benchmark | method | model | " + " | ".join(names) + " | edit_s |",
+           "|---" * (len(names) + 4) + "|"]
+    for row in rows:
+        cells = [f"{row['metrics'][k]['mean']:.3f} ± {row['metrics'][k]['std']:.3f} (n={row['metrics'][k]['n']})"
+                 if k in row["metrics"] else "—" for k in names]
+        edit = f"{row['edit_s']:.3f}" if row["edit_s"] is not None else "—"
+        out.append(f"| {row['benchmark']} | {row['method']} | {row['model']} | " + " | ".join(cells) + f" | {edit} |")
+    return "\n".join(out) + "\n"
+
+
+def write_csv(rows: list[dict], path) -> None:
+    import csv
+
+    names = _metric_names(rows)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["run", "benchmark", "method", "editor", "model", "edit_s"]
+                   + [f"{k}_{s}" for k in names for s in ("mean", "std", "n")])
+        for row in rows:
+            m = row["metrics"]
+            w.writerow([row["run"], row["benchmark"], row["method"], row["editor"], row["model"],
+                        "" if row["edit_s"] is None else row["edit_s"]]
+                       + [m[k][s] if k in m else "" for k in names for s in ("mean", "std", "n")])
+
+
+def refact_table(rows: list[dict]) -> str:
+    """ReFACT Table 1's layout: efficacy, generality, specificity (percent, ± std across seeds), F1, FID, CLIP.
+    FID and CLIP come from a caption-set run (coco30k; on the toy world toy_captions) of the same editor,
+    arguments and model among the runs given ("—" without one); a toy run's FID is the toy judge's and says so."""
+    quality = [r for r in rows if r["res"]["benchmark"] == "Captions"]
+    edits = [r for r in rows if r["res"]["benchmark"] != "Captions"]
+
+    def q_for(row):  # the quality run of the same method and model; none: "—" (not the edit prompts' CLIP-score)
+        for q in quality:
+            if (q["method"], q["model"]) == (row["method"], row["model"]):
+                return q["metrics"]
+        return {}
+
+    toy = any("toy_fid" in q_for(r) for r in edits)
+    fid_key, fid_name = ("toy_fid", "toy FID (judge tower) ↓") if toy else ("fid", "FID ↓")
+    out = [f"| Dataset | Method | Efficacy | Generality | Specificity | F1 | {fid_name} | CLIP ↑ |", "|---|---|---|---|---|---|---|---|"]
+
+    def pct(m, k):
+        return f"{100 * m[k]['mean']:.2f} ± {100 * m[k]['std']:.2f}" if k in m else "—"
+
+    for row in edits:
+        m, q = row["metrics"], q_for(row)
+        f1 = f"{100 * m['f1']['mean']:.2f}" if "f1" in m else "—"
+        fid = f"{q[fid_key]['mean']:.2f}" if fid_key in q else "—"
+        clip = f"{q['clip_score']['mean']:.2f}" if "clip_score" in q else "—"
+        out.append(f"| {row['benchmark']} | {row['method']} | {pct(m, 'efficacy')} | {pct(m, 'generality')} | "
+                   f"{pct(m, 'specificity')} | {f1} | {fid} | {clip} |")
+    return "\n".join(out) + "\n"
+
+
+def _stored_image(run_dir, variant: str, sample_id: str):
+    from pathlib import Path
+
+    p = Path(run_dir) / f"images_{variant}" / (sample_id.replace("/", "_").replace(":", "_") + ".png")
+    if not p.is_file():
+        return None
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
+def _regenerate(res: dict, ids: list[str], variant: str):
+    """The images of ``ids`` made again from the run's config: its editor (edited per case, once for the
+    fixed protocol, or not at all for the baseline) and its benchmark's sampler and seeds."""
+    import torch
+    from jsonargparse import ArgumentParser
+
+    from .benchmarks import Benchmark
+    from .editors import Editor
+    from .types import GenerationBatch
+
+    p = ArgumentParser(exit_on_error=False)
+    p.add_subclass_arguments(Editor, "model")
+    p.add_subclass_arguments(Benchmark, "data")
+    cfg = res["_config"]
+    init = p.instantiate_classes(p.parse_object({"model": cfg["model"], "data": cfg["data"]}))
+    editor, bench = init.model, init.data
+    by_id = {s.id: s for s in bench.samples()}
+    images = {}
+    edited = variant == "samples" and editor.edits != "none"
+    if edited and res["protocol"]["protocol"] == "fixed":
+        editor.apply_edit(bench.requests(), bench.preserve())
+    for sid in ids:
+        s = by_id[sid]
+        if edited and res["protocol"]["protocol"] == "per_case":
+            editor.activate(bench.case(s.case_id))
+        with torch.no_grad():
+            images[sid] = editor.predict_step(GenerationBatch((s,), bench.sampler, None))[0].float().cpu()
+    editor.restore()
+    return images
+
+
+def image_grid(runs: list[dict], k: int, path, regenerate: bool = True) -> list[str]:
+    """Rows: ``k`` prompts (samples every run has, the first seed of each); columns: the unedited model, then
+    each run's edited images of the same sample. Stored PNGs when the runs saved images, else regenerated."""
+    import json
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .errors import UsageError
+
+    def ids_of(r):
+        return [json.loads(x)["id"] for f in sorted((Path(r["_dir"]) / "samples").glob("rank*.jsonl"))
+                for x in f.read_text().splitlines()]
+
+    common = set(ids_of(runs[0]))
+    for r in runs[1:]:
+        common &= set(ids_of(r))
+    if not common:
+        raise UsageError("the runs share no sample: an image grid compares runs of the same benchmark and seeds")
+    chosen, prompts = [], set()
+    from .types import GROUPS
+
+    def order(sid):  # the first seed; each case's first prompt of every group before anyone's second
+        case, group, idx, seed = sid.rsplit("/", 3)
+        return int(seed), int(idx), case, GROUPS.index(group) if group in GROUPS else len(GROUPS)
+
+    for sid in sorted(common, key=order):
+        case, group, idx, _ = sid.rsplit("/", 3)
+        if (case, group, idx) not in prompts:
+            prompts.add((case, group, idx))
+            chosen.append(sid)
+        if len(chosen) == k:
+            break
+    base = next((r for r in runs if r.get("baseline")), runs[0])
+    columns = [("unedited", base, "baseline" if base.get("baseline") else None)] + [(_label(r), r, "samples") for r in runs]
+    cells = []
+    for _, r, variant in columns:
+        if variant is None:  # no stored baseline: the unedited model, regenerated
+            cells.append(_regenerate({**r, "_config": {**r["_config"], "model": {"class_path": "edit_bench.editors.unedited.Unedited",
+                                                                                   "init_args": {"base": r["_config"]["model"]["init_args"].get("base", "toy")}}}},
+                                     chosen, "baseline"))
+            continue
+        stored = {sid: _stored_image(r["_dir"], variant, sid) for sid in chosen}
+        if any(v is None for v in stored.values()):
+            if not regenerate:
+                raise UsageError(f"{r['_dir']} saved no images (eval --save_images true); drop --no-regenerate to make them again")
+            stored = _regenerate(r, chosen, variant)
+        cells.append(stored)
+    prompt = {json.loads(x)["id"]: json.loads(x)["prompt"] for f in sorted((Path(runs[0]["_dir"]) / "samples").glob("rank*.jsonl"))
+              for x in f.read_text().splitlines()}
+    fig, axes = plt.subplots(len(chosen), len(columns), figsize=(1.8 * len(columns) + 1.5, 1.8 * len(chosen)), squeeze=False)
+    for i, sid in enumerate(chosen):
+        for j, (label, _, _) in enumerate(columns):
+            ax = axes[i][j]
+            ax.imshow(cells[j][sid].permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                import textwrap
+
+                ax.set_title("\n".join(textwrap.wrap(label, 24)), fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"{prompt[sid]}\nseed {sid.rsplit('/', 1)[1]}", fontsize=6, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    from .io import write_atomic
+
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return chosen
+
+
+def main(argv=None) -> None:
+    """``python -m edit_bench report RUN_DIR... --out DIR``."""
+    import argparse
+    from pathlib import Path
+
+    from .io import write_atomic
+
+    p = argparse.ArgumentParser(prog="python -m edit_bench report",
+                                description="Tables (markdown, CSV, ReFACT Table 1's layout) and image grids from eval runs")
+    p.add_argument("runs", nargs="+", help="eval output directories (each with results.json)")
+    p.add_argument("--out", required=True, help="where to write table.md, table.csv, refact_table1.md, grid.png")
+    p.add_argument("--grid", type=int, default=0, help="rows (prompts) of an image grid; 0 = no grid")
+    p.add_argument("--no-regenerate", action="store_true", help="use stored images only (eval --save_images true)")
+    a = p.parse_args(argv)
+    runs = [load_run(r) for r in a.runs]
+    check_comparable(runs)
+    rows = table_rows(runs)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "table.md", markdown_table(rows))
+    write_atomic(out / "refact_table1.md", refact_table(rows))
+    write_csv(rows, out / ".table.csv.tmp")
+    (out / ".table.csv.tmp").replace(out / "table.csv")
+    written = ["table.md", "table.csv", "refact_table1.md"]
+    if a.grid:
+        image_grid([r for r in runs if r["benchmark"] == runs[0]["benchmark"]], a.grid, out / "grid.png",
+                   regenerate=not a.no_regenerate)
+        written.append("grid.png")
+    print(markdown_table(rows))
+    print("edit_bench report: " + ", ".join(str(out / w) for w in written))
