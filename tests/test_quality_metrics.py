@@ -321,3 +321,30 @@ def test_caption_benchmark_draws_each_caption_once_with_its_seed_and_scores_qual
                     "--model.base", "tiny:sd1", "--data.requests", ROOT / "configs/requests/toy_blue_circle.yaml",
                     "--out_dir", tmp_path / "coco"])
     assert code == 2 and not (tmp_path / "coco").exists()  # no reference folder, no CLIP weights: a one-line error
+
+
+def test_toy_fid_grows_as_images_are_degraded():
+    """The toy twin of FID moves the right way: rendered scenes against the renderer's other draws of the same
+    captions score lowest, blurred or noisy ones higher, more blur or noise higher still."""
+    import random
+
+    import torchvision.transforms.functional as TF
+
+    from edit_bench.models.toy import world
+
+    fx = ImageFeatures.toy_judge()
+    rng = random.Random(0)
+    captions = [c for c in (world.random_caption(rng) for _ in range(400)) if c][:300]
+    scenes = [world.parse(c) for c in captions]
+    ref = fx(world.render(scenes, seeds=list(range(300)))).double().numpy()
+    mu, sigma = ref.mean(0), np.cov(ref, rowvar=False)
+    imgs = world.render(scenes, seeds=list(range(1000, 1300)))  # the same captions, other positions
+    from edit_bench.metrics.quality import frechet_distance
+
+    def fid(x):
+        return frechet_distance(fx(x).double().numpy(), mu, sigma)
+
+    clean = fid(imgs)
+    blur = [fid(TF.gaussian_blur(imgs, 7, s)) for s in (0.8, 1.6)]
+    noise = [fid((imgs + s * torch.randn(imgs.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)) for s in (0.1, 0.3)]
+    assert clean < blur[0] < blur[1] and clean < noise[0] < noise[1], (clean, blur, noise)

@@ -73,6 +73,13 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
                 assert q["edited_pixels"]["efficacy"]["n"] == 40 and q["edited_pixels"]["generality"]["n"] == 200
             continue
         assert module == "edit_bench", cmd
+        if args[0] == "report":
+            assert run_cli(args, cwd=tmp_path) == 0, cmd
+            out = tmp_path / args[args.index("--out") + 1]
+            assert all((out / f).is_file() for f in ("table.md", "table.csv", "refact_table1.md", "grid.png")), cmd
+            continue
+        if "toy_captions.yaml" in cmd:  # 200 captions: same code, 12
+            args = args + ["--data.n", "12"]
         if args[0] == "trace":  # the real runs take 40 s to 3 min: same code, 3 steps and one seed
             args = args + ["--sampler.steps", "3", "--sampler.seeds", "[0]", "--progress", "false"]
         if args[0] == "fit" and ("esd" in cmd or "concept_ablation" in cmd):  # 1 min each: same code, 2 steps
@@ -85,7 +92,7 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
                                                                           "guidance": 6.0, "eta": 1.0, "seeds": [0]})]
         code = run_cli(args, cwd=tmp_path)
         err = capsys.readouterr().err
-        if "configs/experiment/" in cmd:
+        if "configs/experiment/" in cmd or "coco30k.yaml" in cmd:
             assert code == 2 and "hf download" in err, (cmd, err)
             continue
         assert code == 0, (cmd, err)

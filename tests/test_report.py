@@ -13,10 +13,10 @@ def toy_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     runs = {}
     for name, editor, data, extra in (
-            ("time", "time", "toy_timed", ["--data.rows", "0:2", "--data.sampler.seeds", "[0]", "--save_images", "true"]),
-            ("uce", "uce", "toy_timed", ["--data.rows", "0:2", "--data.sampler.seeds", "[0]"]),
+            ("time", "time", "toy_timed", ["--data.rows", "0:1", "--data.sampler.seeds", "[0]", "--save_images", "true"]),
+            ("uce", "uce", "toy_timed", ["--data.rows", "0:1", "--data.sampler.seeds", "[0]"]),
             ("uce_q", "uce", "toy_captions", ["--data.n", "8"]),
-            ("time_2seeds", "time", "toy_timed", ["--data.rows", "0:2", "--data.sampler.seeds", "[0, 1]"])):
+            ("time_2seeds", "time", "toy_timed", ["--data.rows", "0:1", "--data.sampler.seeds", "[0, 1]"])):
         runs[name] = root / name
         assert run_cli(["eval", "--model", ROOT / f"configs/editor/{editor}.yaml", "--data", ROOT / f"configs/benchmark/{data}.yaml",
                         *extra, "--out_dir", runs[name]]) == 0
