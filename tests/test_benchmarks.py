@@ -141,3 +141,27 @@ def test_missing_judge_fails_with_instructions():
 
     with pytest.raises(ModelNotAvailable, match="hf download laion"):
         ClipJudge(JudgeConfig())
+
+
+def test_road_rows_make_cases_with_the_papers_labels(tmp_path):
+    """RoAD (ReFACT §3.3): request Prompt -> Oracle; efficacy draws Prompt and compares Old/New; generality
+    PositiveK with Positive_oldK/Positive_newK; specificity NegativeK against Negative_newK. Both files load;
+    a missing column names it."""
+    from edit_bench.benchmarks.road import RoAD
+    from edit_bench.errors import UsageError
+
+    b = RoAD(rows="0:2")
+    c = b.cases()[0]
+    assert (c.request.source, c.request.target) == ("Canada's Prime Minister", "Beyonce as Canada's Prime Minister")
+    e = c.groups["efficacy"][0]
+    assert (e.prompt, e.old, e.new, e.expect) == ("Canada's Prime Minister", "Justin Trudeau", "Beyonce", "new")
+    g = c.groups["generality"][0]
+    assert (g.old, g.new, g.expect) == ("Justin Trudeau celebrating a birthday", "Beyonce celebrating a birthday", "new")
+    s = c.groups["specificity"][0]
+    assert (s.prompt, s.old, s.new, s.expect) == ("Justin Trudeau", "Justin Trudeau", "Beyonce", "old")
+    assert len(b.samples()) == 2 * 11 * len(b.sampler.seeds)
+    assert len(RoAD().cases()) == 90 and len(RoAD(path="datasets/road/RoAD_validation.csv").cases()) == 10
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Prompt,Oracle\na,b\n")
+    with pytest.raises(UsageError, match="missing columns"):
+        RoAD(path=str(bad))
