@@ -47,6 +47,14 @@ def read_csv(path: str | Path, required: list[str], optional: tuple[str, ...] = 
     return [{k: (v or "").strip() for k, v in r.items() if k in required or k in optional} for r in rows]
 
 
+def row_request(path, i: int, source: str, target: str) -> EditRequest:
+    """The request of data row ``i``; a bad one is a usage error naming the file and line."""
+    try:
+        return EditRequest(source, target)
+    except ValueError as e:
+        raise UsageError(f"{path}: row {i} (line {i + 2}): {e}") from None
+
+
 def select_rows(n: int, rows: str | None) -> list[int]:
     """Row indices from a selection: ``None`` = all, ``"0:10"`` = a slice, ``"3,5,9"`` = a list."""
     if rows is None or str(rows).strip() == "":

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UsageError
-from ..types import EditCase, EditRequest, PromptPair
-from .base import Benchmark, read_csv, select_rows
+from ..types import EditCase, PromptPair
+from .base import Benchmark, read_csv, row_request, select_rows
 
 K = 5
 COLUMNS = (["Prompt", "Oracle", "Old", "New"]
@@ -42,10 +41,7 @@ class RoAD(Benchmark):
         stem = Path(self.path).stem
         out = []
         for i, r in self._table:
-            try:
-                request = EditRequest(r["Prompt"], r["Oracle"])
-            except ValueError as e:
-                raise UsageError(f"{self.path}: row {i} (line {i + 2}): {e}") from None
+            request = row_request(self.path, i, r["Prompt"], r["Oracle"])
             groups = {
                 "efficacy": (PromptPair(r["Prompt"], r["Old"], r["New"], "new"),),
                 "generality": tuple(PromptPair(r[f"Positive{k}"], r[f"Positive_old{k}"], r[f"Positive_new{k}"], "new")

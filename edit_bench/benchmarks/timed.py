@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..types import EditCase, EditRequest, PromptPair
-from .base import Benchmark, read_csv, select_rows
-from ..errors import UsageError
+from ..types import EditCase, PromptPair
+from .base import Benchmark, read_csv, row_request, select_rows
 
 K = 5
 COLUMNS = (["old", "new"] + [c for k in range(1, K + 1) for c in (f"positive{k}", f"gt{k}")]
@@ -41,10 +40,7 @@ class TIMED(Benchmark):
         stem = Path(self.path).stem
         out = []
         for i, r in self._table:
-            try:
-                request = EditRequest(r["old"], r["new"])
-            except ValueError as e:
-                raise UsageError(f"{self.path}: row {i} (line {i + 2}): {e}") from None
+            request = row_request(self.path, i, r["old"], r["new"])
             groups = {
                 "efficacy": (PromptPair(r["old"], r["old"], r["new"], "new"),),
                 "generality": tuple(PromptPair(r[f"positive{k}"], r[f"positive{k}"], r[f"gt{k}"], "new") for k in range(1, K + 1)),

@@ -11,7 +11,7 @@ file, where the library looks for it, and the setting that points the metric at 
 
 from __future__ import annotations
 
-import math
+import abc
 from pathlib import Path
 from typing import ClassVar
 
@@ -432,13 +432,13 @@ class PairedMetric(_RecordScalar):
 
     paired: ClassVar[bool] = True
 
+    @abc.abstractmethod
     def reference(self, images: Tensor) -> Tensor:
         """What the baseline pass stores per image ``[B, F]`` (float)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def distance(self, images: Tensor, reference: Tensor) -> Tensor:
         """``[B]`` distances between ``images`` and the stored ``reference`` rows of the same samples."""
-        raise NotImplementedError
 
     def score_pairs(self, images: Tensor, reference: Tensor) -> dict[str, list[float]]:
         with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
