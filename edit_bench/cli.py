@@ -52,7 +52,7 @@ class EditTrainer(L.Trainer):
         torch.set_float32_matmul_precision(matmul_precision)
 
     def eval(self, model: Editor, datamodule: EditData | None = None, out_dir: str = "runs/eval",
-             save_images: bool = False) -> dict | None:
+             save_images: bool = False, baseline_cache: bool = True) -> dict | None:
         """Edit, generate and judge every sample of a benchmark; write OUT_DIR/results.json.
 
         Args:
@@ -60,8 +60,10 @@ class EditTrainer(L.Trainer):
             datamodule: the benchmark.
             out_dir: the run directory; rerunning the same command resumes it.
             save_images: also save every image as OUT_DIR/images_samples/<sample id>.png (and images_baseline/).
+            baseline_cache: reuse the unedited model's scored samples of earlier runs (same model, sampler,
+                precision, metrics and sample), kept in $EDIT_BENCH_CACHE/baseline; false regenerates them.
         """
-        return Evaluation(model, datamodule, out_dir, self.config_yaml, save_images).run(self, self.matmul_precision)
+        return Evaluation(model, datamodule, out_dir, self.config_yaml, save_images, baseline_cache).run(self, self.matmul_precision)
 
     def fit_fingerprint(self, model: Editor, data: EditData) -> dict:
         """What decides a fit's delta: editor, requests, model identity, precision and, for trained editors,

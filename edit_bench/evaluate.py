@@ -18,6 +18,7 @@ The protocol (one place, :func:`plan`):
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from .benchmarks import Benchmark
 from .editors import Editor
 from .errors import UsageError
-from .identity import file_digest
+from .baseline_cache import BaselineCache
+from .identity import file_digest, source_identity
 from .rundir import RunDir, versions
 from .types import GenerationBatch, Record, Sample
 
@@ -235,13 +237,17 @@ class Evaluation:
         out_dir: the run directory; rerunning the same evaluation resumes it.
         config_yaml: the resolved config, kept as ``config.yaml`` (the CLI passes it).
         save_images: also save every image as ``OUT_DIR/images_<variant>/<sample id>.png``.
+        baseline_cache: reuse (and add to) the unedited model's scored samples kept in
+            ``$EDIT_BENCH_CACHE/baseline`` (:mod:`edit_bench.baseline_cache`); when off, or when images are
+            saved, the baseline is generated whole.
     """
 
-    def __init__(self, editor: Editor, bench: Benchmark, out_dir: str | Path, config_yaml: str = "", save_images: bool = False):
+    def __init__(self, editor: Editor, bench: Benchmark, out_dir: str | Path, config_yaml: str = "", save_images: bool = False,
+                 baseline_cache: bool = True):
         if not isinstance(bench, Benchmark):
             raise UsageError(f"eval needs a benchmark (--data configs/benchmark/...yaml); got {type(bench).__name__}")
         self.editor, self.bench, self.out_dir = editor, bench, Path(out_dir)
-        self.config_yaml, self.save_images = config_yaml, save_images
+        self.config_yaml, self.save_images, self.baseline_cache = config_yaml, save_images, baseline_cache
 
     def validate(self) -> Plan:
         """Everything that can fail on bad input fails here, before the run directory exists."""
@@ -284,27 +290,71 @@ class Evaluation:
         edits_before = {v: set(run.load_edits(v)) for v in variants}
         if trainer.is_global_zero:
             run.create(self.config_yaml)
-        wall = {}
+        cache = self._cache(trainer, matmul_precision) if the_plan.baseline else None
+        wall, cached = {}, {"hits": 0, "added": 0}
         for variant in variants:
             mode = the_plan.mode if variant == "samples" else "as_is"
             pending = [s for s in samples if s.id not in before[variant]]
             t0 = time.perf_counter()
+            if variant == "baseline" and cache is not None and pending:
+                hits = cache.lookup(pending)  # read-only: every rank finds the same
+                if trainer.is_global_zero and hits:
+                    self._write_hits(run, cache, pending, hits)
+                cached["hits"] = len(hits)
+                pending = [s for s in pending if s.id not in hits]
             if pending:
                 try:
                     trainer.predict(_Pass(editor, bench, pending, mode, run, variant, self.save_images), return_predictions=False)
                 finally:
                     editor.restore()
                 trainer.strategy.barrier()
+                if variant == "baseline" and cache is not None and trainer.is_global_zero:
+                    cached["added"] = cache.store(pending, run.load_records(variant),
+                                                  {n: run.load_features(n, variant) for n in cache.feature_names})
             wall[variant] = time.perf_counter() - t0
         if not trainer.is_global_zero:
             return None
         scored = {v: self._score(run, v, samples) for v in variants}
         results = self._results(the_plan, run, scored, before, edits_before, wall, trainer, matmul_precision, resumed)
+        if cache is not None:
+            results["samples"]["baseline_cache"] = {**cached, "path": str(cache.path)}
         path = run.write_json("results.json", results)
         from .report import format_table
 
         print(format_table(results, path))
         return results
+
+    def _cache(self, trainer: L.Trainer, matmul_precision: str) -> BaselineCache | None:
+        """The baseline cache of this evaluation's unedited samples (``None`` when off)."""
+        if not self.baseline_cache or self.save_images:
+            return None
+        editor, bench = self.editor, self.bench
+        s = bench.sampler
+        generator = type(editor).predict_step
+        context = {
+            "model_id": editor.t2i.identity["id"],
+            "delta_id": file_digest(Path(editor.delta)).hexdigest()[:16] if editor.delta is not None else None,
+            "sampler": {"scheduler": s.scheduler, "steps": s.steps, "guidance": s.guidance, "eta": s.eta,
+                        "size": s.size or editor.t2i.native_size},
+            "precision": str(trainer.precision), "matmul_precision": matmul_precision,
+            "device": trainer.strategy.root_device.type,
+            "metrics": [{"protocol": _jsonable(m.describe()), "identity": _jsonable(m.identity()),
+                         "code": source_identity(sys.modules[type(m).__module__].__file__)} for m in bench.metrics],
+            "generator": {"predict_step": f"{generator.__module__}.{generator.__qualname__}",
+                          "code": [source_identity(sys.modules[generator.__module__].__file__),
+                                   source_identity(sys.modules[type(editor.t2i).__module__].__file__)]},
+            "versions": versions(),
+        }
+        names = [type(m).__name__ for m in bench.metrics if m.stores_features or getattr(m, "paired", False)]
+        return BaselineCache(context, names)
+
+    @staticmethod
+    def _write_hits(run: RunDir, cache: BaselineCache, pending: list[Sample], hits: dict) -> None:
+        """Put the cache's records and features of ``hits`` into the run, as the baseline pass would have."""
+        found = [s for s in pending if s.id in hits]
+        for name in cache.feature_names:
+            run.save_features(0, name, [s.id for s in found], torch.stack([hits[s.id][2][name] for s in found]), "baseline")
+        run.append_records(0, [Record.from_sample(s, hits[s.id][0], hits[s.id][1]) for s in found], "baseline")
 
     def _score(self, run: RunDir, variant: str, samples: list[Sample]) -> dict:
         """Every metric from the stored records (and features) of this benchmark's samples, in sample order."""

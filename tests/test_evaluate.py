@@ -2,6 +2,7 @@
 computed from the records, sharding by whole cases."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +100,34 @@ def test_requests_and_edits_run_without_autocast():
         ed.apply_edit([EditRequest("A banana", "A blue banana")])
     for n, p in ed.edited_parameters().items():
         assert torch.equal(p, plain[n])
+
+
+def test_baseline_cache_reuses_the_unedited_samples_with_identical_numbers(tmp_path, monkeypatch):
+    """A second evaluation finds the unedited samples the first one scored (records, stored features, paired
+    references) and gives the numbers of the first, which generated them; a changed sampler is another
+    context, and ``baseline_cache=False`` neither reads nor writes."""
+    from edit_bench.metrics.quality import SSIM
+
+    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
+
+    def bench(steps=2):
+        return TIMED(rows="0:1", sampler=SamplerConfig(steps=steps, size=32, seeds=[0]), judge=JudgeConfig(model="tiny:random"),
+                     batch_size=4, baseline=True, metrics=[EditScores(), MeanColour(), SSIM()])
+
+    first = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "first").run(_trainer())
+    assert first["samples"]["baseline_cache"] == {"hits": 0, "added": 11, "path": first["samples"]["baseline_cache"]["path"]}
+    again = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "again").run(_trainer())
+    assert again["samples"]["baseline_cache"]["hits"] == 11 and again["samples"]["baseline_cache"]["added"] == 0
+    assert again["baseline"] == first["baseline"] and again["baseline"]["brightness"]["n"] == 11
+    assert again["metrics"] == first["metrics"] and again["metrics"]["ssim"]["n"] == 11  # SSIM against cached references
+    scores = lambda run: [json.loads(x)["scores"] for x in (tmp_path / run / "baseline/rank0.jsonl").read_text().splitlines()]
+    assert sorted(map(json.dumps, scores("again"))) == sorted(map(json.dumps, scores("first")))
+
+    def cache(b, **kw):
+        ev = Evaluation(TIME(base="tiny:sd1"), b, tmp_path / "x", **kw)
+        ev.validate()
+        return ev._cache(_trainer(), "highest")
+
+    assert cache(bench()).path == Path(first["samples"]["baseline_cache"]["path"])
+    assert cache(bench(steps=3)).path != cache(bench()).path
+    assert cache(bench(), baseline_cache=False) is None
