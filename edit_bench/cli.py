@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
-from .benchmarks import EditData
+from .benchmarks import Benchmark, EditData
 from .benchmarks import discover as discover_benchmarks
 from .editors import Editor
 from .editors import discover as discover_editors
@@ -64,6 +64,25 @@ class EditTrainer(L.Trainer):
                 precision, metrics and sample), kept in $EDIT_BENCH_CACHE/baseline; false regenerates them.
         """
         return Evaluation(model, datamodule, out_dir, self.config_yaml, save_images, baseline_cache).run(self, self.matmul_precision)
+
+    def bench(self, model: Editor, datamodule: EditData | None = None, loops: str = "ours,authors",
+              reedit_per_seed: bool | None = None, out: str | None = None) -> dict:
+        """Time our evaluation loop against the authors'-style loop (one float32 pipeline call and one judge
+        call per image) on the same model and samples: images/s, the ratio, the time split and peak memory.
+
+        Args:
+            model: the editor.
+            datamodule: the benchmark (its rows, seeds and sampler are the samples timed).
+            loops: ``ours``, ``authors`` or both (comma-separated).
+            reedit_per_seed: the authors' loop edits again for every seed (ReFACT's script); default: the
+                editor's reference protocol.
+            out: also write the numbers as JSON to this file.
+        """
+        from .bench.throughput import run_bench
+
+        if not isinstance(datamodule, Benchmark):
+            raise UsageError(f"bench needs a benchmark (--data configs/benchmark/...yaml); got {type(datamodule).__name__}")
+        return run_bench(self, model, datamodule, self.matmul_precision, reedit_per_seed, out, loops)
 
     def fit_fingerprint(self, model: Editor, data: EditData) -> dict:
         """What decides a fit's delta: editor, requests, model identity, precision and, for trained editors,
@@ -164,7 +183,8 @@ def _peak_memory() -> dict:
 class EditCLI(LightningCLI):
     @staticmethod
     def subcommands():
-        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}, "eval": {"model", "datamodule"}}
+        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}, "eval": {"model", "datamodule"},
+                "bench": {"model", "datamodule"}}
 
     def _remember_config(self):
         sub = self.subcommand

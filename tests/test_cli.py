@@ -356,3 +356,30 @@ def test_a_run_from_python_resumes_from_the_cli(tmp_path):
     assert _eval(out) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["samples"]["new_this_run"] == 0 and res["metrics"] == first["metrics"]
+
+
+def test_bench_times_our_loop_and_the_authors_loop_on_the_same_samples(tmp_path, capsys):
+    """Both loops make the same images of the same samples (the judged scores agree exactly), the authors'
+    loop edits per case (or per case and seed), the cached rerun finds the baseline, and the split adds up."""
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", EDITOR, *TINY, "--data", BENCH, "--data.rows", "0:1", "--data.baseline", "true",
+            "--data.sampler.steps", "2", "--trainer.enable_progress_bar", "false"]
+    assert run_cli([*args, "--out", out]) == 0
+    r = json.loads(out.read_text())
+    assert "ours vs the authors' loop" in capsys.readouterr().out
+    assert list(r["loops"]) == ["ours", "ours_cached", "authors"] and r["images"] == 22
+    ours, cached, authors = (r["loops"][k] for k in ("ours", "ours_cached", "authors"))
+    assert ours["baseline_cache_hits"] == 0 and cached["baseline_cache_hits"] == 11 and cached["images_generated"] == 11
+    assert ours["edits"] == cached["edits"] == authors["edits"] == 1
+    for k in ("efficacy", "generality", "specificity"):
+        assert ours["metrics"][k] == cached["metrics"][k] == authors["metrics"][k]
+    assert ours["metrics"]["clip_score"] == pytest.approx(authors["metrics"]["clip_score"], rel=1e-3)
+    for x in r["loops"].values():
+        assert all(v >= 0 for k, v in x["split_s"].items() if k != "other") and x["split_s"]["unet"] > 0
+        assert sum(x["split_s"].values()) == pytest.approx(x["wall_s"], abs=0.01)
+    assert r["speedup"] == pytest.approx(authors["wall_s"] / ours["wall_s"], rel=0.01)
+    assert run_cli([*args, "--data.sampler.seeds", "[0, 1]", "--data.baseline", "false", "--loops", "authors",
+                    "--reedit_per_seed", "true", "--out", out]) == 0
+    assert json.loads(out.read_text())["loops"]["authors"]["edits"] == 2  # one case, two seeds
+    assert run_cli([*args, "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"]) == 2
+    assert "bench measures one process" in capsys.readouterr().err

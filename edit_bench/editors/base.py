@@ -37,6 +37,8 @@ class Editor(L.LightningModule):
         needs_grad: ``edit()`` runs with gradients enabled (optimising editors).
         trains: the editor is trained by Lightning's ``fit`` loop (``training_step``), not edited in closed
             form; ``eval`` evaluates its delta.
+        reference_reedits_per_seed: the method's reference script edits again for every seed (``bench``'s
+            authors' loop does the same by default).
 
     Args:
         base: the model spec for :func:`~edit_bench.models.load_t2i` (default: the shipped toy world).
@@ -46,6 +48,7 @@ class Editor(L.LightningModule):
     multi_request: ClassVar[bool] = False
     needs_grad: ClassVar[bool] = False
     trains: ClassVar[bool] = False
+    reference_reedits_per_seed: ClassVar[bool] = False
     delta: str | None = None  # only the identity editor evaluates a saved delta
 
     def __init__(self, base: str = "toy"):

@@ -64,6 +64,7 @@ class ReFACT(Editor):
     edits = "text_encoder"
     multi_request = False
     needs_grad = True
+    reference_reedits_per_seed = True  # the authors' script optimises again for every seed
 
     def __init__(self, layer: int = 9, layer_2: int | None = None, lr: float = 0.05, steps: int = 100,
                  stop_p: float = 0.99, clamp: float = 4.0, weight_decay: float = 0.1,
