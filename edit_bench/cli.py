@@ -33,13 +33,18 @@ class EditTrainer(L.Trainer):
         log_every_n_steps: Lightning's; default 1 here (the loss of every training step in ``metrics.csv``).
         checkpoint_every: ``fit`` of a trained editor keeps ``OUT_DIR/checkpoints/last.ckpt`` (the trained
             tensors and the optimizer) every this many steps; rerunning an interrupted ``fit`` resumes from it.
+        channels_last: generate with the UNet in ``channels_last`` memory format (faster convolutions on
+            recent GPUs; images equal up to float rounding).
+        compile_unet: ``torch.compile`` backend for the UNet's forward during ``eval``/``bench`` generation
+            (``inductor``; ``None`` = eager). Compiled once per process; edits change weights in place, which the
+            compiled forward reads (tested). Both settings are recorded in ``results.json`` (``fast_path``).
         **kwargs: Lightning's Trainer arguments.
     """
 
     config_yaml: str = ""  # the resolved config, set by the CLI (kept as config.yaml in the run directory)
 
     def __init__(self, *args, matmul_precision: Literal["highest", "high", "medium"] = "highest",
-                 checkpoint_every: int = 50, **kwargs):
+                 checkpoint_every: int = 50, channels_last: bool = False, compile_unet: str | None = None, **kwargs):
         if kwargs.get("log_every_n_steps") is None:
             kwargs["log_every_n_steps"] = 1  # a fit's metrics.csv holds the loss of every step
         super().__init__(*args, **kwargs)
@@ -49,6 +54,7 @@ class EditTrainer(L.Trainer):
         if matmul_precision not in ("highest", "high", "medium"):
             raise UsageError(f"matmul_precision must be highest, high or medium, got {matmul_precision!r}")
         self.matmul_precision = matmul_precision
+        self.channels_last, self.compile_unet = bool(channels_last), compile_unet or None
         torch.set_float32_matmul_precision(matmul_precision)
 
     def eval(self, model: Editor, datamodule: EditData | None = None, out_dir: str = "runs/eval",

@@ -59,6 +59,11 @@ def plan(editor: Editor, bench: Benchmark) -> Plan:
     return Plan(bench.protocol, bench.baseline)
 
 
+def fast_path_args(trainer: L.Trainer) -> dict:
+    """The trainer's generation fast path (``EditTrainer``'s ``channels_last``, ``compile_unet``)."""
+    return {"channels_last": bool(getattr(trainer, "channels_last", False)), "compile": getattr(trainer, "compile_unet", None)}
+
+
 def _jsonable(x):
     return json.loads(json.dumps(x, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
 
@@ -172,6 +177,7 @@ class _Pass(L.LightningModule):
     def on_predict_start(self) -> None:
         for m in self.metrics:
             m.to(self.device)
+        self.editor.t2i.fast_path(**fast_path_args(self.trainer))
         if self.mode == "fixed":  # the one edit, on the accelerator, before any image
             self.run.log_edit(self.global_rank, None, self.editor.apply_edit(self.requests, self.preserve), self.variant)
 
@@ -337,7 +343,7 @@ class Evaluation:
             "sampler": {"scheduler": s.scheduler, "steps": s.steps, "guidance": s.guidance, "eta": s.eta,
                         "size": s.size or editor.t2i.native_size},
             "precision": str(trainer.precision), "matmul_precision": matmul_precision,
-            "device": trainer.strategy.root_device.type,
+            "device": trainer.strategy.root_device.type, "fast_path": fast_path_args(trainer),
             "metrics": [{"protocol": _jsonable(m.describe()), "identity": _jsonable(m.identity()),
                          "code": source_identity(sys.modules[type(m).__module__].__file__)} for m in bench.metrics],
             "generator": {"predict_step": f"{generator.__module__}.{generator.__qualname__}",
@@ -400,7 +406,8 @@ class Evaluation:
             "baseline": scored["baseline"]["metrics"] if "baseline" in scored else None,
             "protocol": {**bench.protocol_info(), "protocol": the_plan.mode, "size": size,
                          "metrics": [m.describe() for m in bench.metrics],
-                         "precision": str(trainer.precision), "matmul_precision": matmul_precision},
+                         "precision": str(trainer.precision), "matmul_precision": matmul_precision,
+                         "fast_path": editor.t2i.fast_path(**fast_path_args(trainer))},
             "timing": {
                 "edit_s": sum(e["edit_s"] for e in edits) / len(edits) if edits else None,
                 "edits": len(edits),

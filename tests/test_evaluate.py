@@ -131,3 +131,25 @@ def test_baseline_cache_reuses_the_unedited_samples_with_identical_numbers(tmp_p
     assert cache(bench()).path == Path(first["samples"]["baseline_cache"]["path"])
     assert cache(bench(steps=3)).path != cache(bench()).path
     assert cache(bench(), baseline_cache=False) is None
+
+
+def test_compiled_and_channels_last_unet_follows_edits_made_in_place():
+    """The fast path keeps the UNet's own parameters: after an edit (in place) and after a restore, the
+    compiled, channels_last UNet draws what the eager one draws (CPU, float32, dynamo's ``aot_eager`` backend:
+    the same graph capture as inductor without a C++ toolchain)."""
+    sampler = SamplerConfig(steps=2, size=32, seeds=[0])
+    req = [EditRequest("a cat", "a dog")]
+    prompts, seeds = ["a cat", "a photo of a cat"], [0, 1]
+    eager, fast = TIME(base="tiny:sd1"), TIME(base="tiny:sd1")
+    info = fast.t2i.fast_path(channels_last=True, compile="aot_eager")
+    assert info["compile"] == "aot_eager" and info["attention"] == ["AttnProcessor2_0"]  # diffusers' SDPA processor
+    before = fast.t2i.generate(prompts, seeds, sampler)
+    assert torch.allclose(before, eager.t2i.generate(prompts, seeds, sampler), atol=1e-5)
+    eager.apply_edit(req)
+    fast.apply_edit(req)
+    edited = fast.t2i.generate(prompts, seeds, sampler)
+    assert torch.allclose(edited, eager.t2i.generate(prompts, seeds, sampler), atol=1e-5)
+    assert (edited - before).abs().max() > 1e-3  # the compiled forward saw the new weights
+    fast.restore()
+    assert torch.allclose(fast.t2i.generate(prompts, seeds, sampler), before, atol=1e-5)
+    assert fast.t2i.fast_path(compile="aot_eager")["compile"] == "aot_eager"  # compiled once: left as it is

@@ -381,6 +381,18 @@ class T2IModel(nn.Module):
             raise UsageError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
         return getattr(diffusers, SCHEDULERS[name]).from_config(self.scheduler_config)
 
+    def fast_path(self, channels_last: bool = False, compile: str | None = None) -> dict:
+        """Set the generation fast path in place and describe it: the UNet in ``channels_last`` memory format,
+        its forward compiled with ``torch.compile(backend=compile)`` (once: a compiled UNet is left as it is;
+        parameters stay the module's own, so in-place edits reach the compiled forward), and the attention
+        processors in use (diffusers' default on PyTorch 2 is SDPA, ``AttnProcessor2_0``)."""
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if compile and getattr(self.unet, "_compiled_call_impl", None) is None:
+            self.unet.compile(backend=compile)
+        return {"channels_last": bool(channels_last), "compile": compile,
+                "attention": sorted({type(p).__name__ for p in self.unet.attn_processors.values()})}
+
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], sampler, conditioning: Conditioning | None = None) -> Tensor:
         """Images ``[B, 3, H, W]`` in [0, 1] with batched classifier-free guidance.
