@@ -78,6 +78,15 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
             out = tmp_path / args[args.index("--out") + 1]
             assert all((out / f).is_file() for f in ("table.md", "table.csv", "refact_table1.md", "grid.png")), cmd
             continue
+        if args[0] == "bench":  # minutes on the toy world, a GPU for random:sd1: same code, 11 samples, 2 steps, CPU
+            args = [{"random:sd1": "tiny:sd1", "ViT-bigG-14": "tiny:random", "gpu": "cpu", "16-mixed": "32-true"}.get(a, a)
+                    for a in args] + ["--data.rows", "0:1", "--data.sampler.seeds", "[0]", "--data.sampler.steps", "2"]
+            if "tiny:sd1" in args:
+                args += ["--data.sampler.size", "32"]
+            assert run_cli(args, cwd=tmp_path) == 0, cmd
+            out = json.loads((tmp_path / args[args.index("--out") + 1]).read_text())
+            assert out["images"] == 22 and out["loops"]["authors"]["images_per_s"] > 0, cmd
+            continue
         if "toy_captions.yaml" in cmd:  # 200 captions: same code, 12
             args = args + ["--data.n", "12"]
         if args[0] == "trace":  # the real runs take 40 s to 3 min: same code, 3 steps and one seed
