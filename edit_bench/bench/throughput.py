@@ -10,7 +10,7 @@ pays) and again with the baseline found in it (what every later editor on these 
 
 The split (edit, text encoding, UNet, VAE decode, judge, other) comes from forward hooks on the model's
 components, timed with a device synchronisation at each call's start and end; a call made inside the edit
-counts as edit.
+counts as edit; "judge" is every metric's work on the images (scores, stored features, paired references).
 """
 
 from __future__ import annotations
@@ -83,8 +83,10 @@ class Split:
             self._handles.append(m.register_forward_pre_hook(lambda *_, p=part: self._enter(p)).remove)
             self._handles.append(m.register_forward_hook(lambda *_, p=part: self._exit(p)).remove)
         self._wrap(self.editor, "apply_edit", "edit")
-        for m in self.metrics:
-            self._wrap(m, "score", "judge")
+        for m in self.metrics:  # every metric's work on images: scores, stored features, paired references
+            for name in ("score", "features", "reference", "score_pairs"):
+                if callable(getattr(m, name, None)):
+                    self._wrap(m, name, "judge")
         return self
 
     def __exit__(self, *exc):
@@ -255,7 +257,7 @@ def format_bench(r: dict) -> str:
     head = (f"edit_bench bench: {r['editor']} on {r['benchmark']} ({r['samples']} samples, {r['images']} images"
             f"{' incl. baseline' if r['baseline'] else ''}), {r['model']}, {r['device']}, precision {r['precision']}, "
             f"{r['sampler']['scheduler']} {r['sampler']['steps']} steps")
-    cols = ["loop", "wall s", "images/s", "edits", *PARTS, "other", "peak RSS MB", "peak CUDA MB"]
+    cols = ["loop", "wall s", "images/s", "edits", *(f"{p} s" for p in PARTS), "other s", "peak RSS MB (process)", "peak CUDA MB"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, x in r["loops"].items():
         row = [name, f"{x['wall_s']:.2f}", f"{x['images_per_s']:.2f}", str(x["edits"]),
