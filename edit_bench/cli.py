@@ -54,6 +54,12 @@ class EditTrainer(L.Trainer):
         if matmul_precision not in ("highest", "high", "medium"):
             raise UsageError(f"matmul_precision must be highest, high or medium, got {matmul_precision!r}")
         self.matmul_precision = matmul_precision
+        if compile_unet:
+            from torch import _dynamo
+
+            if compile_unet not in _dynamo.list_backends(exclude_tags=()):
+                raise UsageError(f"unknown torch.compile backend {compile_unet!r} for --trainer.compile_unet: use inductor "
+                                 "(or another of torch._dynamo.list_backends()), or leave it unset for eager")
         self.channels_last, self.compile_unet = bool(channels_last), compile_unet or None
         torch.set_float32_matmul_precision(matmul_precision)
 

@@ -20,17 +20,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from .baseline_cache import BaselineCache
 from .benchmarks import Benchmark
 from .editors import Editor
 from .errors import UsageError
-from .baseline_cache import BaselineCache
 from .identity import file_digest, source_identity
 from .rundir import RunDir, versions
 from .types import GenerationBatch, Record, Sample
@@ -57,6 +57,18 @@ def plan(editor: Editor, bench: Benchmark) -> Plan:
             f"{len(bench.requests())} requests at once: use protocol per_case, or select one row (--data.rows)"
         )
     return Plan(bench.protocol, bench.baseline)
+
+
+def aggregate(metrics, records: list[Record], features: dict[str, torch.Tensor] | None = None) -> dict:
+    """Every metric's numbers from ``records`` (and, for the metrics that store them, their ``features``
+    by metric class name, in record order)."""
+    out = {}
+    for m in metrics:
+        m.reset()
+        m.update(records, (features or {}).get(type(m).__name__))
+        out.update(m.compute())
+        m.reset()
+    return out
 
 
 def fast_path_args(trainer: L.Trainer) -> dict:
@@ -335,20 +347,15 @@ class Evaluation:
         if not self.baseline_cache or self.save_images:
             return None
         editor, bench = self.editor, self.bench
-        s = bench.sampler
+        fp = fingerprint(editor, bench, trainer.precision, matmul_precision)
+        code = lambda obj: source_identity(sys.modules[obj.__module__].__file__)
         generator = type(editor).predict_step
-        context = {
-            "model_id": editor.t2i.identity["id"],
-            "delta_id": file_digest(Path(editor.delta)).hexdigest()[:16] if editor.delta is not None else None,
-            "sampler": {"scheduler": s.scheduler, "steps": s.steps, "guidance": s.guidance, "eta": s.eta,
-                        "size": s.size or editor.t2i.native_size},
-            "precision": str(trainer.precision), "matmul_precision": matmul_precision,
+        context = {  # the run fingerprint's model, delta, metrics and precision, without editor or benchmark
+            **{k: fp.get(k) for k in ("model_id", "delta_id", "metrics", "precision", "matmul_precision")},
+            "sampler": {**asdict(bench.sampler), "seeds": None, "size": bench.sampler.size or editor.t2i.native_size},
             "device": trainer.strategy.root_device.type, "fast_path": fast_path_args(trainer),
-            "metrics": [{"protocol": _jsonable(m.describe()), "identity": _jsonable(m.identity()),
-                         "code": source_identity(sys.modules[type(m).__module__].__file__)} for m in bench.metrics],
-            "generator": {"predict_step": f"{generator.__module__}.{generator.__qualname__}",
-                          "code": [source_identity(sys.modules[generator.__module__].__file__),
-                                   source_identity(sys.modules[type(editor.t2i).__module__].__file__)]},
+            "code": {"metrics": [code(type(m)) for m in bench.metrics],
+                     "generator": [f"{generator.__module__}.{generator.__qualname__}", code(generator), code(type(editor.t2i))]},
             "versions": versions(),
         }
         names = [type(m).__name__ for m in bench.metrics if m.stores_features or getattr(m, "paired", False)]
@@ -369,17 +376,12 @@ class Evaluation:
         if missing:
             raise RuntimeError(f"{len(missing)} sample(s) have no record after the run (e.g. {missing[0]})")
         records = [stored[s.id] for s in samples]
-        out = {}
+        feats = {}
         for m in self.bench.metrics:
-            feats = None
             if m.stores_features:
                 by_id = run.load_features(type(m).__name__, variant)
-                feats = torch.stack([by_id[r.id] for r in records])
-            m.reset()
-            m.update(records, feats)
-            out.update(m.compute())
-            m.reset()
-        return {"metrics": out, "records": records}
+                feats[type(m).__name__] = torch.stack([by_id[r.id] for r in records])
+        return {"metrics": aggregate(self.bench.metrics, records, feats), "records": records}
 
     def _editor_info(self, run: RunDir) -> dict:
         """The editor's report of this run's edits: one rank's as is, several ranks' by rank."""
@@ -407,7 +409,7 @@ class Evaluation:
             "protocol": {**bench.protocol_info(), "protocol": the_plan.mode, "size": size,
                          "metrics": [m.describe() for m in bench.metrics],
                          "precision": str(trainer.precision), "matmul_precision": matmul_precision,
-                         "fast_path": editor.t2i.fast_path(**fast_path_args(trainer))},
+                         "fast_path": {**fast_path_args(trainer), "attention": editor.t2i.attention_processors()}},
             "timing": {
                 "edit_s": sum(e["edit_s"] for e in edits) / len(edits) if edits else None,
                 "edits": len(edits),

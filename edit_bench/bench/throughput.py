@@ -77,8 +77,7 @@ class Split:
         self._handles.append(lambda: obj.__dict__.pop(name, None))
 
     def __enter__(self):
-        t2i = self.editor.t2i
-        modules = [("text", m) for _, m in t2i.text_encoders()] + [("unet", t2i.unet), ("decode", t2i.vae.decoder)]
+        modules = [(part, m) for part, ms in self.editor.t2i.stage_modules().items() for m in ms]
         for part, m in modules:
             self._handles.append(m.register_forward_pre_hook(lambda *_, p=part: self._enter(p)).remove)
             self._handles.append(m.register_forward_hook(lambda *_, p=part: self._exit(p)).remove)
@@ -107,27 +106,15 @@ def _peak(device) -> dict:
     return out
 
 
-def _pipeline(t2i, scheduler):
-    """A diffusers pipeline on the model's own components (no copy), as the reference scripts build one."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if t2i.family == "sdxl":
-        return StableDiffusionXLPipeline(vae=t2i.vae, text_encoder=t2i.text_encoder, text_encoder_2=t2i.text_encoder_2,
-                                         tokenizer=t2i.tokenizers[0], tokenizer_2=t2i.tokenizers[1], unet=t2i.unet,
-                                         scheduler=scheduler, force_zeros_for_empty_prompt=t2i.force_zeros_for_empty_prompt)
-    return StableDiffusionPipeline(vae=t2i.vae, text_encoder=t2i.text_encoder, tokenizer=t2i.tokenizer, unet=t2i.unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-
-
 def authors_loop(editor, bench, device: torch.device, reedit_per_seed: bool) -> dict:
     """Every sample as the reference scripts make it: edit per case (or per case and seed), one float32
     pipeline call per image, the judge per image; the baseline (when the benchmark scores one) likewise on
-    the unedited model. Returns the records by variant and the number of edits."""
+    the unedited model. Returns the records by variant, the number of edits and the metrics scored (those
+    of the benchmark's that need no stored features or pairs)."""
     t2i = editor.t2i
     t2i.to(device, torch.float32)
     s = bench.sampler
-    pipe = _pipeline(t2i, t2i.make_scheduler(s.scheduler))
+    pipe = t2i.diffusers_pipeline(s.scheduler)
     pipe.set_progress_bar_config(disable=True)
     size = s.size or t2i.native_size
     metrics = [m for m in bench.metrics if not m.stores_features and not getattr(m, "paired", False)]
@@ -165,26 +152,13 @@ def authors_loop(editor, bench, device: torch.device, reedit_per_seed: bool) -> 
                     edits, last = edits + 1, key
             one(sample, "samples")
     editor.restore()
-    return {"records": records, "edits": edits}
-
-
-def _scores(bench, records: list[Record]) -> dict:
-    """The benchmark's record-level metrics (no stored features, no pairs) of ``records``."""
-    out = {}
-    for m in bench.metrics:
-        if m.stores_features or getattr(m, "paired", False) or not records:
-            continue
-        m.reset()
-        m.update(records, None)
-        out.update(m.compute())
-        m.reset()
-    return out
+    return {"records": records, "edits": edits, "metrics": metrics}
 
 
 def run_bench(trainer, editor, bench, matmul_precision: str = "highest", reedit_per_seed: bool | None = None,
               out: str | None = None, loops: str = "ours,authors") -> dict:
     """Measure both loops on ``bench``'s samples; print the comparison and return it (also as JSON at ``out``)."""
-    from ..evaluate import Evaluation
+    from ..evaluate import Evaluation, aggregate
 
     if trainer.world_size != 1:
         raise UsageError(f"bench measures one process; got {trainer.world_size} (use --trainer.devices 1)")
@@ -221,7 +195,7 @@ def run_bench(trainer, editor, bench, matmul_precision: str = "highest", reedit_
                     hits = res["samples"].get("baseline_cache", {}).get("hits", 0)
                 else:
                     a = authors_loop(editor, bench, device, reedit_per_seed)
-                    metrics, edits, hits = _scores(bench, a["records"]["samples"]), a["edits"], 0
+                    metrics, edits, hits = aggregate(a["metrics"], a["records"]["samples"]), a["edits"], 0
                 wall = time.perf_counter() - t0
             generated = n_images - hits
             parts = {k: round(v, 3) for k, v in split.seconds.items()}

@@ -390,8 +390,29 @@ class T2IModel(nn.Module):
             self.unet.to(memory_format=torch.channels_last)
         if compile and getattr(self.unet, "_compiled_call_impl", None) is None:
             self.unet.compile(backend=compile)
-        return {"channels_last": bool(channels_last), "compile": compile,
-                "attention": sorted({type(p).__name__ for p in self.unet.attn_processors.values()})}
+        return {"channels_last": bool(channels_last), "compile": compile, "attention": self.attention_processors()}
+
+    def attention_processors(self) -> list[str]:
+        """The UNet's attention processor classes (diffusers' SDPA processor is ``AttnProcessor2_0``)."""
+        return sorted({type(p).__name__ for p in self.unet.attn_processors.values()})
+
+    def stage_modules(self) -> dict[str, list[nn.Module]]:
+        """The modules of each generation stage (``text``, ``unet``, ``decode``), for timing them."""
+        return {"text": [m for _, m in self.text_encoders()], "unet": [self.unet], "decode": [self.vae.decoder]}
+
+    def diffusers_pipeline(self, scheduler: str):
+        """A diffusers text-to-image pipeline on this model's own components (nothing copied), as the
+        reference scripts build one, with the named scheduler (``pndm``, ``ddim``, ``lms``, ...)."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        sched = self.make_scheduler(scheduler)
+        if self.family == "sdxl":
+            return StableDiffusionXLPipeline(vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
+                                             tokenizer=self.tokenizers[0], tokenizer_2=self.tokenizers[1], unet=self.unet,
+                                             scheduler=sched, force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt)
+        return StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+                                       scheduler=sched, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], sampler, conditioning: Conditioning | None = None) -> Tensor:
