@@ -132,6 +132,16 @@ def shard(samples: list[Sample], mode: str, rank: int, world: int) -> list[Sampl
     return out
 
 
+def _write_hits(run: RunDir, cache: BaselineCache, pending: list[Sample], hits: dict) -> None:
+    """Put the cache's records and features of ``hits`` into the run, as the baseline pass would have."""
+    found = [s for s in pending if s.id in hits]
+    if not found:
+        return
+    for name in cache.feature_names:
+        run.save_features(0, name, [s.id for s in found], torch.stack([hits[s.id][2][name] for s in found]), "baseline")
+    run.append_records(0, [Record.from_sample(s, hits[s.id][0], hits[s.id][1]) for s in found], "baseline")
+
+
 class _Batches(IterableDataset):
     """One rank's generation batches (iterable, so Lightning does not re-split them across ranks)."""
 
@@ -154,14 +164,14 @@ class _Pass(L.LightningModule):
     and the scoring and writing of each batch on the rank that generated it."""
 
     def __init__(self, editor: Editor, bench: Benchmark, pending: list[Sample], mode: str, run: RunDir, variant: str,
-                 save_images: bool):
+                 save_images: bool, cache: BaselineCache | None = None):
         super().__init__()
         self.editor = editor
         self.metrics = list(bench.metrics)  # a plain list: Lightning's precision never casts the judges
         self.requests, self.preserve = bench.requests(), bench.preserve()
         self.cases = {s.case_id: bench.case(s.case_id) for s in pending} if mode == "per_case" else {}
         self.pending, self.mode, self.sampler, self.batch_size = pending, mode, bench.sampler, bench.batch_size
-        self.run, self.variant, self.save_images = run, variant, save_images
+        self.run, self.variant, self.save_images, self.cache = run, variant, save_images, cache
         self.with_baseline = bench.baseline and variant == "samples" and mode != "as_is"
         self._references: dict[str, dict] = {}
 
@@ -180,7 +190,21 @@ class _Pass(L.LightningModule):
     def configure_model(self) -> None:
         self.editor.configure_model()
 
+    def _take_cached(self) -> None:
+        """Rank 0 takes the samples the baseline cache holds (writing their records and features into the run)
+        and tells every rank what is left, so all ranks generate one list even while another run adds to the
+        cache (a rank launched later could otherwise find more than rank 0 did)."""
+        left = None
+        if self.global_rank == 0:
+            hits = self.cache.lookup(self.pending)
+            _write_hits(self.run, self.cache, self.pending, hits)
+            self.run.write_json(f"{self.variant}/cache-hits.json", {"hits": len(hits)})
+            left = [s for s in self.pending if s.id not in hits]
+        self.pending = self.trainer.strategy.broadcast(left, src=0)
+
     def predict_dataloader(self):
+        if self.cache is not None:
+            self._take_cached()  # here every rank is up and the processes can talk
         mine = shard(self.pending, self.mode, self.global_rank, self.trainer.world_size)
         batches = [GenerationBatch(tuple(b), self.sampler, self.cases.get(b[0].case_id))
                    for b in _batches(mine, self.mode, self.batch_size)]
@@ -314,19 +338,16 @@ class Evaluation:
             mode = the_plan.mode if variant == "samples" else "as_is"
             pending = [s for s in samples if s.id not in before[variant]]
             t0 = time.perf_counter()
-            if variant == "baseline" and cache is not None and pending:
-                hits = cache.lookup(pending)  # read-only: every rank finds the same
-                if trainer.is_global_zero and hits:
-                    self._write_hits(run, cache, pending, hits)
-                cached["hits"] = len(hits)
-                pending = [s for s in pending if s.id not in hits]
             if pending:
+                with_cache = cache if variant == "baseline" else None  # looked up inside the pass, by rank 0
                 try:
-                    trainer.predict(_Pass(editor, bench, pending, mode, run, variant, self.save_images), return_predictions=False)
+                    trainer.predict(_Pass(editor, bench, pending, mode, run, variant, self.save_images, with_cache),
+                                    return_predictions=False)
                 finally:
                     editor.restore()
                 trainer.strategy.barrier()
-                if variant == "baseline" and cache is not None and trainer.is_global_zero:
+                if with_cache is not None and trainer.is_global_zero:
+                    cached["hits"] = json.loads((run.samples_dir(variant) / "cache-hits.json").read_text())["hits"]
                     cached["added"] = cache.store(pending, run.load_records(variant),
                                                   {n: run.load_features(n, variant) for n in cache.feature_names})
             wall[variant] = time.perf_counter() - t0
@@ -360,14 +381,6 @@ class Evaluation:
         }
         names = [type(m).__name__ for m in bench.metrics if m.stores_features or getattr(m, "paired", False)]
         return BaselineCache(context, names)
-
-    @staticmethod
-    def _write_hits(run: RunDir, cache: BaselineCache, pending: list[Sample], hits: dict) -> None:
-        """Put the cache's records and features of ``hits`` into the run, as the baseline pass would have."""
-        found = [s for s in pending if s.id in hits]
-        for name in cache.feature_names:
-            run.save_features(0, name, [s.id for s in found], torch.stack([hits[s.id][2][name] for s in found]), "baseline")
-        run.append_records(0, [Record.from_sample(s, hits[s.id][0], hits[s.id][1]) for s in found], "baseline")
 
     def _score(self, run: RunDir, variant: str, samples: list[Sample]) -> dict:
         """Every metric from the stored records (and features) of this benchmark's samples, in sample order."""

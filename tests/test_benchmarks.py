@@ -135,6 +135,46 @@ def test_judge_equals_open_clip_called_directly_on_the_same_8bit_image():
     assert p.item() > 0.9
 
 
+def test_judge_fast_path_batched_preprocessing_and_half_precision():
+    """``preprocess: tensor`` runs open_clip's own transform on the batch: at the judge's size it is the PIL path
+    exactly; from twice the size it resizes to within about one 8-bit level of PIL's and the toy judge keeps its
+    verdicts. ``dtype: bfloat16`` keeps the verdicts on clear scenes. A bad value is a one-line error."""
+    from PIL import Image
+
+    from edit_bench.errors import UsageError
+    from edit_bench.metrics import ClipJudge, JudgeConfig
+    from edit_bench.models.toy import world
+
+    captions = ["a blue circle", "a red square", "a green triangle", "a yellow star", "a purple circle", "a red circle"]
+    img = world.render([world.parse(c) for c in captions], seeds=list(range(len(captions))))  # [6, 3, 32, 32]
+    old, new = ["a red square"] * 6, captions
+    ref = ClipJudge(JudgeConfig(model="toy"))
+    p_ref = ref.preference(img, old, new)
+    fast = ClipJudge(JudgeConfig(model="toy", preprocess="tensor"))
+    torch.testing.assert_close(fast.preference(img, old, new), p_ref, atol=1e-6, rtol=0)
+
+    big = img.repeat_interleave(2, -1).repeat_interleave(2, -2)  # 64 px: both paths must resize to 32
+    u8 = (big.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    via_pil = torch.stack([ref.preprocess(Image.fromarray(a)) for a in u8])
+    via_tensor = fast.preprocess((big.clamp(0, 1) * 255).round() / 255)
+    std = 0.26  # the judge's normalisation: one 8-bit level is ~0.015 here
+    print("max |tensor - PIL| preprocessed, in 8-bit levels:", float((via_tensor - via_pil).abs().max()) * std * 255)
+    assert float((via_tensor - via_pil).abs().max()) * std * 255 < 1.5
+    p_pil, p_tensor = ref.preference(big, old, new), fast.preference(big, old, new)
+    assert torch.equal(p_pil > 0.5, p_tensor > 0.5) and float((p_pil - p_tensor).abs().max()) < 0.02
+
+    half = ClipJudge(JudgeConfig(model="toy", dtype="bfloat16", preprocess="tensor"))
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    p_half = half.preference(img, old, new)
+    gap = 1 - (half.image_features(img) * ref.image_features(img)).sum(-1)  # measured 3e-5 to 5e-5
+    print("1 - cos(image features bf16, fp32):", gap.tolist())
+    assert float(gap.max()) < 1e-3 and float(gap.min()) > 0  # close, and bfloat16 did run
+    assert p_half.dtype == torch.float32 and torch.equal(p_half > 0.5, p_ref > 0.5)
+    for bad in (dict(dtype="half"), dict(preprocess="gpu")):
+        with pytest.raises(UsageError, match="judge (dtype|preprocess)"):
+            JudgeConfig(model="toy", **bad)
+
+
 def test_missing_judge_fails_with_instructions():
     from edit_bench.metrics import ClipJudge, JudgeConfig
     from edit_bench.models import ModelNotAvailable

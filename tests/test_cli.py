@@ -227,6 +227,40 @@ def test_two_processes_equal_one_process(tmp_path, strategy):
     assert all(r["ridge_condition"]["solves"] == 1 for r in res["editor_info"].values())
 
 
+WRAPPER = """
+import os, sys
+from edit_bench.baseline_cache import BaselineCache
+if os.environ.get("LOCAL_RANK", "0") != "0":  # another run stored every sample just after rank 0 looked: rank 1 would find them
+    BaselineCache.lookup = lambda self, samples: {s.id: None for s in samples}
+from edit_bench.__main__ import run
+sys.exit(run())
+"""
+
+
+def test_two_processes_share_one_baseline_cache_lookup(tmp_path, monkeypatch):
+    """Under ddp (ranks launched later, as subprocesses) a rank's own view of the baseline cache never decides
+    what it generates: rank 0 looks up and tells the others, so a cache that grows while the ranks start
+    (here: rank 1 would find every sample) neither hangs the run nor drops or repeats a sample."""
+    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
+    base = ["eval", "--model", EDITOR, *TINY, "--data", BENCH, "--data.baseline", "true", "--data.batch_size", "4"]
+    assert run_cli([*base, "--data.rows", "0:1", "--out_dir", tmp_path / "seed"]) == 0  # caches case 0's baseline
+    (tmp_path / "run.py").write_text(WRAPPER)
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "run.py", *map(str, base), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                        "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false", "--out_dir", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert {k: res["samples"]["baseline_cache"][k] for k in ("hits", "added")} == {"hits": 11, "added": 11}
+    ids = [json.loads(x)["id"] for f in (out / "baseline").glob("rank*.jsonl") for x in f.read_text().splitlines()]
+    assert len(ids) == 22 == len(set(ids))
+    assert run_cli([*base, "--baseline_cache", "false", "--out_dir", tmp_path / "single"]) == 0
+    one = json.loads((tmp_path / "single/results.json").read_text())
+    judged = ("efficacy", "generality", "specificity", "f1")
+    assert {k: res["baseline"][k] for k in judged} == {k: one["baseline"][k] for k in judged}
+    assert {k: res["metrics"][k] for k in judged} == {k: one["metrics"][k] for k in judged}
+
+
 def test_fixed_protocol_edits_once_with_every_request(tmp_path):
     out = tmp_path / "fixed"
     assert _eval(out, "--data.protocol", "fixed", "--data.baseline", "true") == 0

@@ -4,7 +4,8 @@ samples, with the time split and peak memory of each.
 The authors' loop (how the reference scripts evaluate, see the docs' methods §6): the edit per case (per case
 *and seed* with ``--reedit_per_seed``, as ReFACT's script re-runs its optimisation for every seed), then one
 diffusers pipeline call per image in float32, then the judge on that one image; the unedited baseline the
-same way. Ours: ``eval`` itself (batched generation under the trainer's precision, batched judging, the
+same way. Both loops use the benchmark's judge as configured: with ``--data.judge.dtype float16`` the
+authors' loop judges in half precision too, so the ratio never credits ours with the judge's precision. Ours: ``eval`` itself (batched generation under the trainer's precision, batched judging, the
 baseline scored once per context). Ours runs twice: with an empty baseline cache (what the first editor
 pays) and again with the baseline found in it (what every later editor on these samples pays).
 
@@ -174,7 +175,8 @@ def run_bench(trainer, editor, bench, matmul_precision: str = "highest", reedit_
     result = {"editor": type(editor).__name__, "benchmark": type(bench).__name__, "model": t2i.identity["spec"],
               "device": str(device), "precision": str(trainer.precision), "images": n_images,
               "samples": len(bench.samples()), "baseline": bool(bench.baseline and editor.edits != "none"),
-              "sampler": bench.sampler.__dict__, "reedit_per_seed": reedit_per_seed, "loops": {}}
+              "sampler": bench.sampler.__dict__, "reedit_per_seed": reedit_per_seed,
+              "judge": {k: getattr(bench.judge_cfg, k) for k in ("model", "dtype", "preprocess")}, "loops": {}}
     warm = bench.samples()[:bench.batch_size]  # first-call set-up (kernels, allocators) is not timed
     with torch.no_grad():
         t2i.to(device).generate([s.pair.prompt for s in warm], [s.seed for s in warm], bench.sampler)
@@ -230,7 +232,8 @@ def run_bench(trainer, editor, bench, matmul_precision: str = "highest", reedit_
 def format_bench(r: dict) -> str:
     head = (f"edit_bench bench: {r['editor']} on {r['benchmark']} ({r['samples']} samples, {r['images']} images"
             f"{' incl. baseline' if r['baseline'] else ''}), {r['model']}, {r['device']}, precision {r['precision']}, "
-            f"{r['sampler']['scheduler']} {r['sampler']['steps']} steps")
+            f"{r['sampler']['scheduler']} {r['sampler']['steps']} steps, judge {r['judge']['model']} "
+            f"({r['judge']['dtype']}, {r['judge']['preprocess']} preprocessing)")
     cols = ["loop", "wall s", "images/s", "edits", *(f"{p} s" for p in PARTS), "other s", "peak RSS MB (process)", "peak CUDA MB"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, x in r["loops"].items():

@@ -18,7 +18,7 @@ import csv
 import json
 import math
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -81,7 +81,7 @@ def judge_for(model_spec: str, cfg: JudgeConfig) -> JudgeConfig:
     if cfg.model != AUTO_JUDGE:
         return cfg
     model = {"toy": "toy"}.get(model_spec, "tiny:random" if model_spec.startswith("tiny:") else PAPER_JUDGE)
-    return JudgeConfig(model=model, pretrained=cfg.pretrained, scale=cfg.scale)
+    return replace(cfg, model=model)
 
 
 def read_rows(args) -> list[dict]:

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from ..models import ModelNotAvailable
 
 PAPER_JUDGE = "hf-hub:laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # A random judge with the open_clip architecture, for tests of the plumbing only (its numbers mean nothing).
 TINY_RANDOM = dict(
@@ -37,11 +39,25 @@ class JudgeConfig:
             ``tiny:random`` (tests only).
         pretrained: a weights file (or cached open_clip tag) for an architecture name.
         scale: the softmax temperature multiplier (ReFACT: 100).
+        dtype: the judge's weights and activations: ``float32`` (the reference), or ``float16`` / ``bfloat16``
+            (the GPU fast path; cosines and the softmax stay float32).
+        preprocess: ``pil`` (the reference: each 8-bit image through open_clip's PIL transform, as the papers
+            scored saved PNGs) or ``tensor`` (the same transform applied by open_clip to the whole batch on the
+            judge's device: antialiased bicubic resize of the 8-bit values in floating point, without PIL's
+            rounding back to 8 bits; identical when the images already have the judge's size).
     """
 
     model: str = PAPER_JUDGE
     pretrained: str | None = None
     scale: float = 100.0
+    dtype: str = "float32"
+    preprocess: str = "pil"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise UsageError(f"judge dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.preprocess not in ("pil", "tensor"):
+            raise UsageError(f"judge preprocess {self.preprocess!r}: use 'pil' (the reference) or 'tensor' (batched on the device)")
 
     def identity(self) -> str:
         """What the judge resolves to (weights hash or hub snapshot), without loading it."""
@@ -67,9 +83,10 @@ class JudgeConfig:
         return f"{spec}:{self.pretrained}"
 
     def describe(self) -> dict:
-        return {"model": self.model, "pretrained": self.pretrained, "scale": self.scale,
+        return {"model": self.model, "pretrained": self.pretrained, "scale": self.scale, "dtype": self.dtype,
                 "rule": "P = softmax(scale * cos(image, [old, new])); success iff the expected label has P > 0.5",
-                "preprocess": "8-bit quantisation, then open_clip preprocess_val"}
+                "preprocess": "8-bit quantisation, then open_clip preprocess_val"
+                              + (" per image (PIL)" if self.preprocess == "pil" else " on the batch (tensor, on the device)")}
 
 
 def _load(cfg: JudgeConfig):
@@ -114,7 +131,7 @@ class ClipJudge(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model, self.preprocess, self.tokenizer = _load(cfg)
-        self.model.eval().requires_grad_(False)
+        self.model.eval().requires_grad_(False).to(DTYPES[cfg.dtype])
         self._text: dict[str, Tensor] = {}
         self._last_images: tuple | None = None
 
@@ -142,10 +159,14 @@ class ClipJudge(nn.Module):
         return feats
 
     def _image_features(self, images: Tensor) -> Tensor:
-        from PIL import Image
+        u8 = (images.detach().float().clamp(0, 1) * 255).round()
+        if self.cfg.preprocess == "tensor":  # open_clip's transform takes a float batch as it is (no PIL step)
+            x = self.preprocess(u8.to(self.device) / 255)
+        else:
+            from PIL import Image
 
-        u8 = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        x = torch.stack([self.preprocess(Image.fromarray(a)) for a in u8]).to(self.device)
+            x = torch.stack([self.preprocess(Image.fromarray(a)) for a in u8.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()])
+        x = x.to(self.device, DTYPES[self.cfg.dtype])
         return nn.functional.normalize(self.model.encode_image(x).float(), dim=-1)
 
     @torch.no_grad()

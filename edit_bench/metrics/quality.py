@@ -175,7 +175,9 @@ class ClipScore(_RecordScalar):
         return {"model": JudgeConfig(model=spec).identity()}
 
     def describe(self) -> dict:
+        judge = getattr(self, "_judge_cfg", None)
         return {"class": type(self).__name__, "preset": self.preset, "model": self.model or "the benchmark's judge",
+                **({"judge": judge.describe()} if self.model is None and judge is not None else {}),
                 "formula": f"{self.weight:g} * {'max(cos, 0)' if self.clamp else 'cos'}(image, prompt)",
                 "preprocess": "8-bit quantisation, then the model's own preprocessing"}
 
@@ -559,7 +561,7 @@ class JudgeDistance(PairedMetric):
         return {"judge": self.judge_cfg.identity() if self.judge_cfg else None}
 
     def describe(self) -> dict:
-        return {"class": type(self).__name__, "judge": self.judge_cfg.model if self.judge_cfg else "the benchmark's",
+        return {"class": type(self).__name__, "judge": self.judge_cfg.describe() if self.judge_cfg else "the benchmark's",
                 "formula": "1 - cos(judge image features of the edited image, of the unedited image)"}
 
     def reference(self, images: Tensor) -> Tensor:
