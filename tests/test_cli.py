@@ -191,17 +191,33 @@ def test_print_config_and_help(capsys):
     assert r.returncode == 0 and "eval" in r.stdout and "fit" in r.stdout
 
 
+WRAPPER = """
+import os, sys
+from edit_bench.baseline_cache import BaselineCache
+if os.environ.get("LOCAL_RANK", "0") != "0":  # another run stored every sample just after rank 0 looked: rank 1 would find them
+    BaselineCache.lookup = lambda self, samples: {s.id: None for s in samples}
+if __name__ == "__main__":  # spawned ranks import this file as a module
+    from edit_bench.__main__ import run
+    sys.exit(run())
+"""
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
-def test_two_processes_equal_one_process(tmp_path, strategy):
-    """22 samples of 2 cases over 2 ranks (gloo, CPU): each rank edits only its own case, no sample is padded
-    or duplicated, and the metrics and the accounting equal one process's, whether the ranks are launched
-    as subprocesses (ddp) or spawned (ddp_spawn: only the main process writes the results)."""
+def test_two_processes_equal_one_process(tmp_path, strategy, monkeypatch):
+    """22 samples of 2 cases and their baseline over 2 ranks (gloo, CPU): each rank edits only its own case, no
+    sample is padded or duplicated, and the metrics and the accounting equal one process's, whether the ranks
+    are launched as subprocesses (ddp) or spawned (ddp_spawn: only the main process writes the results).
+    Case 0's baseline is in the cache: rank 0 looks it up and tells the others what is left, so a rank's own
+    view of the cache never decides what it generates (here rank 1 would find every sample, as when another
+    run adds to the cache while the ranks start: that hung ddp runs)."""
+    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
+    base = ["eval", "--model", EDITOR, *TINY, "--data", BENCH, "--data.baseline", "true", "--data.batch_size", "4"]
+    assert run_cli([*base, "--data.rows", "0:1", "--out_dir", tmp_path / "seed"]) == 0  # caches case 0's baseline
+    (tmp_path / "run.py").write_text(WRAPPER)
     out = tmp_path / strategy
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "edit_bench", "eval", "--model", EDITOR, *TINY, "--data", BENCH,
-                        "--data.batch_size", "4", "--trainer.accelerator", "cpu",
-                        "--trainer.devices", "2", "--trainer.strategy", strategy, "--trainer.enable_progress_bar", "false",
-                        "--out_dir", out], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=400)
+    r = subprocess.run([sys.executable, "run.py", *map(str, base), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                        "--trainer.strategy", strategy, "--trainer.enable_progress_bar", "false", "--out_dir", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     per_rank = {f.name: [json.loads(x)["id"] for x in f.read_text().splitlines()] for f in (out / "samples").glob("rank*.jsonl")}
     assert sorted(per_rank) == ["rank0.jsonl", "rank1.jsonl"]
@@ -209,56 +225,26 @@ def test_two_processes_equal_one_process(tmp_path, strategy):
         {"TIMED_test_set_filtered_SD14:0000"}, {"TIMED_test_set_filtered_SD14:0001"}]  # whole cases per rank
     ids = [i for v in per_rank.values() for i in v]
     assert len(ids) == 22 == len(set(ids))
+    base_ids = [json.loads(x)["id"] for f in (out / "baseline").glob("rank*.jsonl") for x in f.read_text().splitlines()]
+    assert len(base_ids) == 22 == len(set(base_ids))
     res = json.loads((out / "results.json").read_text())
+    assert {k: res["samples"]["baseline_cache"][k] for k in ("hits", "added")} == {"hits": 11, "added": 11}
     single = tmp_path / "single"
-    assert _eval(single, "--data.batch_size", "4") == 0  # the same batches
+    assert run_cli([*base, "--baseline_cache", "false", "--out_dir", single]) == 0  # the same batches, all generated
     one = json.loads((single / "results.json").read_text())
     # the judge's thresholded scores are identical; CLIP-score, a continuous mean of float32 cosines, equals to
     # float32 rounding (measured 4e-6 relative: the ranks' processes run CPU kernels with other thread counts)
     judged = ("efficacy", "generality", "specificity", "f1")
-    assert {k: res["metrics"][k] for k in judged} == {k: one["metrics"][k] for k in judged}
-    assert set(res["metrics"]) == set(one["metrics"])
-    for k in set(res["metrics"]) - set(judged):
-        assert res["metrics"][k]["n"] == one["metrics"][k]["n"]
-        assert res["metrics"][k]["mean"] == pytest.approx(one["metrics"][k]["mean"], rel=1e-4)
+    for variant in ("metrics", "baseline"):
+        assert {k: res[variant][k] for k in judged} == {k: one[variant][k] for k in judged}
+        assert set(res[variant]) == set(one[variant])
+        for k in set(res[variant]) - set(judged):
+            assert res[variant][k]["n"] == one[variant][k]["n"]
+            assert res[variant][k]["mean"] == pytest.approx(one[variant][k]["mean"], rel=1e-4)
     assert res["timing"]["edits"] == 2 and res["timing"]["edit_s"] > 0 and res["timing"]["images_per_s"] > 0
-    assert res["samples"] == {**one["samples"], "records": str(out / "samples")}
+    assert res["samples"] == {**one["samples"], "records": str(out / "samples"), "baseline_cache": res["samples"]["baseline_cache"]}
     assert set(res["editor_info"]) == {"rank0", "rank1"}  # each rank's editor reports its own edits
     assert all(r["ridge_condition"]["solves"] == 1 for r in res["editor_info"].values())
-
-
-WRAPPER = """
-import os, sys
-from edit_bench.baseline_cache import BaselineCache
-if os.environ.get("LOCAL_RANK", "0") != "0":  # another run stored every sample just after rank 0 looked: rank 1 would find them
-    BaselineCache.lookup = lambda self, samples: {s.id: None for s in samples}
-from edit_bench.__main__ import run
-sys.exit(run())
-"""
-
-
-def test_two_processes_share_one_baseline_cache_lookup(tmp_path, monkeypatch):
-    """Under ddp (ranks launched later, as subprocesses) a rank's own view of the baseline cache never decides
-    what it generates: rank 0 looks up and tells the others, so a cache that grows while the ranks start
-    (here: rank 1 would find every sample) neither hangs the run nor drops or repeats a sample."""
-    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
-    base = ["eval", "--model", EDITOR, *TINY, "--data", BENCH, "--data.baseline", "true", "--data.batch_size", "4"]
-    assert run_cli([*base, "--data.rows", "0:1", "--out_dir", tmp_path / "seed"]) == 0  # caches case 0's baseline
-    (tmp_path / "run.py").write_text(WRAPPER)
-    out = tmp_path / "ddp"
-    r = subprocess.run([sys.executable, "run.py", *map(str, base), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                        "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false", "--out_dir", str(out)],
-                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((out / "results.json").read_text())
-    assert {k: res["samples"]["baseline_cache"][k] for k in ("hits", "added")} == {"hits": 11, "added": 11}
-    ids = [json.loads(x)["id"] for f in (out / "baseline").glob("rank*.jsonl") for x in f.read_text().splitlines()]
-    assert len(ids) == 22 == len(set(ids))
-    assert run_cli([*base, "--baseline_cache", "false", "--out_dir", tmp_path / "single"]) == 0
-    one = json.loads((tmp_path / "single/results.json").read_text())
-    judged = ("efficacy", "generality", "specificity", "f1")
-    assert {k: res["baseline"][k] for k in judged} == {k: one["baseline"][k] for k in judged}
-    assert {k: res["metrics"][k] for k in judged} == {k: one["metrics"][k] for k in judged}
 
 
 def test_fixed_protocol_edits_once_with_every_request(tmp_path):

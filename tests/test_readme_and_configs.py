@@ -110,6 +110,12 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
         assert (out / expect).is_file() and (args[0] != "trace" or (out / "trace.png").is_file()), cmd
     res = json.loads((tmp_path / "runs/quickstart/results.json").read_text())
     assert res["editor"] == "TIME" and res["model"] == "toy" and res["baseline"] is not None
+    # the main job reproduces the README's toy_timed rows (unedited and TIME), to the two decimals printed there
+    for label, numbers in (("unedited", res["baseline"]), ("TIME", res["metrics"])):
+        row = re.search(rf"^\| toy_timed[^|]*\| {label} \|(.*)\|$", README, flags=re.M).group(1).split("|")
+        quoted = [[float(x) for x in cell.split("±")] for cell in row]
+        got = [[numbers[k]["mean"], numbers[k]["std"]] for k in ("efficacy", "generality", "specificity")] + [[numbers["f1"]["mean"]]]
+        assert quoted == [[round(x, 2) for x in g] for g in got], (label, quoted, got)
 
 
 def test_readme_benchmark_scripts_run(tmp_path):
