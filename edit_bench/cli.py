@@ -243,6 +243,7 @@ def main(args: list[str] | None = None):
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")  # one batch list per rank
     warnings.filterwarnings("ignore", message=".*predict returned None.*")  # records are written, not returned
+    warnings.filterwarnings("ignore", message=".*Total length of .DataLoader. across ranks is zero.*")  # all cached
     # the model stays in eval mode while an editor trains: SD's dropout is 0, so train mode would change nothing
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     # the CSV logger writes metrics.csv into the run directory, beside config.yaml and run.json (which it keeps)
