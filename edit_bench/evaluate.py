@@ -37,6 +37,7 @@ from .types import GenerationBatch, Record, Sample
 
 # Settings that change neither images nor scores: a run may resume with other values.
 RESUMABLE = ("batch_size",)
+CACHE_HITS = "cache-hits.json"  # how many baseline samples rank 0 took from the cache (a spawned rank 0 is not us)
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ class _Pass(L.LightningModule):
         if self.global_rank == 0:
             hits = self.cache.lookup(self.pending)
             _write_hits(self.run, self.cache, self.pending, hits)
-            self.run.write_json(f"{self.variant}/cache-hits.json", {"hits": len(hits)})
+            self.run.write_json(f"{self.variant}/{CACHE_HITS}", {"hits": len(hits)})  # for the main process
             left = [s for s in self.pending if s.id not in hits]
         self.pending = self.trainer.strategy.broadcast(left, src=0)
 
@@ -347,7 +348,7 @@ class Evaluation:
                     editor.restore()
                 trainer.strategy.barrier()
                 if with_cache is not None and trainer.is_global_zero:
-                    cached["hits"] = json.loads((run.samples_dir(variant) / "cache-hits.json").read_text())["hits"]
+                    cached["hits"] = json.loads((run.samples_dir(variant) / CACHE_HITS).read_text())["hits"]
                     cached["added"] = cache.store(pending, run.load_records(variant),
                                                   {n: run.load_features(n, variant) for n in cache.feature_names})
             wall[variant] = time.perf_counter() - t0

@@ -5,9 +5,10 @@ The authors' loop (how the reference scripts evaluate, see the docs' methods §6
 *and seed* with ``--reedit_per_seed``, as ReFACT's script re-runs its optimisation for every seed), then one
 diffusers pipeline call per image in float32, then the judge on that one image; the unedited baseline the
 same way. Both loops use the benchmark's judge as configured: with ``--data.judge.dtype float16`` the
-authors' loop judges in half precision too, so the ratio never credits ours with the judge's precision. Ours: ``eval`` itself (batched generation under the trainer's precision, batched judging, the
-baseline scored once per context). Ours runs twice: with an empty baseline cache (what the first editor
-pays) and again with the baseline found in it (what every later editor on these samples pays).
+authors' loop judges in half precision too, so the ratio never credits ours with the judge's precision.
+Ours: ``eval`` itself (batched generation under the trainer's precision, batched judging, the baseline
+scored once per context). Ours runs twice: with an empty baseline cache (what the first editor pays) and
+again with the baseline found in it (what every later editor on these samples pays).
 
 The split (edit, text encoding, UNet, VAE decode, judge, other) comes from forward hooks on the model's
 components, timed with a device synchronisation at each call's start and end; a call made inside the edit

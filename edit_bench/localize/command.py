@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from ..metrics import PAPER_JUDGE, ClipJudge, JudgeConfig
+from ..metrics.clip_preference import DTYPES
 from ..io import write_atomic
 from ..rundir import versions
 from ..types import SamplerConfig
@@ -145,9 +146,9 @@ def run(argv: list[str] | None = None) -> dict:
     out = Path(args.out_dir)
     if (out / "trace.json").exists():
         raise UsageError(f"{out / 'trace.json'} exists: choose another --out_dir or remove it (a trace is never overwritten)")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
+    dtype = DTYPES.get(args.dtype)
     if dtype is None:
-        raise UsageError(f"--dtype {args.dtype!r}: use float32, float16 or bfloat16")
+        raise UsageError(f"--dtype {args.dtype!r}: use {', '.join(DTYPES)}")
     sampler = SamplerConfig(**_fields(args.sampler))
     judge_cfg = judge_for(args.model.base, JudgeConfig(**_fields(args.judge)))
     t2i = load_t2i(args.model.base, delta=args.model.delta)
