@@ -89,6 +89,8 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
             continue
         if "toy_captions.yaml" in cmd:  # 200 captions: same code, 12
             args = args + ["--data.n", "12"]
+        if args[0] == "eval" and "toy_erasure.yaml" in cmd:  # 4 seeds: same code, 1
+            args = args + ["--data.sampler.seeds", "[0]"]
         if args[0] == "trace":  # the real runs take 40 s to 3 min: same code, 3 steps and one seed
             args = args + ["--sampler.steps", "3", "--sampler.seeds", "[0]", "--progress", "false"]
         if args[0] == "fit" and ("esd" in cmd or "concept_ablation" in cmd):  # 1 min each: same code, 2 steps
