@@ -2,8 +2,9 @@
 
 ``fit``/``eval`` are LightningCLI subcommands (``edit_bench.cli``); ``trace`` trains nothing and has its own
 parser (``edit_bench.localize.command``), as has ``report`` (``edit_bench.report``). Bad input (a :class:`~edit_bench.errors.UsageError`, also when
-jsonargparse raised it while building ``--model``/``--data``) is one line on stderr and exit code 2; any other
-exception is a bug and keeps its traceback.
+jsonargparse raised it while building ``--model``/``--data``) is one line on stderr and exit code 2; a run stopped
+by SIGTERM/SIGINT is one line and exit code 143/130 (:mod:`edit_bench.signals`); any other exception is a bug and
+keeps its traceback.
 """
 
 import os
@@ -41,6 +42,11 @@ def run(args=None) -> int:
 
             main(args)
     except Exception as e:
+        from .signals import Interrupted
+
+        if isinstance(e, Interrupted):  # SIGTERM/SIGINT: what was done is kept; the rerun resumes
+            print(f"edit_bench: {e}", file=sys.stderr)
+            return e.exit_code
         usage = usage_error(e)
         if usage is None or os.environ.get("EDIT_BENCH_DEBUG"):
             raise

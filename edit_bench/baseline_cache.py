@@ -6,10 +6,11 @@ it generates is added afterwards. An entry is the sample's per-sample scores and
 its metrics keep (FID features, the paired metrics' reference images), so a hit yields exactly the record
 and features the pass would have written.
 
-A sample is found only under the same *context* (everything that decides an unedited image and its scores:
-the model's and delta's identity, the sampler without its seed list, image size, precision, matmul
-precision, device type, the metrics' protocols and their models' identities, the library versions, and the
-class that generates) and the same *sample content* (prompt, judged labels, seed). A changed model file, sampler,
+A sample is found only under the same *context* (the baseline view of the run's provenance: the base model's
+identity, the sampler without its seed list, image size, precision, matmul precision, fast path, device type, the
+metrics' names, protocols and models' identities, the hash of the package's whole source and the versions of
+every library that touches pixels or scores) and the same *sample content* (prompt, judged labels, seed). A
+delta's baseline is the model without the delta, so it shares the base model's entries. A changed model file, sampler,
 judge or library version misses. Images are not kept: a run that saves images (``--save_images``)
 regenerates its baseline.
 
@@ -43,11 +44,13 @@ def sample_key(sample: Sample) -> str:
 
 
 class BaselineCache:
-    """Stored baseline samples of one context.
+    """Stored baseline samples of one context, read lazily: the index comes from the files' headers, and the
+    tensors of a sample are read only when it is taken.
 
     Args:
-        context: everything besides the sample that decides the baseline's records (see the module doc).
-        feature_names: the metrics (by class name) whose per-sample features a record comes with.
+        context: everything besides the sample that decides the baseline's records (the baseline view of the
+            run's :class:`~edit_bench.provenance.Provenance`).
+        feature_names: the metrics (by name) whose per-sample tensors a record comes with (features, references).
         root: the cache folder (default ``$EDIT_BENCH_CACHE/baseline``).
     """
 
@@ -55,50 +58,67 @@ class BaselineCache:
         self.context = json.loads(json.dumps(context, sort_keys=True, default=str))
         self.feature_names = sorted(feature_names)
         self.path = Path(root or cache_root() / "baseline") / _digest(self.context)
-        self._entries: dict[str, tuple[dict, float, dict[str, torch.Tensor]]] | None = None
+        self._index: dict[str, tuple[Path, int, dict, float]] | None = None
 
     def _load(self) -> dict:
+        """``{sample key: (file, row, scores, generate_s)}`` from the headers of the stored files."""
         from safetensors import safe_open
 
-        if self._entries is None:
-            self._entries = {}
-            for f in sorted(self.path.glob("*.safetensors")):
+        if self._index is None:
+            self._index = {}
+            for f in sorted(self.path.glob("*.safetensors")) if self.path.is_dir() else []:
                 try:
                     with safe_open(str(f), framework="pt") as st:
                         meta = st.metadata()
                         keys, rows = json.loads(meta["keys"]), json.loads(meta["records"])
-                        feats = {n: st.get_tensor(n) for n in self.feature_names}
+                        if not set(self.feature_names) <= set(st.keys()):
+                            continue
                 except Exception:  # an unreadable file is a miss, never an error
                     continue
                 for i, (k, (scores, gen_s)) in enumerate(zip(keys, rows)):
-                    self._entries.setdefault(k, (scores, gen_s, {n: t[i] for n, t in feats.items()}))
-        return self._entries
+                    self._index.setdefault(k, (f, i, scores, gen_s))
+        return self._index
 
-    def lookup(self, samples: list[Sample]) -> dict[str, tuple[dict, float, dict[str, torch.Tensor]]]:
-        """Stored ``(scores, generate_s, features by metric)`` of the samples found, by sample id."""
-        if not self.path.is_dir():
-            return {}
-        entries = self._load()
-        return {s.id: entries[k] for s in samples if (k := sample_key(s)) in entries}
+    def lookup(self, samples: list[Sample]) -> dict[str, str]:
+        """The samples found: sample id -> its key in the cache (read them with :meth:`read`)."""
+        index = self._load()
+        return {s.id: k for s in samples if (k := sample_key(s)) in index}
 
-    def store(self, samples: list[Sample], records: dict, features: dict[str, dict[str, torch.Tensor]]) -> int:
-        """Add the samples whose record (by id) and every feature (by metric, then id) are given; returns
-        how many were added."""
+    def read(self, keys: list[str]) -> list[tuple[dict, float, dict[str, torch.Tensor]]]:
+        """``(scores, generate_s, tensors by metric name)`` of each key."""
+        from safetensors import safe_open
+
+        index = self._load()
+        out = []
+        for k in keys:
+            f, row, scores, gen_s = index[k]
+            with safe_open(str(f), framework="pt") as st:
+                tensors = {n: st.get_slice(n)[row:row + 1][0] for n in self.feature_names}
+            out.append((scores, gen_s, tensors))
+        return out
+
+    def store(self, samples: list[Sample], records: dict, run, variant: str, chunk: int = 256) -> int:
+        """Add the samples whose record (by id) and every stored tensor are in ``run``'s ``variant``, a file per
+        ``chunk`` samples (never all references in memory at once); returns how many were added."""
         from safetensors.torch import save_file
 
-        have = self._load() if self.path.is_dir() else {}
+        have = self._load()
+        indexes = {n: run.feature_index(n, variant) for n in self.feature_names}
         new = [s for s in samples if s.id in records and sample_key(s) not in have
-               and all(s.id in features.get(n, {}) for n in self.feature_names)]
+               and all(s.id in indexes[n] for n in self.feature_names)]
         if not new:
             return 0
         self.path.mkdir(parents=True, exist_ok=True)
         if not (self.path / "context.json").exists():
             write_atomic(self.path / "context.json", json.dumps(self.context, indent=1))
-        tensors = {n: torch.stack([features[n][s.id] for s in new]).float().contiguous() for n in self.feature_names}
-        meta = {"keys": json.dumps([sample_key(s) for s in new]),
-                "records": json.dumps([[records[s.id].scores, records[s.id].generate_s] for s in new])}
-        if not tensors:  # safetensors needs a tensor to write a file
-            tensors = {"_count": torch.zeros(len(new))}
-        write_atomic(self.path / f"{uuid.uuid4().hex}.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-        self._entries = None
+        for i in range(0, len(new), chunk):
+            part = new[i:i + chunk]
+            ids = [s.id for s in part]
+            tensors = {n: indexes[n].read(ids).contiguous() for n in self.feature_names}
+            meta = {"keys": json.dumps([sample_key(s) for s in part]),
+                    "records": json.dumps([[records[s.id].scores, records[s.id].generate_s] for s in part])}
+            if not tensors:  # safetensors needs a tensor to write a file
+                tensors = {"_count": torch.zeros(len(part))}
+            write_atomic(self.path / f"{uuid.uuid4().hex}.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        self._index = None
         return len(new)

@@ -14,12 +14,14 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from . import signals
 from .benchmarks import Benchmark, EditData
 from .benchmarks import discover as discover_benchmarks
 from .editors import Editor
 from .editors import discover as discover_editors
 from .errors import UsageError
-from .evaluate import Evaluation, init_args
+from .evaluate import Evaluation
+from .provenance import Provenance, init_args
 from .rundir import RunDir, versions
 
 
@@ -47,7 +49,16 @@ class EditTrainer(L.Trainer):
                  checkpoint_every: int = 50, channels_last: bool = False, compile_unet: str | None = None, **kwargs):
         if kwargs.get("log_every_n_steps") is None:
             kwargs["log_every_n_steps"] = 1  # a fit's metrics.csv holds the loss of every step
-        super().__init__(*args, **kwargs)
+        for key in ("max_steps", "max_epochs"):
+            v = kwargs.get(key)
+            if v is not None and (not isinstance(v, int) or v < -1):
+                raise UsageError(f"--trainer.{key} must be -1 (no limit) or >= 0, got {v!r}")
+        try:
+            super().__init__(*args, **kwargs)
+        except (ValueError, TypeError) as e:  # Lightning's own checks of its arguments: one line, not a traceback
+            if isinstance(e, UsageError):
+                raise
+            raise UsageError(f"trainer: {e}") from None
         if checkpoint_every < 1:
             raise UsageError(f"checkpoint_every must be >= 1 training steps, got {checkpoint_every}")
         self.checkpoint_every = checkpoint_every
@@ -61,7 +72,11 @@ class EditTrainer(L.Trainer):
                 raise UsageError(f"unknown torch.compile backend {compile_unet!r} for --trainer.compile_unet: use inductor "
                                  "(or another of torch._dynamo.list_backends()), or leave it unset for eager")
         self.channels_last, self.compile_unet = bool(channels_last), compile_unet or None
-        torch.set_float32_matmul_precision(matmul_precision)
+
+    def _numerics(self) -> None:
+        """Set the process-wide float32 matmul precision this trainer's command runs under (when it runs, not when
+        a trainer is built)."""
+        torch.set_float32_matmul_precision(self.matmul_precision)
 
     def eval(self, model: Editor, datamodule: EditData | None = None, out_dir: str = "runs/eval",
              save_images: bool = False, baseline_cache: bool = True) -> dict | None:
@@ -75,6 +90,7 @@ class EditTrainer(L.Trainer):
             baseline_cache: reuse the unedited model's scored samples of earlier runs (same model, sampler,
                 precision, metrics and sample), kept in $EDIT_BENCH_CACHE/baseline; false regenerates them.
         """
+        self._numerics()
         return Evaluation(model, datamodule, out_dir, self.config_yaml, save_images, baseline_cache).run(self, self.matmul_precision)
 
     def bench(self, model: Editor, datamodule: EditData | None = None, loops: str = "ours,authors",
@@ -92,26 +108,21 @@ class EditTrainer(L.Trainer):
         """
         from .bench.throughput import run_bench
 
+        self._numerics()
         if not isinstance(datamodule, Benchmark):
             raise UsageError(f"bench needs a benchmark (--data configs/benchmark/...yaml); got {type(datamodule).__name__}")
         return run_bench(self, model, datamodule, self.matmul_precision, reedit_per_seed, out, loops)
 
     def fit_fingerprint(self, model: Editor, data: EditData) -> dict:
-        """What decides a fit's delta: editor, requests, model identity, precision and, for trained editors,
-        the training run (steps, epochs, effective batch, processes, strategy)."""
-        fp = {
-            "model": {"class_path": f"{type(model).__module__}.{type(model).__qualname__}", "init_args": init_args(model)},
-            "requests": [r.__dict__ for r in data.requests()],
-            "preserve": list(data.preserve()),
-            "model_id": model.t2i.identity["id"],
-            "precision": str(self.precision),
-            "matmul_precision": self.matmul_precision,
-        }
+        """What decides a fit's delta (the ``fit`` view of the run's :class:`~edit_bench.provenance.Provenance`):
+        editor, requests and preserve content, model identity, the editor's files, precision, device, code,
+        versions and, for trained editors, the training run (steps, epochs, effective batch, processes, strategy)."""
+        prov = Provenance.build(model, data, self, self.matmul_precision)
         if model.trains:
-            fp["training"] = {"max_steps": self.max_steps, "max_epochs": self.max_epochs,
-                              "accumulate_grad_batches": self.accumulate_grad_batches,
-                              "world_size": self.world_size, "strategy": type(self.strategy).__name__}
-        return fp
+            prov = prov.with_training({"max_steps": self.max_steps, "max_epochs": self.max_epochs,
+                                       "accumulate_grad_batches": self.accumulate_grad_batches,
+                                       "world_size": self.world_size, "strategy": type(self.strategy).__name__})
+        return prov.fit()
 
     def fit(self, model: Editor, train_dataloaders=None, val_dataloaders=None, datamodule: EditData | None = None,
             ckpt_path: str | None = None, out_dir: str = "runs/edit"):
@@ -124,6 +135,7 @@ class EditTrainer(L.Trainer):
         """
         if datamodule is None:
             raise UsageError("fit needs --data: a requests file (edit_bench.benchmarks.requests.EditRequests) or a benchmark")
+        self._numerics()
         if model.edits == "none":
             raise UsageError(f"{type(model).__name__} changes nothing: fit needs an editor (--model configs/editor/...yaml)")
         requests, preserve = datamodule.requests(), datamodule.preserve()
@@ -141,7 +153,8 @@ class EditTrainer(L.Trainer):
             run.create(self.config_yaml)
         t0 = time.perf_counter()
         if model.trains:
-            self._train(model, run, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+            with signals.stop_at_safe_points():
+                self._train(model, run, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
         else:  # a closed form: on the accelerator, autocast off (Editor.apply_edit)
             model.to(self.strategy.root_device)
             model.apply_edit(requests, preserve)
@@ -172,14 +185,41 @@ class EditTrainer(L.Trainer):
         if ckpt_path is None and last.is_file():  # same fingerprint (checked), no delta yet: interrupted
             ckpt_path = str(last)
             print(f"edit_bench fit: resuming from {last}")
-        model.snapshot()  # the original values, before any step (or any checkpoint) changes them
         if datamodule is not None:  # editor and benchmark arguments are separate namespaces (both have batch_size);
             datamodule._log_hyperparams = False  # the run's config.yaml holds both whole
-        self.callbacks.append(ckpt)
+        stop = _StopOnSignal(last)
+        self.callbacks += [ckpt, stop]
         try:
             super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+        except SystemExit as e:  # Lightning's SIGTERMException, raised where its loop noticed the signal first
+            if signals.requested() is None:
+                raise
+            stop.save(self)
+            raise signals.Interrupted(signals.requested(), stop.message) from e
         finally:
             self.callbacks.remove(ckpt)
+            self.callbacks.remove(stop)
+
+
+class _StopOnSignal(L.Callback):
+    """After SIGTERM/SIGINT: at the end of the optimiser step in flight, save ``last.ckpt`` and stop
+    (:mod:`edit_bench.signals`); the rerun resumes from it."""
+
+    def __init__(self, last: Path):
+        self.last = last
+        self.message = f"{last} holds the steps done so far; rerun the same command to resume"
+
+    def save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.last)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if signals.requested() is None:
+            return
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:  # mid-accumulation: wait for the optimiser step
+            trainer._signal_connector.received_sigterm = False
+            return
+        self.save(trainer)
+        signals.check(self.message)
 
 
 def _peak_memory() -> dict:

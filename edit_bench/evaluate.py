@@ -18,90 +18,84 @@ The protocol (one place, :func:`plan`):
 from __future__ import annotations
 
 import json
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from . import signals
 from .baseline_cache import BaselineCache
 from .benchmarks import Benchmark
 from .editors import Editor
 from .errors import UsageError
-from .identity import file_digest, source_identity
+from .metrics.base import MetricSet
+from .provenance import Provenance, fast_path_args, init_args
 from .rundir import RunDir, versions
 from .types import GenerationBatch, Record, Sample
 
-# Settings that change neither images nor scores: a run may resume with other values.
-RESUMABLE = ("batch_size",)
 CACHE_HITS = "cache-hits.json"  # how many baseline samples rank 0 took from the cache (a spawned rank 0 is not us)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The protocol of one evaluation: how the evaluated model is made, and whether a baseline is scored."""
+    """The protocol of one evaluation: how the evaluated model is made, whether a baseline is scored, and the
+    metrics that have nothing to score under it (by name, with the reason)."""
 
     mode: str  # "per_case" | "fixed" | "as_is"
     baseline: bool
+    not_scored: dict = field(default_factory=dict)
 
 
 def plan(editor: Editor, bench: Benchmark) -> Plan:
-    """Decide the protocol, or say why this editor cannot run this benchmark."""
+    """Decide the protocol, or say why this editor cannot run this benchmark.
+
+    The unedited model is evaluated as it is; with a delta, its baseline is the model without the delta. A paired
+    metric (LPIPS) needs the baseline: an editor without ``baseline: true`` is refused; the unedited model itself
+    has no pair, and the metric is listed as not scored."""
+    cases = list(bench._cases.values())
     if editor.edits == "none":
-        return Plan("as_is", False)
-    if bench.protocol == "fixed" and len(bench.requests()) > 1 and not editor.multi_request:
-        raise UsageError(
-            f"{type(editor).__name__} edits one request at a time, but the fixed protocol applies all "
-            f"{len(bench.requests())} requests at once: use protocol per_case, or select one row (--data.rows)"
-        )
-    return Plan(bench.protocol, bench.baseline)
+        mode, baseline = "as_is", bench.baseline and editor.delta is not None
+    else:
+        name = type(editor).__name__
+        if bench.protocol == "fixed" and not bench.requests():
+            raise UsageError(f"{name} edits, but {type(bench).__name__} has no requests: give the edit with "
+                             "--data.requests FILE, or evaluate the unedited model (or a saved delta) with "
+                             "--model configs/editor/unedited.yaml")
+        if bench.protocol == "per_case" and any(c.request is None for c in cases):
+            raise UsageError(f"{type(bench).__name__} has cases without a request: the per_case protocol edits each "
+                             "case's request; use protocol fixed with --data.requests FILE")
+        if bench.protocol == "fixed" and len(bench.requests()) > 1 and not editor.multi_request:
+            raise UsageError(
+                f"{name} edits one request at a time, but the fixed protocol applies all "
+                f"{len(bench.requests())} requests at once: use protocol per_case, or select one row (--data.rows)"
+            )
+        mode, baseline = bench.protocol, bench.baseline
+    not_scored = {}
+    for m in bench.metrics.paired:
+        if baseline:
+            continue
+        if editor.edits == "none" and editor.delta is None:
+            not_scored[m.name] = "the evaluated model is the unedited model: no edited image to pair with it"
+        else:
+            raise UsageError(f"metric {m.name!r} compares each image with the unedited model's image of the same "
+                             f"sample, which this benchmark does not score: set --data.baseline true, or drop "
+                             f"{m.name} from the metrics")
+    return Plan(mode, baseline, not_scored)
 
 
 def aggregate(metrics, records: list[Record], features: dict[str, torch.Tensor] | None = None) -> dict:
-    """Every metric's numbers from ``records`` (and, for the metrics that store them, their ``features``
-    by metric class name, in record order)."""
-    out = {}
-    for m in metrics:
-        m.reset()
-        m.update(records, (features or {}).get(type(m).__name__))
-        out.update(m.compute())
-        m.reset()
-    return out
+    """Every metric's numbers from ``records`` (and, for the metrics that store them, their ``features`` by
+    metric name, in record order)."""
+    return (metrics if isinstance(metrics, MetricSet) else MetricSet(list(metrics))).aggregate(records, features)
 
 
-def fast_path_args(trainer: L.Trainer) -> dict:
-    """The trainer's generation fast path (``EditTrainer``'s ``channels_last``, ``compile_unet``)."""
-    return {"channels_last": bool(getattr(trainer, "channels_last", False)), "compile": getattr(trainer, "compile_unet", None)}
-
-
-def _jsonable(x):
-    return json.loads(json.dumps(x, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
-
-
-def init_args(module: L.LightningModule | L.LightningDataModule, drop: tuple[str, ...] = ()) -> dict:
-    """A module's constructor arguments as saved by ``save_hyperparameters`` (without the keys LightningCLI
-    adds, so a run from Python and the same run from the CLI have one fingerprint)."""
-    return _jsonable({k: v for k, v in module.hparams.items() if not k.startswith("_") and k not in drop})
-
-
-def fingerprint(editor: Editor, bench: Benchmark, precision: str, matmul_precision: str) -> dict:
-    """Everything that decides an evaluation's numbers: the editor's and the benchmark's constructor
-    arguments, what the model, the delta and the metrics' models resolve to, and the numeric settings."""
-    fp = {
-        "model": {"class_path": f"{type(editor).__module__}.{type(editor).__qualname__}", "init_args": init_args(editor)},
-        "data": {"class_path": f"{type(bench).__module__}.{type(bench).__qualname__}",
-                 "init_args": init_args(bench, drop=(*RESUMABLE, "metrics"))},
-        "model_id": editor.t2i.identity["id"],
-        "metrics": [{"protocol": _jsonable(m.describe()), "identity": _jsonable(m.identity())} for m in bench.metrics],
-        "precision": str(precision),
-        "matmul_precision": matmul_precision,
-    }
-    if editor.delta is not None:
-        fp["delta_id"] = file_digest(Path(editor.delta)).hexdigest()[:16]
-    return fp
+def provenance(editor: Editor, bench: Benchmark, trainer: L.Trainer | None, matmul_precision: str) -> Provenance:
+    """The provenance of evaluating ``editor`` on ``bench`` under ``trainer`` (see :mod:`edit_bench.provenance`)."""
+    return Provenance.build(editor, bench, trainer, matmul_precision, metrics=list(bench.metrics),
+                            sampler=bench.sampler, size=bench.sampler.size or editor.t2i.native_size)
 
 
 def _batches(samples: list[Sample], mode: str, batch_size: int) -> list[list[Sample]]:
@@ -133,14 +127,16 @@ def shard(samples: list[Sample], mode: str, rank: int, world: int) -> list[Sampl
     return out
 
 
-def _write_hits(run: RunDir, cache: BaselineCache, pending: list[Sample], hits: dict) -> None:
-    """Put the cache's records and features of ``hits`` into the run, as the baseline pass would have."""
+def _write_hits(run: RunDir, cache: BaselineCache, pending: list[Sample], hits: dict, chunk: int = 256) -> None:
+    """Put the cache's records and stored tensors of ``hits`` (sample id -> cache key) into the run, as the baseline
+    pass would have, a chunk at a time (never every reference in memory at once)."""
     found = [s for s in pending if s.id in hits]
-    if not found:
-        return
-    for name in cache.feature_names:
-        run.save_features(0, name, [s.id for s in found], torch.stack([hits[s.id][2][name] for s in found]), "baseline")
-    run.append_records(0, [Record.from_sample(s, hits[s.id][0], hits[s.id][1]) for s in found], "baseline")
+    for i in range(0, len(found), chunk):
+        part = found[i:i + chunk]
+        entries = cache.read([hits[s.id] for s in part])
+        for name in cache.feature_names:
+            run.save_features(0, name, [s.id for s in part], torch.stack([e[2][name] for e in entries]), "baseline")
+        run.append_records(0, [Record.from_sample(s, e[0], e[1]) for s, e in zip(part, entries)], "baseline")
 
 
 class _Batches(IterableDataset):
@@ -161,32 +157,33 @@ def _first(batch):
 
 
 class _Pass(L.LightningModule):
-    """Lightning's view of one pass over the pending samples: the editor (moved and cast by Lightning),
-    and the scoring and writing of each batch on the rank that generated it."""
+    """Lightning's view of one pass over the pending samples: the editor (moved and cast by Lightning), and the
+    scoring and writing of each batch on the rank that generated it. The metric set stays out of the module tree
+    (Lightning's precision never casts a scoring network) and is moved to the device with the pass."""
 
-    def __init__(self, editor: Editor, bench: Benchmark, pending: list[Sample], mode: str, run: RunDir, variant: str,
+    def __init__(self, editor: Editor, bench: Benchmark, pending: list[Sample], the_plan: Plan, run: RunDir, variant: str,
                  save_images: bool, cache: BaselineCache | None = None):
         super().__init__()
         self.editor = editor
-        self.metrics = list(bench.metrics)  # a plain list: Lightning's precision never casts the judges
-        self.requests, self.preserve = bench.requests(), bench.preserve()
+        self.metrics = [bench.metrics]  # a list keeps it out of the module tree
+        mode = the_plan.mode if variant == "samples" else "as_is"
+        self.requests = bench.requests() if mode == "fixed" else []
+        self.preserve = bench.preserve() if mode == "fixed" else []
         self.cases = {s.case_id: bench.case(s.case_id) for s in pending} if mode == "per_case" else {}
         self.pending, self.mode, self.sampler, self.batch_size = pending, mode, bench.sampler, bench.batch_size
         self.run, self.variant, self.save_images, self.cache = run, variant, save_images, cache
-        self.with_baseline = bench.baseline and variant == "samples" and mode != "as_is"
-        self._references: dict[str, dict] = {}
+        self.with_baseline = the_plan.baseline and variant == "samples"
+        self._refs: dict = {}
 
-    def _baseline_reference(self, metric, samples: list[Sample]) -> torch.Tensor:
-        """The baseline pass's stored references of ``samples`` for a paired metric (loaded once per pass)."""
-        name = type(metric).__name__
-        if name not in self._references:
-            self._references[name] = self.run.load_features(name, "baseline")
-        refs = self._references[name]
-        missing = [s.id for s in samples if s.id not in refs]
+    def _references(self, name: str, ids: list[str]) -> torch.Tensor:
+        """The baseline pass's stored references of ``ids`` for the paired metric ``name`` (read lazily by id)."""
+        if name not in self._refs:
+            self._refs[name] = self.run.feature_index(name, "baseline")
+        index = self._refs[name]
+        missing = [i for i in ids if i not in index]
         if missing:
-            raise RuntimeError(f"{name}: the baseline pass stored no reference image for {len(missing)} sample(s), "
-                               f"e.g. {missing[0]}")
-        return torch.stack([refs[s.id] for s in samples])
+            raise RuntimeError(f"{name}: the baseline pass stored no reference for {len(missing)} sample(s), e.g. {missing[0]}")
+        return index.read(ids)
 
     def configure_model(self) -> None:
         self.editor.configure_model()
@@ -212,11 +209,14 @@ class _Pass(L.LightningModule):
         return DataLoader(_Batches(batches), batch_size=None, collate_fn=_first)
 
     def on_predict_start(self) -> None:
-        for m in self.metrics:
-            m.to(self.device)
+        self.metrics[0].to(self.device)
         self.editor.t2i.fast_path(**fast_path_args(self.trainer))
-        if self.mode == "fixed":  # the one edit, on the accelerator, before any image
+        if self.variant == "baseline":
+            self.editor.restore()  # the unedited model (a delta's baseline is the model without it)
+        elif self.mode == "fixed":  # the one edit, on the accelerator, before any image
             self.run.log_edit(self.global_rank, None, self.editor.apply_edit(self.requests, self.preserve), self.variant)
+        elif self.mode == "as_is":
+            self.editor.as_loaded()
 
     def on_predict_end(self) -> None:
         # what the editor has to say about the edits this rank made (the main process never sees a spawned rank's)
@@ -230,6 +230,7 @@ class _Pass(L.LightningModule):
             torch.cuda.synchronize(self.device)
 
     def predict_step(self, batch: GenerationBatch, batch_idx: int = 0):
+        signals.check(f"{self.run.path}: the samples done so far are kept; rerun the same command to resume")
         if batch.case is not None:
             edit_s = self.editor.activate(batch.case)
             if edit_s is not None:
@@ -240,26 +241,14 @@ class _Pass(L.LightningModule):
         self._sync()
         generate_s = time.perf_counter() - t0
         samples = list(batch.samples)
-        scores: dict[str, list[float]] = {}
-        for m in self.metrics:
-            if getattr(m, "paired", False):  # a distance to the unedited image of the same sample
-                if self.variant == "baseline":
-                    self.run.save_features(self.global_rank, type(m).__name__, [s.id for s in samples],
-                                           m.reference(images), self.variant)
-                elif self.with_baseline:
-                    scores.update(m.score_pairs(images, self._baseline_reference(m, samples)))
-                continue
-            for name, values in m.score(images, samples).items():
-                if name in scores:
-                    raise RuntimeError(f"two metrics write the per-sample score {name!r}; rename one")
-                scores[name] = values
-            if m.stores_features:
-                self.run.save_features(self.global_rank, type(m).__name__, [s.id for s in samples],
-                                       m.features(images, samples), self.variant)
+        scored = self.metrics[0].score(images, samples, self.variant, self._references if self.with_baseline else None)
+        for name, tensor in scored.features.items():
+            self.run.save_features(self.global_rank, name, [s.id for s in samples], tensor, self.variant)
         if self.save_images:
             self._save_images(samples, images)
         share = generate_s / len(samples)
-        records = [Record.from_sample(s, {k: float(v[i]) for k, v in scores.items()}, share) for i, s in enumerate(samples)]
+        records = [Record.from_sample(s, {k: float(v[i]) for k, v in scored.scores.items()}, share)
+                   for i, s in enumerate(samples)]
         self.run.append_records(self.global_rank, records, self.variant)  # last: a record means the sample is done
 
     def _save_images(self, samples, images):
@@ -292,7 +281,7 @@ class Evaluation:
         self.editor, self.bench, self.out_dir = editor, bench, Path(out_dir)
         self.config_yaml, self.save_images, self.baseline_cache = config_yaml, save_images, baseline_cache
 
-    def validate(self) -> Plan:
+    def validate(self, trainer: L.Trainer | None = None) -> Plan:
         """Everything that can fail on bad input fails here, before the run directory exists."""
         editor, bench = self.editor, self.bench
         t2i = editor.t2i  # loads the model (and a delta, validated whole)
@@ -300,8 +289,17 @@ class Evaluation:
         bench.check_prompts(t2i, editor.derived_prompts(bench.requests()) if the_plan.mode != "as_is" else [])
         t2i.check_sampler(bench.sampler)
         editor.edited_parameters()  # resolves the editor's sites/layers on this model (a bad layer fails here)
+        bench.metrics.check(bench.samples())
         for m in bench.metrics:
             m.prepare(bench)  # loads the judge: a missing one fails here
+        if trainer is not None:
+            if editor.needs_grad and the_plan.mode != "as_is" and trainer.predict_loop.inference_mode:
+                raise UsageError(f"{type(editor).__name__} edits with gradients, which inference mode forbids: "
+                                 "set --trainer.inference_mode false (the CLI's default)")
+            if editor.trains and the_plan.mode == "fixed" and trainer.world_size > 1:
+                raise UsageError(f"{type(editor).__name__} trains: under {trainer.world_size} processes the fixed protocol "
+                                 "would train one copy per process. Train it once with `python -m edit_bench fit`, then "
+                                 "evaluate its delta: --model configs/editor/unedited.yaml --model.delta OUT/edit.safetensors")
         return the_plan
 
     def _stored(self, run: RunDir, variant: str, samples: list[Sample]) -> dict[str, Record]:
@@ -319,13 +317,11 @@ class Evaluation:
 
     def run(self, trainer: L.Trainer, matmul_precision: str = "highest") -> dict | None:
         """Run the evaluation with ``trainer`` (its precision, devices and strategy); returns the results on
-        rank 0 (``None`` elsewhere)."""
-        the_plan = self.validate()
+        rank 0 (``None`` elsewhere). SIGTERM/SIGINT stop it after the batch in flight (:mod:`edit_bench.signals`)."""
+        the_plan = self.validate(trainer)
         editor, bench = self.editor, self.bench
-        if editor.needs_grad and the_plan.mode != "as_is" and trainer.predict_loop.inference_mode:
-            raise UsageError(f"{type(editor).__name__} edits with gradients, which inference mode forbids: "
-                             "set --trainer.inference_mode false (the CLI's default)")
-        run = RunDir(self.out_dir, "eval", fingerprint(editor, bench, trainer.precision, matmul_precision))
+        prov = provenance(editor, bench, trainer, matmul_precision)
+        run = RunDir(self.out_dir, "eval", prov.run())
         resumed = run.resumes()
         samples = bench.samples()
         variants = (["baseline"] if the_plan.baseline else []) + ["samples"]
@@ -333,29 +329,31 @@ class Evaluation:
         edits_before = {v: set(run.load_edits(v)) for v in variants}
         if trainer.is_global_zero:
             run.create(self.config_yaml)
-        cache = self._cache(trainer, matmul_precision) if the_plan.baseline else None
+            for v in variants:  # what the editor reported last time: rewritten by every rank of this run
+                for f in run.samples_dir(v).glob("editor-rank*.json"):
+                    f.unlink()
+        cache = self._cache(prov) if the_plan.baseline else None
         wall, cached = {}, {"hits": 0, "added": 0}
-        for variant in variants:
-            mode = the_plan.mode if variant == "samples" else "as_is"
-            pending = [s for s in samples if s.id not in before[variant]]
-            t0 = time.perf_counter()
-            if pending:
-                with_cache = cache if variant == "baseline" else None  # looked up inside the pass, by rank 0
-                try:
-                    trainer.predict(_Pass(editor, bench, pending, mode, run, variant, self.save_images, with_cache),
-                                    return_predictions=False)
-                finally:
-                    editor.restore()
-                trainer.strategy.barrier()
-                if with_cache is not None and trainer.is_global_zero:
-                    cached["hits"] = json.loads((run.samples_dir(variant) / CACHE_HITS).read_text())["hits"]
-                    cached["added"] = cache.store(pending, run.load_records(variant),
-                                                  {n: run.load_features(n, variant) for n in cache.feature_names})
-            wall[variant] = time.perf_counter() - t0
+        with signals.stop_at_safe_points():
+            for variant in variants:
+                pending = [s for s in samples if s.id not in before[variant]]
+                t0 = time.perf_counter()
+                if pending:
+                    with_cache = cache if variant == "baseline" else None  # looked up inside the pass, by rank 0
+                    try:
+                        trainer.predict(_Pass(editor, bench, pending, the_plan, run, variant, self.save_images, with_cache),
+                                        return_predictions=False)
+                    finally:
+                        editor.as_loaded()
+                    trainer.strategy.barrier()
+                    if with_cache is not None and trainer.is_global_zero:
+                        cached["hits"] = json.loads((run.samples_dir(variant) / CACHE_HITS).read_text())["hits"]
+                        cached["added"] = cache.store(pending, run.load_records(variant), run, variant)
+                wall[variant] = time.perf_counter() - t0
         if not trainer.is_global_zero:
             return None
-        scored = {v: self._score(run, v, samples) for v in variants}
-        results = self._results(the_plan, run, scored, before, edits_before, wall, trainer, matmul_precision, resumed)
+        scored = {v: self._score(run, v, samples, the_plan) for v in variants}
+        results = self._results(the_plan, prov, run, scored, before, edits_before, wall, resumed)
         if cache is not None:
             results["samples"]["baseline_cache"] = {**cached, "path": str(cache.path)}
         path = run.write_json("results.json", results)
@@ -364,38 +362,23 @@ class Evaluation:
         print(format_table(results, path))
         return results
 
-    def _cache(self, trainer: L.Trainer, matmul_precision: str) -> BaselineCache | None:
+    def _cache(self, prov: Provenance) -> BaselineCache | None:
         """The baseline cache of this evaluation's unedited samples (``None`` when off)."""
         if not self.baseline_cache or self.save_images:
             return None
-        editor, bench = self.editor, self.bench
-        fp = fingerprint(editor, bench, trainer.precision, matmul_precision)
-        code = lambda obj: source_identity(sys.modules[obj.__module__].__file__)
-        generator = type(editor).predict_step
-        context = {  # the run fingerprint's model, delta, metrics and precision, without editor or benchmark
-            **{k: fp.get(k) for k in ("model_id", "delta_id", "metrics", "precision", "matmul_precision")},
-            "sampler": {**asdict(bench.sampler), "seeds": None, "size": bench.sampler.size or editor.t2i.native_size},
-            "device": trainer.strategy.root_device.type, "fast_path": fast_path_args(trainer),
-            "code": {"metrics": [code(type(m)) for m in bench.metrics],
-                     "generator": [f"{generator.__module__}.{generator.__qualname__}", code(generator), code(type(editor.t2i))]},
-            "versions": versions(),
-        }
-        names = [type(m).__name__ for m in bench.metrics if m.stores_features or getattr(m, "paired", False)]
-        return BaselineCache(context, names)
+        return BaselineCache(prov.baseline(), [m.name for m in self.bench.metrics.stored])
 
-    def _score(self, run: RunDir, variant: str, samples: list[Sample]) -> dict:
+    def _score(self, run: RunDir, variant: str, samples: list[Sample], the_plan: Plan) -> dict:
         """Every metric from the stored records (and features) of this benchmark's samples, in sample order."""
         stored = self._stored(run, variant, samples)
         missing = [s.id for s in samples if s.id not in stored]
         if missing:
             raise RuntimeError(f"{len(missing)} sample(s) have no record after the run (e.g. {missing[0]})")
         records = [stored[s.id] for s in samples]
-        feats = {}
-        for m in self.bench.metrics:
-            if m.stores_features:
-                by_id = run.load_features(type(m).__name__, variant)
-                feats[type(m).__name__] = torch.stack([by_id[r.id] for r in records])
-        return {"metrics": aggregate(self.bench.metrics, records, feats), "records": records}
+        scoring = [m for m in self.bench.metrics if m.name not in the_plan.not_scored and not (m.paired and variant == "baseline")]
+        feats = {m.name: run.feature_index(m.name, variant).read([r.id for r in records])
+                 for m in scoring if m.stores_features}
+        return {"metrics": aggregate(scoring, records, feats), "records": records}
 
     def _editor_info(self, run: RunDir) -> dict:
         """The editor's report of this run's edits: one rank's as is, several ranks' by rank."""
@@ -405,12 +388,13 @@ class Evaluation:
         reports = {f.stem.removeprefix("editor-"): json.loads(f.read_text()) for f in files}
         return next(iter(reports.values())) if len(reports) == 1 else reports
 
-    def _results(self, the_plan, run, scored, before, edits_before, wall, trainer, matmul_precision, resumed) -> dict:
+    def _results(self, the_plan: Plan, prov: Provenance, run: RunDir, scored: dict, before: dict, edits_before: dict,
+                 wall: dict, resumed: bool) -> dict:
         editor, bench = self.editor, self.bench
         new = [r for r in scored["samples"]["records"] if r.id not in before["samples"]]
         edits = [e for k, e in run.load_edits("samples").items() if k not in edits_before["samples"]]
         generate_s = sum(r.generate_s for r in new)
-        size = bench.sampler.size or editor.t2i.native_size
+        gen = prov.fields["generation"]
         return {
             "editor": type(editor).__name__,
             "editor_args": init_args(editor),
@@ -420,10 +404,11 @@ class Evaluation:
             "delta": editor.delta,
             "metrics": scored["samples"]["metrics"],
             "baseline": scored["baseline"]["metrics"] if "baseline" in scored else None,
-            "protocol": {**bench.protocol_info(), "protocol": the_plan.mode, "size": size,
-                         "metrics": [m.describe() for m in bench.metrics],
-                         "precision": str(trainer.precision), "matmul_precision": matmul_precision,
-                         "fast_path": {**fast_path_args(trainer), "attention": editor.t2i.attention_processors()}},
+            "protocol": {**bench.protocol_info(), "protocol": the_plan.mode, "size": gen["size"],
+                         "metrics": [m.describe() for m in bench.metrics], "not_scored": the_plan.not_scored,
+                         "precision": gen["precision"], "matmul_precision": gen["matmul_precision"], "device": gen["device"],
+                         "fast_path": {**gen["fast_path"], "attention": editor.t2i.attention_processors()}},
+            "provenance": prov.run(),
             "timing": {
                 "edit_s": sum(e["edit_s"] for e in edits) / len(edits) if edits else None,
                 "edits": len(edits),
@@ -438,4 +423,3 @@ class Evaluation:
             "versions": versions(),
             "config": self.config_yaml,
         }
-

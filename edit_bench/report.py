@@ -26,8 +26,9 @@ def format_table(results: dict, path) -> str:
 
 
 # ------------------------------------------------------------------------------------------ report command
-# What makes two runs' numbers comparable: refused side by side when any differs within one benchmark.
-PROTOCOL_KEYS = ("sampler", "seeds", "size", "protocol", "precision")
+# What decides images and scores besides the model and the edit: refused side by side when any differs within one
+# benchmark (the protocol mode is not among them: the unedited model's row sits beside the edited ones).
+PROTOCOL_KEYS = ("sampler", "seeds", "size", "precision", "matmul_precision")
 
 
 def load_run(path) -> dict:
@@ -52,7 +53,7 @@ def load_run(path) -> dict:
 
 
 def _metric_protocols(res: dict) -> dict:
-    return {m.get("class"): m for m in res["protocol"].get("metrics", [])}
+    return {m.get("name", m.get("class")): m for m in res["protocol"].get("metrics", [])}
 
 
 def check_comparable(runs: list[dict]) -> None:
@@ -67,11 +68,22 @@ def check_comparable(runs: list[dict]) -> None:
                 raise UsageError(f"{r['_dir']} and {ref['_dir']} ran {r['_data']} under different protocols: {k} "
                                  f"{r['protocol'].get(k)!r} vs {ref['protocol'].get(k)!r}. Report them separately")
         mine, theirs = _metric_protocols(r), _metric_protocols(ref)
-        for cls in sorted(set(mine) & set(theirs)):
-            if mine[cls] != theirs[cls]:
-                diff = sorted(k for k in set(mine[cls]) | set(theirs[cls]) if mine[cls].get(k) != theirs[cls].get(k))
-                raise UsageError(f"{r['_dir']} and {ref['_dir']} score {r['_data']} with different {cls} protocols "
+        for name in sorted(set(mine) & set(theirs)):
+            if mine[name] != theirs[name]:
+                diff = sorted(k for k in set(mine[name]) | set(theirs[name]) if mine[name].get(k) != theirs[name].get(k))
+                raise UsageError(f"{r['_dir']} and {ref['_dir']} score {r['_data']} with different {name!r} protocols "
                                  f"({', '.join(diff)} differ). Report them separately")
+        a, b = (x.get("provenance") or {} for x in (r, ref))
+        for k in ("code", "files"):  # the package's source; the data files' content (a benchmark of the same name)
+            mine_k = b_k = None
+            if k == "files":
+                mine_k = {f: d for f, d in (a.get(k) or {}).items() if f.startswith("data.")}
+                b_k = {f: d for f, d in (b.get(k) or {}).items() if f.startswith("data.")}
+            else:
+                mine_k, b_k = a.get(k), b.get(k)
+            if a and b and mine_k != b_k:
+                raise UsageError(f"{r['_dir']} and {ref['_dir']} ran {r['_data']} with different {k} "
+                                 f"({'data file contents' if k == 'files' else 'edit_bench source'} differ). Report them separately")
 
 
 def _label(r: dict) -> str:
@@ -133,9 +145,19 @@ def refact_table(rows: list[dict]) -> str:
     quality = [r for r in rows if r["res"]["benchmark"] == "Captions"]
     edits = [r for r in rows if r["res"]["benchmark"] != "Captions"]
 
-    def q_for(row):  # the quality run of the same method and model; none: "—" (not the edit prompts' CLIP-score)
+    def same_edit(a, b):  # the full editor arguments and the model's identity, never a shortened label
+        return (a["editor"], a["res"].get("editor_args"), a["res"].get("model_id")) == \
+            (b["editor"], b["res"].get("editor_args"), b["res"].get("model_id"))
+
+    def unedited(x):  # a baseline row, or a run of the unedited model without a delta
+        args = x["res"].get("editor_args") or {}
+        return x["method"] == "unedited (baseline)" or (x["editor"] == "Unedited" and not args.get("delta"))
+
+    def q_for(row):  # the quality run of the same editor, arguments and model; none: "—"
         for q in quality:
-            if (q["method"], q["model"]) == (row["method"], row["model"]):
+            if unedited(row) and unedited(q) and q["res"].get("model_id") == row["res"].get("model_id"):
+                return q["metrics"]
+            if not unedited(row) and not unedited(q) and same_edit(q, row):
                 return q["metrics"]
         return {}
 
@@ -213,9 +235,10 @@ def image_grid(runs: list[dict], k: int, path, regenerate: bool = True) -> list[
 
     from .errors import UsageError
 
+    from .rundir import RunDir
+
     def ids_of(r):
-        return [json.loads(x)["id"] for f in sorted((Path(r["_dir"]) / "samples").glob("rank*.jsonl"))
-                for x in f.read_text().splitlines()]
+        return list(RunDir(r["_dir"], "eval", {}).load_records("samples"))
 
     common = set(ids_of(runs[0]))
     for r in runs[1:]:
@@ -223,11 +246,11 @@ def image_grid(runs: list[dict], k: int, path, regenerate: bool = True) -> list[
     if not common:
         raise UsageError("the runs share no sample: an image grid compares runs of the same benchmark and seeds")
     chosen, prompts = [], set()
-    from .types import GROUPS
+    groups = ("efficacy", "generality", "specificity")
 
     def order(sid):  # the first seed; each case's first prompt of every group before anyone's second
         case, group, idx, seed = sid.rsplit("/", 3)
-        return int(seed), int(idx), case, GROUPS.index(group) if group in GROUPS else len(GROUPS)
+        return int(seed), int(idx), case, groups.index(group) if group in groups else len(groups), group
 
     for sid in sorted(common, key=order):
         case, group, idx, _ = sid.rsplit("/", 3)
@@ -251,8 +274,7 @@ def image_grid(runs: list[dict], k: int, path, regenerate: bool = True) -> list[
                 raise UsageError(f"{r['_dir']} saved no images (eval --save_images true); drop --no-regenerate to make them again")
             stored = _regenerate(r, chosen, variant)
         cells.append(stored)
-    prompt = {json.loads(x)["id"]: json.loads(x)["prompt"] for f in sorted((Path(runs[0]["_dir"]) / "samples").glob("rank*.jsonl"))
-              for x in f.read_text().splitlines()}
+    prompt = {k: rec.prompt for k, rec in RunDir(runs[0]["_dir"], "eval", {}).load_records("samples").items()}
     fig, axes = plt.subplots(len(chosen), len(columns), figsize=(1.8 * len(columns) + 1.5, 1.8 * len(chosen)), squeeze=False)
     for i, sid in enumerate(chosen):
         for j, (label, _, _) in enumerate(columns):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import uuid
 from pathlib import Path
 
@@ -25,30 +24,10 @@ import torch
 
 from .errors import UsageError
 from .io import write_atomic
+from .provenance import describe_differences, differences, versions
 from .types import Record
 
-
-def versions() -> dict:
-    """Versions of Python and the libraries that shape the numbers."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("edit_bench", "torch", "lightning", "diffusers", "transformers", "open_clip_torch", "torchmetrics"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _diff(a, b, prefix=""):
-    """Dotted keys whose values differ between two nested dicts."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
+__all__ = ["RunDir", "versions"]
 
 
 def _append_lines(path: Path, lines: list[str]) -> None:
@@ -117,11 +96,11 @@ class RunDir:
             raise UsageError(f"{run_file} is unreadable (a crash while it was written?): delete {self.path} and rerun") from None
         if old.get("command") != self.command:
             raise UsageError(f"--out_dir {self.path} holds a `{old.get('command')}` run, not `{self.command}`; choose a new --out_dir")
-        diff = _diff(old.get("fingerprint"), self.fingerprint)
+        diff = differences(old.get("fingerprint"), self.fingerprint)
         if diff:
             raise UsageError(
-                f"--out_dir {self.path} holds results of a different config (differs in: {', '.join(diff)}). "
-                "Choose a new --out_dir, or delete the old one to start over."
+                f"--out_dir {self.path} holds results made under other settings ({describe_differences(diff)}); "
+                "its records cannot be mixed with this run's. Choose a new --out_dir, or delete the old one to start over."
             )
         return True
 
@@ -155,25 +134,66 @@ class RunDir:
 
     # ------------------------------------------------------------------ image-level metric state
     def save_features(self, rank: int, metric: str, ids: list[str], features: torch.Tensor, variant: str = "samples") -> None:
-        """Store ``features`` ``[B, F]`` of the samples ``ids`` for ``metric`` (one file per batch)."""
+        """Store ``features`` ``[B, ...]`` of the samples ``ids`` for the metric named ``metric`` (one file per
+        batch, in the tensor's own dtype: image references are uint8)."""
         from safetensors.torch import save_file
 
         path = self.samples_dir(variant) / "features" / f"{metric}-rank{rank}-{uuid.uuid4().hex[:12]}.safetensors"
-        tensors, meta = {"features": features.detach().float().cpu().contiguous()}, {"ids": json.dumps(ids)}
+        tensors, meta = {"features": features.detach().cpu().contiguous()}, {"ids": json.dumps(ids)}
         write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
-    def load_features(self, metric: str, variant: str = "samples") -> dict[str, torch.Tensor]:
-        """Stored features of ``metric`` by sample id, merged over ranks and batches."""
-        from safetensors import safe_open
+    def feature_index(self, metric: str, variant: str = "samples") -> "FeatureIndex":
+        """Where each sample's stored features of ``metric`` are (read from the files' headers only)."""
+        return FeatureIndex(sorted((self.samples_dir(variant) / "features").glob(f"{metric}-rank*.safetensors")))
 
-        out: dict[str, torch.Tensor] = {}
-        for f in sorted((self.samples_dir(variant) / "features").glob(f"{metric}-rank*.safetensors")):
-            with safe_open(str(f), framework="pt") as st:
-                ids = json.loads(st.metadata()["ids"])
-                feats = st.get_tensor("features")
-            for i, sid in enumerate(ids):
-                out.setdefault(sid, feats[i])
-        return out
+    def load_features(self, metric: str, variant: str = "samples", ids: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Stored features of ``metric`` by sample id (``ids``: only these), merged over ranks and batches."""
+        index = self.feature_index(metric, variant)
+        ids = list(index.where) if ids is None else [i for i in ids if i in index.where]
+        return dict(zip(ids, index.read(ids))) if ids else {}
 
     def write_json(self, name: str, obj: dict) -> Path:
         return write_atomic(self.path / name, json.dumps(obj, indent=1, default=str))
+
+
+class FeatureIndex:
+    """Stored per-sample tensors across batch files, read lazily by sample id: building the index reads only
+    the files' headers; :meth:`read` reads the rows asked for (never a whole run's references at once).
+
+    A sample stored twice (a batch regenerated after a crash between its features and its record) is read from
+    the file whose name sorts first, whatever order the files were written in."""
+
+    def __init__(self, files: list[Path]):
+        from safetensors import safe_open
+
+        self.where: dict[str, tuple[Path, int]] = {}
+        for f in files:
+            try:
+                with safe_open(str(f), framework="pt") as st:
+                    ids = json.loads(st.metadata()["ids"])
+            except Exception:  # a torn file cannot exist (atomic writes); anything unreadable is no entry
+                continue
+            for i, sid in enumerate(ids):
+                self.where.setdefault(sid, (f, i))
+
+    def __contains__(self, sid: str) -> bool:
+        return sid in self.where
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def read(self, ids: list[str]) -> torch.Tensor:
+        """The rows of ``ids``, stacked in that order (a ``KeyError`` names the first id not stored)."""
+        from safetensors import safe_open
+
+        by_file: dict[Path, list[tuple[int, int]]] = {}
+        for j, sid in enumerate(ids):
+            f, row = self.where[sid]
+            by_file.setdefault(f, []).append((j, row))
+        out: list = [None] * len(ids)
+        for f, rows in by_file.items():
+            with safe_open(str(f), framework="pt") as st:
+                sl = st.get_slice("features")
+                for j, row in rows:
+                    out[j] = sl[row:row + 1][0]
+        return torch.stack(out)

@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 from .errors import UsageError
 
-GROUPS = ("efficacy", "generality", "specificity", "captions")  # captions: image quality on a caption set
-
 
 @dataclass(frozen=True)
 class EditRequest:
@@ -42,36 +40,33 @@ class PromptPair:
     """One prompt to generate and the two labels the judge compares.
 
     ``expect="new"`` for efficacy and generality, ``"old"`` for specificity: success is always
-    "the expected label wins", so metric code has no sign flips.
+    "the expected label wins", so metric code has no sign flips. A prompt scored without labels (a caption
+    set for image quality, a detector benchmark) has ``old = new = expect = None``.
     """
 
     prompt: str
-    old: str
-    new: str
-    expect: Literal["old", "new"]
+    old: str | None = None
+    new: str | None = None
+    expect: Literal["old", "new"] | None = None
 
 
 @dataclass(frozen=True)
 class EditCase:
-    """One benchmark row: a request, the prompts that measure it, and an optional preserve set."""
+    """One benchmark row: a request (``None``: a case scored without an edit of its own, e.g. the captions of an
+    image-quality set), the prompts that measure it by group (the groups the benchmark declares), and an optional
+    preserve set."""
 
     id: str
-    request: EditRequest
+    request: EditRequest | None
     groups: dict[str, tuple[PromptPair, ...]]
     preserve: tuple[str, ...] = ()
 
-    def __post_init__(self):
-        unknown = sorted(set(self.groups) - set(GROUPS))
-        if unknown:
-            raise UsageError(f"case {self.id!r} has unknown group(s) {unknown}: the groups are {', '.join(GROUPS)}")
-
     def samples(self, seeds) -> list["Sample"]:
-        """All samples of this case, ordered by group, prompt and seed."""
+        """All samples of this case, ordered by group (as given), prompt and seed."""
         return [
             Sample(self.id, group, k, seed, pair)
-            for group in GROUPS
-            if group in self.groups
-            for k, pair in enumerate(self.groups[group])
+            for group, pairs in self.groups.items()
+            for k, pair in enumerate(pairs)
             for seed in seeds
         ]
 
@@ -101,7 +96,8 @@ class Record:
     Attributes:
         id: the sample id ``case/group/k/seed``.
         case, group, k, seed: its parts.
-        prompt, old, new, expect: the sample's prompt pair (checked against the benchmark on resume).
+        prompt, old, new, expect: the sample's prompt pair (checked against the benchmark on resume; the labels
+            are ``None`` for a sample scored without labels).
         scores: per-sample scalars by name, from the benchmark's metrics (e.g. ``p_new``, ``success``).
         generate_s: this sample's share of its batch's generation time (edits excluded).
     """
@@ -112,9 +108,9 @@ class Record:
     k: int
     seed: int
     prompt: str
-    old: str
-    new: str
-    expect: str
+    old: str | None
+    new: str | None
+    expect: str | None
     scores: dict[str, float]
     generate_s: float = 0.0
 
@@ -147,7 +143,8 @@ class SamplerConfig:
         scheduler: ``pndm`` (the SD pipeline default, TIME/ReFACT), ``ddim``, ``lms`` (ESD/UCE),
             ``euler``, ``euler_a`` or ``dpm``.
         steps: denoising steps.
-        guidance: classifier-free guidance scale.
+        guidance: classifier-free guidance scale, >= 1 (1: no guidance, the conditional prediction alone, as
+            diffusers runs every scale <= 1).
         size: image side in pixels; ``None`` = the model's native size.
         seeds: the seeds; each sample gets its own noise tensor from ``torch.Generator("cpu").manual_seed``.
         eta: DDIM eta (Concept Ablation uses 1.0).
@@ -167,6 +164,10 @@ class SamplerConfig:
             raise UsageError("sampler.seeds is empty: give at least one seed, e.g. [0]")
         if len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"sampler.seeds has duplicates: {self.seeds}")
+        if not self.guidance >= 1:
+            raise UsageError(f"sampler.guidance must be >= 1, got {self.guidance}: diffusers' pipelines run no guidance "
+                             "at any scale <= 1 (the conditional prediction alone), so a scale below 1 would not mean "
+                             "the same here and there; use 1 for no guidance")
 
 
 @dataclass(frozen=True)

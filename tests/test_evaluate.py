@@ -67,9 +67,15 @@ def test_metrics_score_into_records_and_features_survive_a_resume(tmp_path):
     assert again["metrics"] == first["metrics"]
 
 
-def test_two_metrics_may_not_write_the_same_score(tmp_path):
-    with pytest.raises(RuntimeError, match="p_new"):
-        Evaluation(TIME(base="tiny:sd1"), _bench(metrics=[EditScores(), EditScores()]), tmp_path / "r").run(_trainer())
+def test_two_metrics_need_two_names_and_a_second_judge_gets_its_own_keys(tmp_path):
+    from edit_bench.errors import UsageError
+
+    with pytest.raises(UsageError, match="two metrics are named 'timed'"):
+        _bench(metrics=[EditScores(), EditScores()])
+    res = Evaluation(TIME(base="tiny:sd1"), _bench(metrics=[EditScores(), EditScores(name="judge2")]), tmp_path / "r").run(_trainer())
+    rec = json.loads((tmp_path / "r/samples/rank0.jsonl").read_text().splitlines()[0])
+    assert {"p_new", "success", "judge2.p_new", "judge2.success"} <= set(rec["scores"])
+    assert res["metrics"]["judge2.efficacy"] == res["metrics"]["efficacy"]  # the same judge twice: the same numbers
 
 
 def _samples(cases):

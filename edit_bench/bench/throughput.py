@@ -119,7 +119,7 @@ def authors_loop(editor, bench, device: torch.device, reedit_per_seed: bool) -> 
     pipe = t2i.diffusers_pipeline(s.scheduler)
     pipe.set_progress_bar_config(disable=True)
     size = s.size or t2i.native_size
-    metrics = [m for m in bench.metrics if not m.stores_features and not getattr(m, "paired", False)]
+    metrics = [m for m in bench.metrics if not m.stores_features and not m.paired]
     samples = bench.samples()
     records: dict[str, list[Record]] = {"baseline": [], "samples": []}
     edits = 0

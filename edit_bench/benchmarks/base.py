@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from ..metrics import ClipScore, EditScores, JudgeConfig, SampleMetric
+from ..metrics.base import MetricSet
 from ..types import EditCase, EditRequest, Sample, SamplerConfig
 from ..errors import UsageError
 
@@ -147,6 +148,10 @@ class _Repeat(Dataset):
 class Benchmark(EditData):
     """A benchmark: cases, the sampler and metrics that measure them, and the protocol.
 
+    Class attributes:
+        groups: the sample groups this benchmark's cases may hold (TIMED's efficacy, generality and specificity;
+            a caption set's ``captions``), in report order.
+
     Args:
         sampler: generation settings (scheduler, steps, guidance, size, seeds).
         judge: the CLIP judge of the default metric (and of any ``EditScores`` without a judge of its own).
@@ -162,6 +167,8 @@ class Benchmark(EditData):
             ``[EditScores, ClipScore]``. Paired distances to the baseline (``LPIPS``; on the toy world
             ``JudgeDistance``, ``SSIM``) and ``FID`` are listed by the configs that want them.
     """
+
+    groups: ClassVar[tuple[str, ...]] = ("efficacy", "generality", "specificity")
 
     def __init__(self, sampler: SamplerConfig = SamplerConfig(), judge: JudgeConfig = JudgeConfig(),
                  protocol: Literal["per_case", "fixed"] = "per_case", batch_size: int = 8,
@@ -179,9 +186,10 @@ class Benchmark(EditData):
         self.protocol = protocol
         self.batch_size = batch_size
         self.truncate_long_prompts = truncate_long_prompts
-        self.metrics = list(metrics) if metrics is not None else [EditScores(), ClipScore()]
-        if not self.metrics:
+        metrics = list(metrics) if metrics is not None else [EditScores(), ClipScore()]
+        if not metrics:
             raise UsageError("metrics is empty: list at least one metric, or leave it out for the judge's TIMED scores")
+        self.metrics = MetricSet(metrics)  # unique names and record keys, checked here
 
     # -- cases
     def cases(self) -> list[EditCase]:
@@ -193,6 +201,10 @@ class Benchmark(EditData):
         for c in self.cases():
             if c.id in out:
                 raise UsageError(f"duplicate case id {c.id!r}")
+            unknown = sorted(set(c.groups) - set(self.groups))
+            if unknown:
+                raise UsageError(f"case {c.id!r} has group(s) {unknown} that {type(self).__name__} does not declare "
+                                 f"(its groups: {', '.join(self.groups)})")
             out[c.id] = c
         if not out:
             raise UsageError(f"{type(self).__name__} selects no cases: check --data.rows and the data file")
@@ -202,7 +214,7 @@ class Benchmark(EditData):
         return self._cases[case_id]
 
     def requests(self) -> list[EditRequest]:
-        return [c.request for c in self._cases.values()]
+        return [c.request for c in self._cases.values() if c.request is not None]
 
     def preserve(self) -> list[str]:
         return sorted({p for c in self._cases.values() for p in c.preserve})
@@ -215,7 +227,7 @@ class Benchmark(EditData):
         """Every prompt the benchmark will feed the text encoder (requests and samples)."""
         out = []
         for c in self._cases.values():
-            out += [c.request.source, c.request.target, *c.preserve]
+            out += ([c.request.source, c.request.target] if c.request else []) + list(c.preserve)
             out += [p.prompt for pairs in c.groups.values() for p in pairs]
         return list(dict.fromkeys(out))
 

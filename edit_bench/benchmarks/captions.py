@@ -34,7 +34,12 @@ class Captions(Benchmark):
             with (COCO: the val2014 images of these captions).
         **kwargs: sampler, judge, batch_size, baseline, metrics (see :class:`Benchmark`); the protocol is
             ``fixed``.
+
+    Its one case has no request of its own and its samples no labels: the edit (if any) is ``requests``, applied
+    once; metrics that judge labels (``EditScores``) are refused.
     """
+
+    groups = (GROUP,)
 
     def __init__(self, path: str = "datasets/coco/coco_30k.csv", n: int | None = 1000, requests: str | None = None,
                  fid_reference: str | None = None, protocol: str = "fixed", **kwargs):
@@ -69,21 +74,16 @@ class Captions(Benchmark):
         self._cases
 
     def cases(self):
-        pairs = tuple(PromptPair(c, c, c, "new") for c, _ in self._captions)
-        # one case: every caption; its request is the edit's first (placeholder for the unedited model)
-        first = self._edit.requests()[0] if self._edit else EditRequest("(no edit)", "(unedited model)")
-        return [EditCase(Path(self.path).stem, first, {GROUP: pairs})]
+        # one case: every caption, each a prompt without labels; the edit is the requests file's, applied once
+        return [EditCase(Path(self.path).stem, None, {GROUP: tuple(PromptPair(c) for c, _ in self._captions)})]
 
     def samples(self) -> list[Sample]:
         case = next(iter(self._cases.values()))
         return [Sample(case.id, GROUP, i, seed, case.groups[GROUP][i]) for i, (_, seed) in enumerate(self._captions)]
 
     def requests(self) -> list[EditRequest]:
-        if self._edit is None:
-            raise UsageError(f"{type(self).__name__} measures an edited model: give the edit with --data.requests FILE "
-                             "(YAML or CSV of source,target), or evaluate the unedited model or a saved delta with "
-                             "--model configs/editor/unedited.yaml")
-        return self._edit.requests()
+        """The edit's requests (none without ``requests``: the unedited model or a saved delta)."""
+        return self._edit.requests() if self._edit is not None else []
 
     def preserve(self) -> list[str]:
         return self._edit.preserve() if self._edit else []

@@ -72,8 +72,28 @@ class Editor(L.LightningModule):
         """The model, loaded on first use (so a config is cheap to build and a missing model fails
         inside the command, with its own message)."""
         if "_t2i" not in self._modules:
-            self._t2i = load_t2i(self.base, delta=self.delta)  # registered only once loaded whole
+            t2i = load_t2i(self.base)
+            if self.delta is not None:  # validated whole before anything changes
+                from ..models.delta import read_delta
+
+                self._delta_tensors = read_delta(self.delta, t2i)
+            self._t2i = t2i  # registered only once loaded whole
+            if self.delta is not None:  # the original values are kept: a delta's baseline is the model without it
+                self.snapshot()
+                self._add_delta()
         return self._modules["_t2i"]
+
+    @torch.no_grad()
+    def _add_delta(self) -> None:
+        for name, d in self._delta_tensors.items():
+            p = self.t2i.get_parameter(name)
+            p.add_(d.to(p.device, p.dtype))
+
+    def as_loaded(self) -> None:
+        """Back to the model as loaded: the base model, plus the delta when one was given."""
+        self.restore()
+        if self.delta is not None:
+            self._add_delta()
 
     def configure_model(self) -> None:
         """Lightning calls this before moving the module: load the model in time and, when training,
@@ -82,6 +102,8 @@ class Editor(L.LightningModule):
 
         t2i = self.t2i
         if self.trains and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            # the original values, before Lightning restores a checkpoint (which it does right after this hook)
+            self.snapshot()
             t2i.requires_grad_(False)
             for p in self.edited_parameters().values():
                 p.requires_grad_(True)
@@ -153,6 +175,25 @@ class Editor(L.LightningModule):
         dt = time.perf_counter() - t0
         self.edit_times.append(dt)
         return dt
+
+    @contextlib.contextmanager
+    def original_weights(self):
+        """``with editor.original_weights(): ...`` runs the block on the snapshot's (original) values of the edited
+        parameters and puts the current ones back after, bit for bit (e.g. data an editor derives from the
+        unedited model, whatever a resumed training has done)."""
+        if self._snapshot is None:
+            yield self
+            return
+        with torch.no_grad():
+            current = {n: p.detach().clone() for n, p in self.edited_parameters().items()}
+            for n, p in self.edited_parameters().items():
+                p.copy_(self._snapshot[n].to(p.device))
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for n, p in self.edited_parameters().items():
+                    p.copy_(current[n])
 
     @contextlib.contextmanager
     def edited(self, requests: Sequence[EditRequest], preserve: Sequence[str] = ()):

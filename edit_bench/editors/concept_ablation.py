@@ -95,7 +95,7 @@ class ConceptAblation(FineTuner):
         if num_anchor_images < 1 or anchor_batch_size < 1:
             raise UsageError(f"num_anchor_images and anchor_batch_size must be >= 1, got {num_anchor_images}, {anchor_batch_size}")
         self.params, self.loss_type, self.concept_type = params, loss, concept_type
-        self.edits = "text_encoder" if params == "embedding" else "unet"
+        self.edits = "text_encoder" if params == "embedding" else "unet"  # per instance: the class declares "unet"
         self.anchor_prompts = self._read_prompts(anchor_prompts)
         if isinstance(anchor_sampler, dict):  # as a checkpoint's hyperparameters hold it
             anchor_sampler = SamplerConfig(**anchor_sampler)
@@ -135,10 +135,44 @@ class ConceptAblation(FineTuner):
         return out
 
     def effective_lr(self, world_size: int = 1, accumulate: int = 1) -> float:
-        return self.lr * (self.batch_size * accumulate * world_size if self.scale_lr else 1)
+        """``scale_lr``: lr x batch x accumulation x processes, and x 2 more with the regulariser (the authors'
+        prior-preservation doubling, inside their ``scale_lr`` branch)."""
+        if not self.scale_lr:
+            return self.lr
+        return self.lr * self.batch_size * accumulate * world_size * (2 if self.regularization else 1)
 
     def make_optimizer(self, params, lr):
         return torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
+
+    def target_token_ids(self, requests) -> dict[str, list[int]]:
+        """The ``embedding`` variant's trained rows, per text encoder: the token ids of the concepts to remove
+        (each request's ``subject``, else its ``source``: the authors' ``caption_target``), without the special
+        tokens; as the authors train only these rows (every other row's gradient is zeroed)."""
+        t2i, out = self.t2i, {}
+        for i, (name, _) in enumerate(t2i.text_encoders()):
+            tok = t2i.tokenizers[min(i, len(t2i.tokenizers) - 1)]
+            out[name] = sorted({t for r in requests
+                                for t in tok((r.subject or r.source).strip(), add_special_tokens=False).input_ids})
+        return out
+
+    def prepare(self, requests) -> None:
+        self._mask_embedding_rows(requests)
+        self._prepare_anchors(requests)
+
+    def _mask_embedding_rows(self, requests) -> None:
+        """``embedding``: a gradient hook on each token-embedding matrix zeroes every row but the concepts' tokens
+        (the authors' ``index_grads_to_zero``). AdamW's decoupled weight decay still shrinks the other rows by
+        ``lr * weight_decay`` per step, as in the authors' training."""
+        for h in getattr(self, "_row_hooks", []):
+            h.remove()
+        self._row_hooks = []
+        if self.params != "embedding":
+            return
+        for name, ids in self.target_token_ids(requests).items():
+            weight = self.t2i.token_embedding(name).weight
+            keep = torch.zeros(weight.shape[0], 1, dtype=torch.bool, device=weight.device)
+            keep[ids] = True
+            self._row_hooks.append(weight.register_hook(lambda g, keep=keep: g * keep.to(g.device)))
 
     # ------------------------------------------------------------------ prompts
     def prompt_pairs(self, request) -> list[tuple[str, str]]:
@@ -204,7 +238,7 @@ class ConceptAblation(FineTuner):
                 bar.update(len(idx))
         return torch.cat(out).contiguous()
 
-    def prepare(self, requests) -> None:
+    def _prepare_anchors(self, requests) -> None:
         for r in requests:
             pairs = self.prompt_pairs(r)
             anchors = [a for a, _ in pairs]

@@ -9,7 +9,8 @@ checkpoint continues with exactly the samples the uninterrupted run would have d
 
 The same step runs under Lightning's ``fit`` (``training_step``, ``configure_optimizers``; precision, devices,
 strategy and accumulation are the Trainer's) and without a Trainer in ``edit()`` (``steps`` steps; the
-per-case and ``fixed`` protocols of ``eval``).
+per-case and ``fixed`` protocols of ``eval``). The two are the same training at ``--trainer.precision 32-true``;
+under a mixed precision ``fit`` runs the step in autocast while ``edit()`` (like every edit) runs without it.
 """
 
 from __future__ import annotations
@@ -110,18 +111,20 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         return requests
 
     def on_fit_start(self) -> None:
-        self.snapshot()  # the original values, before any step
+        self.snapshot()  # taken in configure_model (before a checkpoint is restored); here for callers that skip it
         self._set_checkpointing(self.gradient_checkpointing)
         self._prepared = None
 
     def on_fit_end(self) -> None:
         self._set_checkpointing(False)
+        self._optimizer_steps = self.global_step
 
     def training_step(self, batch, batch_idx):
         trainer = self.trainer
         requests = self._requests(batch)
-        if getattr(self, "_prepared", None) != requests:  # once per fit, outside autocast and autograd
-            with torch.autocast(self.device.type, enabled=False), torch.no_grad():
+        if getattr(self, "_prepared", None) != requests:  # once per fit, outside autocast and autograd,
+            # by the unedited model whatever a resumed run has already trained
+            with torch.autocast(self.device.type, enabled=False), torch.no_grad(), self.original_weights():
                 self.prepare(requests)
             self._prepared = requests
         micro = batch_idx % trainer.accumulate_grad_batches
@@ -167,7 +170,7 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
                 p.grad = None
 
     def report(self) -> dict:
-        n = len(self.losses)
-        return {"steps": n, "first_loss": self.losses[0] if n else None, "final_loss": self.losses[-1] if n else None,
+        n = len(self.losses)  # one loss per micro-batch under fit's accumulation, per step in edit()
+        return {"steps": getattr(self, "_optimizer_steps", n), "losses": n, "first_loss": self.losses[0] if n else None, "final_loss": self.losses[-1] if n else None,
                 "batch_size": self.batch_size, "lr": getattr(self, "lr_used", None), "trained_tensors": len(self.edited_parameters()),
                 "trained_parameters": sum(p.numel() for p in self.edited_parameters().values())}

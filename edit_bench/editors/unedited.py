@@ -12,7 +12,8 @@ class Unedited(Editor):
     Args:
         delta: an ``edit.safetensors`` written by ``fit``: it is validated and added on load, and the model
             is evaluated as it then is. The only editor that takes a delta, so an editor's name in a
-            result always means that editor's own edit.
+            result always means that editor's own edit. The original values of the tensors it changes are
+            kept: the delta's baseline (``baseline: true``) is the base model without it.
         base: see :class:`~edit_bench.editors.base.Editor`.
     """
 
@@ -22,3 +23,15 @@ class Unedited(Editor):
     def __init__(self, delta: str | None = None, base: str = "toy"):
         super().__init__(base=base)
         self.delta = delta
+
+    def edited_parameters(self):
+        """The tensors the delta changes (none without a delta)."""
+        if self.delta is None:
+            return {}
+        t2i = self.t2i
+        return {n: t2i.get_parameter(n) for n in self._delta_tensors}
+
+    def edit(self, requests=(), preserve=()):
+        """Add the delta (the requests are the delta's own)."""
+        if self.delta is not None:
+            self._add_delta()

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from ..types import GROUPS, Record
-from .base import SampleMetric
+from ..types import Record
+from .base import SampleMetric, cat_state, empty_state, seed_stats
 from .clip_preference import ClipJudge, JudgeConfig, shared_judge
 
 FORMULA = {
@@ -24,14 +24,7 @@ def timed_success(p_new: torch.Tensor, expect: list[str]) -> torch.Tensor:
     return torch.where(want_new, p_new > 0.5, p_new < 0.5)
 
 
-def _cat(state) -> torch.Tensor:
-    """A list state as one CPU tensor (torchmetrics concatenates it already after a sync)."""
-    return (torch.cat(state) if isinstance(state, list) else state).cpu()
-
-
-def _empty(state) -> bool:
-    """No values in a list state (a list before a sync, one tensor after it)."""
-    return len(state) == 0 if isinstance(state, list) else state.numel() == 0
+GROUPS = ("efficacy", "generality", "specificity")  # the TIMED groups this metric reports
 
 
 class EditScores(SampleMetric):
@@ -43,53 +36,61 @@ class EditScores(SampleMetric):
 
     Args:
         judge: the CLIP judge; ``None`` = the benchmark's ``judge``.
+        name: default ``timed``, whose record keys are ``p_new``/``success`` and results efficacy, generality,
+            specificity, f1; any other name prefixes them (``NAME.p_new``, ``NAME.efficacy``), so two judges coexist.
     """
 
-    def __init__(self, judge: JudgeConfig | None = None, **kwargs):
-        super().__init__(**kwargs)
+    default_name = "timed"
+    needs_labels = True
+
+    def __init__(self, judge: JudgeConfig | None = None, name: str | None = None, **kwargs):
+        super().__init__(name=name, **kwargs)
         self.judge_cfg = judge
-        self._judge: list[ClipJudge] = []  # loaded by prepare(); a list keeps it out of the module tree
+        self.judge: ClipJudge | None = None  # loaded by prepare(); a registered submodule
         self.add_state("group", [], dist_reduce_fx="cat")
         self.add_state("seed", [], dist_reduce_fx="cat")
         self.add_state("success", [], dist_reduce_fx="cat")
 
     # ------------------------------------------------------------------ scoring (predict loop)
+    def _key(self, k: str) -> str:
+        return k if self.name == self.default_name else f"{self.name}.{k}"
+
+    def keys(self) -> list[str]:
+        return [self._key("p_new"), self._key("success")]
+
     def prepare(self, bench) -> None:
         if self.judge_cfg is None:
             self.judge_cfg = bench.judge_cfg
-        if not self._judge:
-            self._judge.append(shared_judge(self.judge_cfg))
-
-    @property
-    def judge(self) -> ClipJudge:
-        if not self._judge:
-            raise RuntimeError("EditScores.prepare(bench) loads the judge before scoring")
-        return self._judge[0]
+        if self.judge is None:
+            self.judge = shared_judge(self.judge_cfg)
 
     def identity(self) -> dict:
         return {"judge": self.judge_cfg.identity()}
 
     def describe(self) -> dict:
-        return {"class": type(self).__name__, "judge": self.judge_cfg.describe(), "formula": FORMULA}
+        return {"class": type(self).__name__, "name": self.name, "judge": self.judge_cfg.describe(), "formula": FORMULA}
 
     def score(self, images, samples):
+        if self.judge is None:
+            raise RuntimeError("EditScores.prepare(bench) loads the judge before scoring")
         judge = self.judge.to(images.device)
         p_new = judge.preference(images, [s.pair.old for s in samples], [s.pair.new for s in samples])
         success = timed_success(p_new, [s.pair.expect for s in samples])
-        return {"p_new": p_new.tolist(), "success": success.float().tolist()}
+        return {self._key("p_new"): p_new.tolist(), self._key("success"): success.float().tolist()}
 
     # ------------------------------------------------------------------ aggregation (records)
     def update(self, records: list[Record], features=None) -> None:
+        records = [r for r in records if r.group in GROUPS]
         if not records:
             return
         self.group.append(torch.tensor([GROUPS.index(r.group) for r in records], device=self.device))
         self.seed.append(torch.tensor([r.seed for r in records], device=self.device))
-        self.success.append(torch.tensor([bool(r.scores["success"]) for r in records], device=self.device))
+        self.success.append(torch.tensor([bool(r.scores[self._key("success")]) for r in records], device=self.device))
 
     def compute(self) -> dict:
-        if _empty(self.group):
+        if empty_state(self.group):
             return {}
-        group, seed, success = _cat(self.group), _cat(self.seed), _cat(self.success).double()
+        group, seed, success = cat_state(self.group), cat_state(self.seed), cat_state(self.success).double()
         seeds = sorted(set(seed.tolist()))
         out, per_seed = {}, {}
         for i, g in enumerate(GROUPS):
@@ -98,12 +99,10 @@ class EditScores(SampleMetric):
                 continue
             per_seed[g] = torch.stack([success[in_g & (seed == s)].mean() for s in seeds
                                        if (in_g & (seed == s)).any()])
-            out[g] = {"mean": float(success[in_g].sum() / in_g.sum()),
-                      "std": float(per_seed[g].std(unbiased=False)) if len(per_seed[g]) > 1 else 0.0,
-                      "n": int(in_g.sum())}
+            out[g] = seed_stats(success[in_g], seed[in_g])
         if "generality" in out and "specificity" in out:
             f1_seed = (per_seed["generality"] * per_seed["specificity"]).sqrt()
             out["f1"] = {"mean": math.sqrt(out["generality"]["mean"] * out["specificity"]["mean"]),
                          "std": float(f1_seed.std(unbiased=False)) if len(f1_seed) > 1 else 0.0,
                          "n": out["generality"]["n"] + out["specificity"]["n"]}
-        return out
+        return {self._key(k): v for k, v in out.items()}

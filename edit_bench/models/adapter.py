@@ -496,11 +496,17 @@ class T2IModel(nn.Module):
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> images in [0, 1]. Decodes in float32 where the VAE asks for it (SDXL's overflows in fp16)."""
         vae = self.vae
-        if vae.config.get("force_upcast") and vae.dtype != torch.float32:
+        dtype = vae.dtype
+        upcast = bool(vae.config.get("force_upcast")) and dtype != torch.float32
+        if upcast:  # for this decode only, as diffusers' pipelines do (the VAE goes back to its dtype after)
             vae.to(torch.float32)
-        z = latents / vae.config.scaling_factor
-        if vae.config.get("shift_factor"):
-            z = z + vae.config.shift_factor
-        with torch.autocast(latents.device.type, enabled=False):
-            img = vae.decode(z.to(vae.dtype)).sample
+        try:
+            z = latents / vae.config.scaling_factor
+            if vae.config.get("shift_factor"):
+                z = z + vae.config.shift_factor
+            with torch.autocast(latents.device.type, enabled=False):
+                img = vae.decode(z.to(vae.dtype)).sample
+        finally:
+            if upcast:
+                vae.to(dtype)
         return (img.float() / 2 + 0.5).clamp(0, 1)

@@ -1,0 +1,242 @@
+"""One provenance: everything that decides a run's images and scores, built once, viewed three ways.
+
+A number in ``results.json`` is only comparable with another when both were made under the same settings, and a
+resumed run or a cached baseline may only reuse what was made under this run's settings. So there is one
+description of those settings, :class:`Provenance`, built from the objects of the run (never from file *paths*:
+the content of every file an argument names is digested):
+
+- ``model``: the base model's identity (a hub snapshot, a folder's content hash, a tiny model's code hash) and
+  the delta's content digest;
+- ``editor``, ``data``: the editor's and the benchmark's classes and constructor arguments;
+- ``requests``, ``preserve``: their content, whatever file they came from;
+- ``files``: a digest of every path-valued argument that names an existing file or folder (data CSVs,
+  requests, corpora, anchor prompts, FID reference folders, weight files), by argument;
+- ``generation``: sampler, image size, precision, matmul precision, fast path and device type (what decides
+  an image besides the model and the prompt);
+- ``metrics``: each metric's name, protocol and the identity of its models (``hf:`` models by snapshot);
+- ``code``: a hash of the package's own source (every ``.py`` file of ``edit_bench``);
+- ``versions``: Python and every library that touches pixels or scores.
+
+Its views: :meth:`Provenance.run` (the eval fingerprint: all of it), :meth:`Provenance.fit` (a fit's: what
+decides the delta) and :meth:`Provenance.baseline` (the baseline cache's context: what decides an unedited
+image and its scores, without the editor, the benchmark's own arguments or the delta). A resume diffs the
+stored view against the new one and names every field that changed (:func:`differences`).
+
+Digests are computed once per process, keyed by (path, size, mtime); the source hash once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .identity import file_digest
+
+# Settings that change neither images nor scores: a run may resume with other values.
+RESUMABLE = ("batch_size",)
+
+# Every library that touches pixels or scores (and the ones that run the loops).
+LIBRARIES = ("edit_bench", "torch", "torchvision", "lightning", "diffusers", "transformers", "tokenizers",
+             "open_clip_torch", "torchmetrics", "numpy", "scipy", "Pillow", "clean-fid", "lpips", "safetensors",
+             "accelerate")
+
+
+def versions() -> dict:
+    """Versions of Python and the libraries that shape the numbers (``None``: not installed)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in LIBRARIES:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def source_hash() -> str:
+    """A hash of the package's own source: every ``.py`` file under ``edit_bench/``, by relative path (once per
+    process)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def path_digest(path: str | Path) -> str:
+    """A content digest of a file or of every file under a folder (16 hex digits), cached in this process by
+    (path, size, mtime) of each file, so a large file or folder is read once per process."""
+    p = Path(path).expanduser().resolve()
+    if p.is_file():
+        st = p.stat()
+        key = ("file", str(p), st.st_size, st.st_mtime_ns)
+        if key not in _DIGESTS:
+            _DIGESTS[key] = file_digest(p).hexdigest()[:16]
+        return _DIGESTS[key]
+    files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    key = ("dir", str(p), tuple((str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(str(f.relative_to(p)).encode() + b"\0" + path_digest(f).encode())
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def _resolve(value: str) -> Path | None:
+    """The file or folder a string argument names, if it names one (as the data modules resolve paths)."""
+    if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
+        return None
+    for prefix in ("local-dir:",):
+        value = value.removeprefix(prefix)
+    try:
+        p = Path(value).expanduser()
+        if p.exists():
+            return p
+        from .benchmarks.base import REPO_ROOT
+
+        if not p.is_absolute() and (REPO_ROOT / p).exists():
+            return REPO_ROOT / p
+    except OSError:
+        return None
+    return None
+
+
+def file_digests(args, prefix: str = "") -> dict[str, str]:
+    """``{argument path: digest}`` of every string in ``args`` (nested dicts/lists) that names an existing file
+    or folder."""
+    out = {}
+    if isinstance(args, dict):
+        for k, v in args.items():
+            out.update(file_digests(v, f"{prefix}{k}."))
+    elif isinstance(args, (list, tuple)):
+        for i, v in enumerate(args):
+            out.update(file_digests(v, f"{prefix}{i}."))
+    elif (p := _resolve(args)) is not None:
+        out[prefix.rstrip(".")] = path_digest(p)
+    return out
+
+
+def jsonable(x):
+    """``x`` as plain JSON data (dataclasses and objects by their fields, anything else by ``str``)."""
+    return json.loads(json.dumps(x, sort_keys=True,
+                                 default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") and not isinstance(o, type)
+                                 else o.__dict__ if hasattr(o, "__dict__") else str(o)))
+
+
+def init_args(module, drop: tuple[str, ...] = ()) -> dict:
+    """A module's constructor arguments as saved by ``save_hyperparameters`` (without the keys LightningCLI
+    adds, so a run from Python and the same run from the CLI have one provenance)."""
+    return jsonable({k: v for k, v in module.hparams.items() if not k.startswith("_") and k not in drop})
+
+
+def class_path(obj) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def fast_path_args(trainer) -> dict:
+    """The trainer's generation fast path (``EditTrainer``'s ``channels_last``, ``compile_unet``)."""
+    return {"channels_last": bool(getattr(trainer, "channels_last", False)), "compile": getattr(trainer, "compile_unet", None)}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Everything that decides a run's images and scores (see the module doc); plain JSON data."""
+
+    fields: dict
+
+    @classmethod
+    def build(cls, editor, data, trainer=None, matmul_precision: str = "highest", metrics=None,
+              sampler=None, size: int | None = None) -> "Provenance":
+        """The provenance of ``editor`` on ``data`` (a benchmark or a requests module) under ``trainer``."""
+        t2i = editor.t2i
+        editor_args = init_args(editor)
+        data_args = init_args(data, drop=(*RESUMABLE, "metrics"))
+        delta = getattr(editor, "delta", None)
+        requests = data.requests() if data is not None else []
+        generation = {
+            "precision": str(trainer.precision) if trainer is not None else None,
+            "matmul_precision": matmul_precision,
+            "fast_path": fast_path_args(trainer) if trainer is not None else None,
+            "device": trainer.strategy.root_device.type if trainer is not None else None,
+        }
+        if sampler is not None:
+            generation["sampler"] = jsonable(sampler)
+            generation["size"] = size
+        metric_fields = [{"name": m.name, "class": class_path(m), "protocol": jsonable(m.describe()),
+                          "identity": jsonable(m.identity()), "args": file_digests(jsonable(m.describe()))}
+                         for m in (metrics or [])]
+        return cls(jsonable({
+            "model": {"spec": t2i.identity["spec"], "id": t2i.identity["id"],
+                      "delta": path_digest(delta) if delta else None},
+            "editor": {"class_path": class_path(editor), "init_args": editor_args},
+            "data": {"class_path": class_path(data), "init_args": data_args} if data is not None else None,
+            "requests": [asdict(r) for r in requests],
+            "preserve": list(data.preserve()) if data is not None else [],
+            "files": {**file_digests(editor_args, "editor."), **file_digests(data_args, "data.")},
+            "generation": generation,
+            "metrics": metric_fields,
+            "code": source_hash(),
+            "versions": versions(),
+        }))
+
+    def with_training(self, training: dict) -> "Provenance":
+        return Provenance({**self.fields, "training": jsonable(training)})
+
+    def run(self) -> dict:
+        """The ``eval`` fingerprint: all of it."""
+        return self.fields
+
+    def fit(self) -> dict:
+        """A ``fit``'s fingerprint: what decides the delta (no benchmark arguments, sampler or metrics)."""
+        keep = ("model", "editor", "requests", "preserve", "code", "versions", "training")
+        f = {k: self.fields[k] for k in keep if k in self.fields}
+        f["files"] = {k: v for k, v in self.fields["files"].items() if k.startswith("editor.")}
+        g = self.fields["generation"]
+        f["generation"] = {k: g[k] for k in ("precision", "matmul_precision", "device")}
+        return f
+
+    def baseline(self) -> dict:
+        """The baseline cache's context: what decides an unedited sample's image and scores besides the sample
+        itself (its prompt, labels and seed): the base model (never the delta: a delta's baseline is the model
+        without it), generation without the seed list, the metrics, the code and the versions."""
+        g = dict(self.fields["generation"])
+        if "sampler" in g:
+            g["sampler"] = {**g["sampler"], "seeds": None}
+        return {"model": {k: self.fields["model"][k] for k in ("spec", "id")}, "generation": g,
+                "metrics": self.fields["metrics"], "code": self.fields["code"], "versions": self.fields["versions"]}
+
+
+def _short(v) -> str:
+    s = json.dumps(v, sort_keys=True, default=str)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``(dotted key, old value, new value)`` of every leaf that differs between two nested JSON values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for i, (a, b) in enumerate(zip(old, new)):
+            out += differences(a, b, f"{prefix}{i}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def describe_differences(diff: list[tuple[str, object, object]], limit: int = 4) -> str:
+    """``key: old -> new; ...`` of the first ``limit`` differences."""
+    parts = [f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in diff[:limit]]
+    return "; ".join(parts) + (f"; and {len(diff) - limit} more" if len(diff) > limit else "")
