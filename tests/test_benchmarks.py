@@ -68,8 +68,12 @@ def test_a_selection_of_no_rows_and_an_unknown_group_are_errors():
 
     with pytest.raises(ValueError, match="selects no cases"):
         TIMED(path="datasets/toy/toy_timed.csv", rows="50:60")
-    with pytest.raises(ValueError, match=r"unknown group\(s\) \['specifity'\]"):
-        EditCase("c", EditRequest("a", "b"), {"specifity": (PromptPair("a", "a", "b", "old"),)})
+    class Misspelt(TIMED):
+        def cases(self):
+            return [EditCase("c", EditRequest("a", "b"), {"specifity": (PromptPair("a", "a", "b", "old"),)})]
+
+    with pytest.raises(ValueError, match=r"group\(s\) \['specifity'\] that Misspelt does not declare"):
+        Misspelt(path="datasets/toy/toy_timed.csv")
 
 
 def test_requests_from_yaml_and_csv(tmp_path):

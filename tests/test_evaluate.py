@@ -132,7 +132,9 @@ def test_baseline_cache_reuses_the_unedited_samples_with_identical_numbers(tmp_p
     def cache(b, **kw):
         ev = Evaluation(TIME(base="tiny:sd1"), b, tmp_path / "x", **kw)
         ev.validate()
-        return ev._cache(_trainer(), "highest")
+        from edit_bench.evaluate import provenance
+
+        return ev._cache(provenance(ev.editor, b, _trainer(), "highest"))
 
     assert cache(bench()).path == Path(first["samples"]["baseline_cache"]["path"])
     assert cache(bench(steps=3)).path != cache(bench()).path

@@ -166,13 +166,14 @@ def test_the_coco_baseline_experiment_runs_on_its_toy_twin(tmp_path):
 
 
 class _KillsAtBatch2(ClipScore):
-    """A metric that sends this process SIGTERM while its second batch is scored (as a scheduler would)."""
+    """CLIP-score that, when armed, sends this process SIGTERM while its second batch is scored (as a scheduler
+    would)."""
 
-    calls = 0
+    armed, calls = False, 0
 
     def score(self, images, samples):
         type(self).calls += 1
-        if type(self).calls == 2:
+        if type(self).armed and type(self).calls == 2:
             os.kill(os.getpid(), signal.SIGTERM)
         return super().score(images, samples)
 
@@ -184,14 +185,18 @@ def test_sigterm_during_eval_keeps_the_done_batches_and_the_rerun_equals_an_unin
         return TIMED(rows="0:2", sampler=TINY_SAMPLER, judge=JudgeConfig(model="tiny:random"), batch_size=4,
                      metrics=[EditScores(), metric])
 
-    whole = Evaluation(TIME(base="tiny:sd1"), bench(ClipScore()), tmp_path / "whole").run(_trainer())
-    with pytest.raises(Interrupted) as e:
-        Evaluation(TIME(base="tiny:sd1"), bench(_KillsAtBatch2()), tmp_path / "cut").run(_trainer())
+    whole = Evaluation(TIME(base="tiny:sd1"), bench(_KillsAtBatch2()), tmp_path / "whole").run(_trainer())
+    _KillsAtBatch2.armed, _KillsAtBatch2.calls = True, 0
+    try:
+        with pytest.raises(Interrupted) as e:
+            Evaluation(TIME(base="tiny:sd1"), bench(_KillsAtBatch2()), tmp_path / "cut").run(_trainer())
+    finally:
+        _KillsAtBatch2.armed = False
     assert e.value.exit_code == 143
     lines = (tmp_path / "cut/samples/rank0.jsonl").read_text().splitlines()
     assert len(lines) == 8 and not (tmp_path / "cut/results.json").exists()  # two whole batches, nothing else
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None) or callable(signal.getsignal(signal.SIGTERM))
-    again = Evaluation(TIME(base="tiny:sd1"), bench(ClipScore()), tmp_path / "cut").run(_trainer())
+    again = Evaluation(TIME(base="tiny:sd1"), bench(_KillsAtBatch2()), tmp_path / "cut").run(_trainer())
     assert again["samples"]["stored_before"] == 8 and again["metrics"] == whole["metrics"]
 
 

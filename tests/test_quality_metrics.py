@@ -304,8 +304,12 @@ def test_caption_benchmark_draws_each_caption_once_with_its_seed_and_scores_qual
         rows = list(csv.DictReader(f))[:12]
     assert seeds == [int(r["evaluation_seed"]) for r in rows] and len({s.id for s in b.samples()}) == 12
     assert [type(m).__name__ for m in b.metrics] == ["ClipScore"]  # no FID without a reference
-    with pytest.raises(Exception, match="--data.requests FILE"):
-        b.requests()
+    assert b.requests() == [] and b.case(b.samples()[0].case_id).request is None  # no edit of its own
+    from edit_bench.editors.uce import UCE
+    from edit_bench.evaluate import plan
+
+    with pytest.raises(Exception, match="--data.requests FILE"):  # an editor needs the edit
+        plan(UCE(base="tiny:sd1"), b)
     out = tmp_path / "capt"
     code = run_cli(["eval", "--model", ROOT / "configs/editor/uce.yaml", "--data", ROOT / "configs/benchmark/toy_captions.yaml",
                     "--data.n", "12", "--out_dir", out])

@@ -16,7 +16,8 @@ def toy_runs(tmp_path_factory):
             ("time", "time", "toy_timed", ["--data.rows", "0:1", "--data.sampler.seeds", "[0]", "--save_images", "true"]),
             ("uce", "uce", "toy_timed", ["--data.rows", "0:1", "--data.sampler.seeds", "[0]"]),
             ("uce_q", "uce", "toy_captions", ["--data.n", "8"]),
-            ("time_2seeds", "time", "toy_timed", ["--data.rows", "0:1", "--data.sampler.seeds", "[0, 1]"])):
+            ("time_2seeds", "time", "toy_timed", ["--data.rows", "0:1", "--data.sampler.seeds", "[0, 1]"]),
+            ("unedited", "unedited", "toy_timed", ["--data.rows", "0:1", "--data.sampler.seeds", "[0]"])):
         runs[name] = root / name
         assert run_cli(["eval", "--model", ROOT / f"configs/editor/{editor}.yaml", "--data", ROOT / f"configs/benchmark/{data}.yaml",
                         *extra, "--out_dir", runs[name]]) == 0
@@ -69,3 +70,18 @@ def test_report_refuses_runs_of_different_protocols(toy_runs, tmp_path):
     assert run_cli(["report", toy_runs["time"], toy_runs["time_2seeds"], "--out", tmp_path / "r"]) == 2
     assert not (tmp_path / "r").exists()
     assert run_cli(["report", tmp_path / "nothing", "--out", tmp_path / "r"]) == 2
+
+
+def test_report_puts_the_unedited_model_beside_an_edit_and_pairs_quality_runs_by_full_arguments(toy_runs, tmp_path):
+    """The unedited model's run shares every generation and scoring setting with an edited run (only the protocol
+    differs: as_is vs per_case), so it is comparable; a quality run is paired with an edit run only when the editor's
+    whole arguments and the model are the same."""
+    from edit_bench.report import check_comparable, load_run, refact_table, table_rows
+
+    runs = [load_run(toy_runs[k]) for k in ("unedited", "uce", "uce_q")]
+    check_comparable(runs)
+    assert run_cli(["report", toy_runs["unedited"], toy_runs["uce"], "--out", tmp_path / "r"]) == 0
+    other = load_run(toy_runs["uce_q"])
+    other["editor_args"] = {**other["editor_args"], "lam": 12345.0}  # another UCE: its FID is not this UCE's
+    t1 = refact_table(table_rows([load_run(toy_runs["uce"]), other]))
+    assert next(line for line in t1.splitlines() if "| UCE" in line).endswith("| — | — |")

@@ -156,23 +156,20 @@ class ConceptAblation(FineTuner):
         return out
 
     def prepare(self, requests) -> None:
-        self._mask_embedding_rows(requests)
+        self._keep_rows = self.target_token_ids(requests) if self.params == "embedding" else {}
         self._prepare_anchors(requests)
 
-    def _mask_embedding_rows(self, requests) -> None:
-        """``embedding``: a gradient hook on each token-embedding matrix zeroes every row but the concepts' tokens
-        (the authors' ``index_grads_to_zero``). AdamW's decoupled weight decay still shrinks the other rows by
-        ``lr * weight_decay`` per step, as in the authors' training."""
-        for h in getattr(self, "_row_hooks", []):
-            h.remove()
-        self._row_hooks = []
-        if self.params != "embedding":
-            return
-        for name, ids in self.target_token_ids(requests).items():
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        """``embedding``: zero the gradient of every token-embedding row but the concepts' tokens, before clipping
+        and the optimiser step (the authors' ``index_grads_to_zero``). AdamW's decoupled weight decay still shrinks
+        the other rows by ``lr * weight_decay`` per step, as in the authors' training."""
+        for name, ids in getattr(self, "_keep_rows", {}).items():
             weight = self.t2i.token_embedding(name).weight
-            keep = torch.zeros(weight.shape[0], 1, dtype=torch.bool, device=weight.device)
-            keep[ids] = True
-            self._row_hooks.append(weight.register_hook(lambda g, keep=keep: g * keep.to(g.device)))
+            if weight.grad is not None:
+                keep = torch.zeros(weight.shape[0], 1, dtype=torch.bool, device=weight.device)
+                keep[ids] = True
+                weight.grad.mul_(keep)
 
     # ------------------------------------------------------------------ prompts
     def prompt_pairs(self, request) -> list[tuple[str, str]]:

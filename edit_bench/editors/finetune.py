@@ -81,6 +81,12 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
     def prepare(self, requests: Sequence[EditRequest]) -> None:
         """Called before the first step with the requests to train on (e.g. to make anchor images)."""
 
+    def mask_gradients(self) -> None:
+        """Called after the backward pass and before clipping and the optimiser step (e.g. to train only some rows)."""
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.mask_gradients()
+
     def effective_lr(self, world_size: int = 1, accumulate: int = 1) -> float:
         """The learning rate the optimiser gets (Concept Ablation scales it by the global batch)."""
         return self.lr
@@ -159,6 +165,7 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
                 loss = self.batch_loss(requests, self._gens(step))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                self.mask_gradients()
                 if self.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
                 opt.step()
