@@ -176,7 +176,7 @@ def test_out_dir_of_another_config_is_refused_untouched(tmp_path, capsys):
     out = tmp_path / "run"
     assert _eval(out, "--data.rows", "0:1") == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    _assert_error(_eval(out, "--data.rows", "0:1", "--model.lam", "0.5"), capsys, "different config", "model.init_args.lam")
+    _assert_error(_eval(out, "--data.rows", "0:1", "--model.lam", "0.5"), capsys, "made under other settings", "editor.init_args.lam: 0.1 -> 0.5")
     assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     (tmp_path / "other").mkdir()
     (tmp_path / "other/notes.txt").write_text("mine")
@@ -339,7 +339,7 @@ def test_resume_after_the_data_or_the_model_changed_is_refused(tmp_path, capsys)
     assert _eval(out, "--data.path", csv) == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     csv.write_text("\n".join([src[0], src[1], src[2].rsplit(",", 1)[0] + ",A pear"]) + "\n")  # row 1's last label
-    _assert_error(_eval(out, "--data.path", csv), capsys, "other prompts than this benchmark's", "A pear")
+    _assert_error(_eval(out, "--data.path", csv), capsys, "made under other settings", "files.data.path")  # the file's content
     assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     model = tmp_path / "model"
@@ -352,7 +352,7 @@ def test_resume_after_the_data_or_the_model_changed_is_refused(tmp_path, capsys)
     data = bytearray(weights.read_bytes())
     data[-4:] = bytes(4)  # "retrained": one value changes
     weights.write_bytes(bytes(data))
-    _assert_error(run_cli(args), capsys, "different config", "model_id")
+    _assert_error(run_cli(args), capsys, "made under other settings", "model.id")
 
 
 def test_trace_judge_follows_the_model(tmp_path):

@@ -302,3 +302,27 @@ def test_concept_ablation_embedding_trains_only_the_concepts_token_rows():
     assert changed and set(changed) <= set(want)  # BOS, EOS, padding and every other word stay as they were
     assert 49406 not in want and 49407 not in want
     assert set(want) >= set(ca.t2i.tokenizer("red square", add_special_tokens=False).input_ids)
+
+
+def test_the_metric_sets_scoring_networks_move_with_it():
+    """Every scoring network is a registered submodule: ``MetricSet.to(device)`` moves FID's feature network, the
+    judges and LPIPS's net (checked on the meta device; on a GPU the same call moves them to CUDA)."""
+    from cleanfid.resize import build_resizer
+
+    from edit_bench.metrics import JudgeDistance
+    from edit_bench.metrics.base import MetricSet
+
+    fid = FID(reference="renderer")
+    fid.extractor = ImageFeatures(_ModeFeatures("clean"), build_resizer("clean"), "stand-in")
+    judge = JudgeDistance(judge=JudgeConfig(model="tiny:random"))
+    judge.prepare()
+    clip = ClipScore(model="tiny:random")
+    clip.prepare(None)
+    ms = MetricSet([fid, judge, clip])
+    tensors = [t for m in ms for t in (*m.parameters(), *m.buffers())]
+    assert len(tensors) > 10
+    ms.to("meta")
+    assert all(t.device.type == "meta" for m in ms for t in (*m.parameters(), *m.buffers()))
+    from edit_bench.metrics.clip_preference import _SHARED
+
+    _SHARED.clear()  # the shared tiny judge now lives on the meta device: later tests load their own

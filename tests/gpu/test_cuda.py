@@ -50,3 +50,20 @@ def test_every_protocol_edits_on_the_accelerator_without_autocast(tmp_path, prot
     res = Evaluation(_Where(base="tiny:sd1"), bench, tmp_path / protocol).run(trainer)
     assert _Where.devices and all(d == ("cuda", False) for d in _Where.devices)
     assert res["metrics"]["efficacy"]["n"] == 2
+
+
+def test_fid_features_follow_the_metric_set_to_the_gpu():
+    """FID's feature network is a registered submodule: moved with the metric set, it scores CUDA images (before,
+    it stayed on the CPU and every GPU eval with FID failed)."""
+    from cleanfid.resize import build_resizer
+
+    from edit_bench.metrics import FID, ImageFeatures
+    from edit_bench.metrics.base import MetricSet
+
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    fid = FID(reference="renderer")
+    fid.extractor = ImageFeatures(net, build_resizer("clean"), "stand-in")
+    ms = MetricSet([fid]).to("cuda")
+    images = torch.rand(3, 3, 32, 32, device="cuda")
+    out = ms.score(images, [], "samples")
+    assert out.features["fid"].shape == (3, 4) and next(net.parameters()).is_cuda
