@@ -34,7 +34,7 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .identity import file_digest
+from .identity import file_digest, folder_identity
 
 # Settings that change neither images nor scores: a run may resume with other values.
 RESUMABLE = ("batch_size",)
@@ -85,10 +85,7 @@ def path_digest(path: str | Path) -> str:
     files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
     key = ("dir", str(p), tuple((str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        for f in files:
-            h.update(str(f.relative_to(p)).encode() + b"\0" + path_digest(f).encode())
-        _DIGESTS[key] = h.hexdigest()[:16]
+        _DIGESTS[key] = folder_identity(p)
     return _DIGESTS[key]
 
 
@@ -96,19 +93,13 @@ def _resolve(value: str) -> Path | None:
     """The file or folder a string argument names, if it names one (as the data modules resolve paths)."""
     if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
         return None
-    for prefix in ("local-dir:",):
-        value = value.removeprefix(prefix)
-    try:
-        p = Path(value).expanduser()
-        if p.exists():
-            return p
-        from .benchmarks.base import REPO_ROOT
+    from .benchmarks.base import resolve_path
+    from .errors import UsageError
 
-        if not p.is_absolute() and (REPO_ROOT / p).exists():
-            return REPO_ROOT / p
-    except OSError:
+    try:
+        return resolve_path(value.removeprefix("local-dir:"))
+    except (UsageError, OSError):
         return None
-    return None
 
 
 def file_digests(args, prefix: str = "") -> dict[str, str]:

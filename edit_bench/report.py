@@ -74,16 +74,11 @@ def check_comparable(runs: list[dict]) -> None:
                 raise UsageError(f"{r['_dir']} and {ref['_dir']} score {r['_data']} with different {name!r} protocols "
                                  f"({', '.join(diff)} differ). Report them separately")
         a, b = (x.get("provenance") or {} for x in (r, ref))
-        for k in ("code", "files"):  # the package's source; the data files' content (a benchmark of the same name)
-            mine_k = b_k = None
-            if k == "files":
-                mine_k = {f: d for f, d in (a.get(k) or {}).items() if f.startswith("data.")}
-                b_k = {f: d for f, d in (b.get(k) or {}).items() if f.startswith("data.")}
-            else:
-                mine_k, b_k = a.get(k), b.get(k)
-            if a and b and mine_k != b_k:
-                raise UsageError(f"{r['_dir']} and {ref['_dir']} ran {r['_data']} with different {k} "
-                                 f"({'data file contents' if k == 'files' else 'edit_bench source'} differ). Report them separately")
+        data_files = lambda p: {f: d for f, d in (p.get("files") or {}).items() if f.startswith("data.")}  # noqa: E731
+        for what, differs in (("edit_bench source", a.get("code") != b.get("code")),
+                              ("data file contents", data_files(a) != data_files(b))):
+            if a and b and differs:  # the same benchmark name over other data, or numbers of other code
+                raise UsageError(f"{r['_dir']} and {ref['_dir']} ran {r['_data']} with different {what}. Report them separately")
 
 
 def _label(r: dict) -> str:

@@ -146,11 +146,6 @@ class RunDir:
         """Where each sample's stored features of ``metric`` are (read from the files' headers only)."""
         return FeatureIndex(sorted((self.samples_dir(variant) / "features").glob(f"{metric}-rank*.safetensors")))
 
-    def load_features(self, metric: str, variant: str = "samples", ids: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Stored features of ``metric`` by sample id (``ids``: only these), merged over ranks and batches."""
-        index = self.feature_index(metric, variant)
-        ids = list(index.where) if ids is None else [i for i in ids if i in index.where]
-        return dict(zip(ids, index.read(ids))) if ids else {}
 
     def write_json(self, name: str, obj: dict) -> Path:
         return write_atomic(self.path / name, json.dumps(obj, indent=1, default=str))
