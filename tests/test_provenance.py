@@ -202,7 +202,7 @@ def test_sigterm_during_eval_keeps_the_done_batches_and_the_rerun_equals_an_unin
 
 def _fit_args(out):
     return [sys.executable, "-m", "edit_bench", "fit", "--model", "configs/editor/esd_x.yaml", "--model.init_args.base", "tiny:sd1",
-            "--model.init_args.ddim_steps", "4", "--model.init_args.lr", "1e-3", "--data", "EditRequests",
+            "--model.init_args.sample_steps", "4", "--model.init_args.lr", "1e-3", "--data", "EditRequests",
             "--data.path", "configs/requests/toy_blue_circle.yaml", "--trainer.max_steps", "60",
             "--trainer.checkpoint_every", "1", "--trainer.enable_progress_bar", "false", "--out_dir", str(out)]
 
@@ -244,7 +244,7 @@ def test_a_python_api_fit_resume_keeps_the_original_weights_and_gives_the_clis_d
     from edit_bench.editors.esd import ESD
 
     data = lambda: EditRequests(path=str(ROOT / "configs/requests/toy_blue_circle.yaml"))  # noqa: E731
-    kw = dict(base="tiny:sd1", ddim_steps=4, lr=1e-3, params="xattn")
+    kw = dict(base="tiny:sd1", sample_steps=4, lr=1e-3, params="xattn")
     cli_dir = tmp_path / "cli"
     EditTrainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False).fit(ESD(**kw), datamodule=data(), out_dir=cli_dir)

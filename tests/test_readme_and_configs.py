@@ -137,7 +137,10 @@ def test_readme_benchmark_scripts_run(tmp_path):
         ways = {x["mode"]: x for x in lines if "mode" in x}
         assert set(ways) == {"snapshot", "copy"} and all(w["peak_rss_mb"] > 0 for w in ways.values())
         sizes = {x["params"]: x for x in lines if "trained_M" in x}
-        assert sizes["x-strict"]["trained_M"] == 19.2  # SD-1's to_k + to_v: 19.17 M (TIME's 2.2 % of the UNet)
+        assert sizes["esd-x-strict"]["trained_M"] == 19.2  # SD-1's to_k + to_v: 19.17 M (TIME's 2.2 % of the UNet)
+        # ESD-u on SD-1's architecture: the paper-era noxattn (every parameter outside attn2, the time embedding and
+        # the output layers) and the current code's esd-u (the Linear/Conv2d modules outside attn2, no norms)
+        assert (sizes["noxattn"]["tensors"], sizes["esd-u"]["tensors"]) == (598, 388)
 
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))

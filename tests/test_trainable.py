@@ -94,7 +94,7 @@ def test_a_trained_editor_evaluates_under_the_fixed_protocol_without_a_trainer_l
 
     bench = TIMED(rows="0:2", sampler=SamplerConfig(steps=2, size=32, seeds=[0]), judge=JudgeConfig(model="tiny:random"),
                   protocol="fixed", baseline=True)
-    res = Evaluation(ESD(steps=2, ddim_steps=4, lr=1e-3, base="tiny:sd1"), bench, tmp_path / "run").run(_trainer(1))
+    res = Evaluation(ESD(steps=2, sample_steps=4, lr=1e-3, base="tiny:sd1"), bench, tmp_path / "run").run(_trainer(1))
     assert res["timing"]["edits"] == 1 and res["editor_info"]["steps"] == 2
     assert res["baseline"]["efficacy"]["n"] == res["metrics"]["efficacy"]["n"] == 2
 
@@ -149,7 +149,7 @@ def test_esd_target_equals_a_hand_computation_with_two_unets(recipe):
     from edit_bench.editors.esd import ESD
     from edit_bench.types import EditRequest
 
-    ed = ESD(params="xattn", recipe=recipe, steps=3, ddim_steps=4, lr=1e-2, base="tiny:sd1")
+    ed = ESD(recipe=recipe, steps=3, sample_steps=4, lr=1e-2, base="tiny:sd1")
     original = copy.deepcopy(ed.t2i.unet)
     ed.apply_edit([EditRequest("A banana", "")])
     t2i = ed.t2i
@@ -171,7 +171,7 @@ def test_esd_fit_runs_in_bf16_mixed_on_cpu_and_keeps_float32_master_weights(tmp_
     from edit_bench.editors.esd import ESD
 
     data = EditRequests(requests=[{"source": "A banana", "target": ""}])
-    ed = ESD(ddim_steps=4, lr=1e-3, base="tiny:sd1")
+    ed = ESD(sample_steps=4, lr=1e-3, base="tiny:sd1")
     trainer = EditTrainer(max_steps=3, precision="bf16-mixed", accelerator="cpu", logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
     trainer.fit(ed, datamodule=data, out_dir=tmp_path / "fit")
@@ -240,7 +240,7 @@ def test_the_loss_falls_on_the_toy_world(editor):
 
     req = [EditRequest("a star", "an orange circle")]
     if editor == "ESD":
-        ed = ESD(steps=30, ddim_steps=10, lr=1e-3, batch_size=2, base="toy")
+        ed = ESD(steps=30, sample_steps=10, lr=1e-3, batch_size=2, base="toy")
     else:
         ed = _ca(base="toy", steps=30, num_anchor_images=8, lr=2.5e-5)
     ed.snapshot()
@@ -325,7 +325,7 @@ def test_two_processes_with_batch_1_train_the_delta_of_one_process_with_batch_2(
 
     model = tmp_path / "model.yaml"
     args = {"ConceptAblation": {"num_anchor_images": 4, "lr": 1e-3, "scale_lr": True, "anchor_sampler": CHEAP},
-            "ESD": {"ddim_steps": 4, "lr": 1e-3}}[editor]
+            "ESD": {"sample_steps": 4, "lr": 1e-3}}[editor]
     module = {"ConceptAblation": "concept_ablation", "ESD": "esd"}[editor]
     model.write_text(json.dumps({"class_path": f"edit_bench.editors.{module}.{editor}",
                                  "init_args": {**args, "base": "tiny:sd1"}}))

@@ -46,7 +46,7 @@ def one_run(base: str, params: str, mode: str, steps: int, device: str, size: in
                 self.t2i.unet = unet
 
     cls = ESD if mode == "snapshot" else TwoUNets
-    ed = cls(params=params, steps=steps, ddim_steps=4, lr=1e-4, size=size, base=base)
+    ed = cls(params=params, steps=steps, sample_steps=4, lr=1e-4, size=size, base=base)
     ed.t2i.to(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -71,10 +71,12 @@ def full_size_table() -> list[dict]:
         unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)  # SD-1.x layout
     whole = sum(p.numel() for p in unet.parameters())
     rows = []
-    for params in PARAMS:
-        n = sum(p.numel() for p in parameter_set(unet, params).values())
-        rows.append({"params": params, "trained_M": round(n / 1e6, 1), "snapshot_gb_fp32": round(4 * n / 2**30, 2),
-                     "second_unet_gb_fp32": round(4 * whole / 2**30, 2)})
+    for recipe, names in PARAMS.items():
+        for params in names:
+            chosen = parameter_set(unet, params)
+            n = sum(p.numel() for p in chosen.values())
+            rows.append({"recipe": recipe, "params": params, "tensors": len(chosen), "trained_M": round(n / 1e6, 1),
+                         "snapshot_gb_fp32": round(4 * n / 2**30, 2), "second_unet_gb_fp32": round(4 * whole / 2**30, 2)})
     return rows
 
 

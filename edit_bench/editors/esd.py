@@ -8,33 +8,53 @@ concept's direction reversed (negative guidance η):
     paper-era code:  target = ε_θ(x_t, t) − η (ε_θ(x_t, c, t) − ε_θ(x_t, t)),   η = 1
     current code:    target = ε_θ(x_t, c, t) − η (ε_θ(x_t, c, t) − ε_θ(x_t, t)), η = 2
 
-x_t comes from a partial DDIM-``ddim_steps`` run from noise with prompt c at guidance ``start_guidance``
-(3), stopped after a random ``t_enc`` steps; the training timestep t is uniform in the 1000-step bucket of
-``t_enc``. The paper-era code samples x_t with θ* (the model being trained), the current code with θ.
+(with η − 1 in place of η the two targets are the same: ``current`` at η 2 trains ``paper``'s η 1 target; the
+recipes differ in how x_t is drawn, the learning rate, the steps and the parameter sets.)
+
+How x_t and t are drawn, per recipe, each as its authors' code does:
+
+- ``paper`` (the CompVis ``train-esd.py``): t_enc uniform in [0, S) (S = ``sample_steps``, 50); x_t from
+  noise by DDIM (η 0) with c at guidance ``start_guidance`` (3), sampled by θ* (the model being trained), on
+  CompVis's grid 1, 21, …, 981 with its last step dropped (``t_start = -1``): the loop starts at 961 and runs
+  S − t_enc steps (S − 1 for t_enc = 0), stopping at the noise level of DDIM step t_enc − 2; the loss is then
+  taken at t uniform in [1000·t_enc/S, 1000·(t_enc+1)/S). So t sits 39–58 timesteps above x_t's own noise
+  level (at S = 50), as in the authors' runs.
+- ``current`` (the diffusers ``esd_sd.py``): k uniform in [0, S); x_t after k steps of the model's own
+  scheduler (its pipeline's default: PNDM for SD-1.x, Euler for SDXL) from noise with c at
+  ``start_guidance``, sampled by θ (the frozen model); the loss is taken at ``timesteps[k]``, x_t's own level
+  (the UNet sees ``scale_model_input(x_t)``, the identity for PNDM/DDIM; the authors' SDXL script leaves the
+  Euler input unscaled).
 
 θ is never a second UNet: the editor keeps a copy of the trained tensors only (its snapshot) and evaluates
 θ with ``torch.func.functional_call`` on the same module.
 
-Parameter sets (``params``), by name through the adapter: ``xattn`` (ESD-x: every parameter of every
-cross-attention module), ``x-strict`` (their ``to_k``/``to_v``), ``selfattn`` (every self-attention
-module), ``noxattn`` (ESD-u: every UNet parameter but cross-attention, the time embedding and the output
-layers ``conv_norm_out``/``conv_out``), ``full`` (the whole UNet).
+Parameter sets (``params``), by name through the adapter, each under the recipe whose code defines it:
+
+- ``paper`` (``train_method`` of ``train-esd.py``, every parameter whose CompVis name matches): ``xattn``
+  (ESD-x: every parameter of every cross-attention module), ``noxattn`` (ESD-u: every UNet parameter but
+  cross-attention, the time embedding and the output layers ``conv_norm_out``/``conv_out``), ``selfattn``
+  (every self-attention module), ``notime`` (all but the time embedding and the output layers), ``full``.
+- ``current`` (``get_esd_trainable_parameters`` of ``esd_sd.py``: the parameters of the ``Linear``/``Conv2d``
+  modules, so never a norm layer): ``esd-x`` (those inside cross-attention), ``esd-u`` (those outside it,
+  the time embedding, ``conv_in`` and ``conv_out`` included), ``esd-all`` (all of them), ``esd-x-strict``
+  (cross-attention ``to_k``/``to_v``).
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 
 from ..errors import UsageError
 from .finetune import FineTuner
 
-PARAMS = ("xattn", "x-strict", "selfattn", "noxattn", "full")
-RECIPES = {  # (eta, lr, steps) of the paper-era CompVis code and of the current diffusers code
-    "paper": {"eta": 1.0, "lr": 1e-5, "steps": 1000},
-    "current": {"eta": 2.0, "lr": 5e-5, "steps": 200},
+PARAMS = {"paper": ("xattn", "noxattn", "selfattn", "notime", "full"),
+          "current": ("esd-x", "esd-u", "esd-all", "esd-x-strict")}
+RECIPES = {  # (eta, lr, steps, the default parameter set) of the paper-era CompVis code and of the current diffusers code
+    "paper": {"eta": 1.0, "lr": 1e-5, "steps": 1000, "params": "xattn"},
+    "current": {"eta": 2.0, "lr": 5e-5, "steps": 200, "params": "esd-x"},
 }
+_LAYERS = ("Linear", "Conv2d", "LoRACompatibleLinear", "LoRACompatibleConv")  # the current code's module classes
+COMPVIS_SKIP = ("time_embedding.", "conv_norm_out.", "conv_out.")  # CompVis's ``time_embed`` and ``out.`` in diffusers names
 
 
 def parameter_set(unet: torch.nn.Module, params: str) -> dict[str, torch.nn.Parameter]:
@@ -44,33 +64,47 @@ def parameter_set(unet: torch.nn.Module, params: str) -> dict[str, torch.nn.Para
     cross = [n for n, m in unet.named_modules() if isinstance(m, Attention) and m.is_cross_attention]
     in_cross = lambda n: any(n.startswith(c + ".") for c in cross)  # noqa: E731
     named = list(unet.named_parameters())
+    if params in PARAMS["current"]:
+        out = {}
+        for mod_name, mod in unet.named_modules():
+            if type(mod).__name__ not in _LAYERS:
+                continue
+            x = in_cross(mod_name + ".")
+            keep = {"esd-x": x, "esd-u": not x, "esd-all": True,
+                    "esd-x-strict": x and mod_name.rsplit(".", 1)[-1] in ("to_k", "to_v")}[params]
+            if keep:
+                out.update({f"{mod_name}.{n}": p for n, p in mod.named_parameters()})
+        return out
     if params == "xattn":
         return {n: p for n, p in named if in_cross(n)}
-    if params == "x-strict":
-        return {n: p for n, p in named if in_cross(n) and (".to_k." in n or ".to_v." in n)}
     if params == "selfattn":
         return {n: p for n, p in named if ".attn1." in n}
     if params == "full":
         return dict(named)
-    skip = ("time_embedding.", "conv_norm_out.", "conv_out.")  # noxattn (ESD-u), as the paper-era code
-    return {n: p for n, p in named if not in_cross(n) and not n.startswith(skip)}
+    if params == "notime":
+        return {n: p for n, p in named if not n.startswith(COMPVIS_SKIP)}
+    if params == "noxattn":
+        return {n: p for n, p in named if not in_cross(n) and not n.startswith(COMPVIS_SKIP)}
+    raise UsageError(f"unknown ESD parameter set {params!r}: use one of {', '.join(PARAMS['paper'] + PARAMS['current'])}")
 
 
 class ESD(FineTuner):
     """ESD fine-tuning editor.
 
     Args:
-        params: the trained parameter set (``xattn`` = ESD-x, ``noxattn`` = ESD-u, ``x-strict``,
-            ``selfattn``, ``full``).
-        recipe: ``paper`` (θ* samples x_t, target anchored on the unconditional prediction, η 1, lr 1e-5,
-            1000 iterations) or ``current`` (θ samples x_t, anchored on the conditional one, η 2, lr 5e-5,
-            200 iterations); ``eta``/``lr``/``steps`` override it.
+        params: the trained parameter set; ``None`` = the recipe's ESD-x (``xattn`` under ``paper``, ``esd-x``
+            under ``current``). ESD-u is ``noxattn`` / ``esd-u``.
+        recipe: ``paper`` (the CompVis code: θ* samples x_t by DDIM, target anchored on the unconditional
+            prediction, η 1, lr 1e-5, 1000 iterations) or ``current`` (the diffusers ``esd_sd.py``: θ samples x_t
+            with the model's own scheduler, anchored on the conditional prediction, η 2, lr 5e-5, 200
+            iterations); ``eta``/``lr``/``steps`` override it.
         eta: negative guidance η.
         lr: Adam's learning rate.
         steps: optimisation steps of ``edit()`` (the per-case protocol, without a Trainer); ``fit`` runs
             ``--trainer.max_steps``.
-        start_guidance: classifier-free guidance of the x_t sampling (3).
-        ddim_steps: DDIM steps of the x_t sampling (50).
+        start_guidance: classifier-free guidance of the x_t sampling (3; the authors' SDXL script: 2).
+        sample_steps: the x_t sampler's steps S (50): CompVis's ``ddim_steps`` under ``paper``, the scheduler's
+            ``num_inference_steps`` under ``current``.
         size: image side of the training latents; ``None`` = the model's native size (the paper: 512).
         batch_size: samples per step and process (the authors: 1).
         gradient_checkpointing: see :class:`~edit_bench.editors.finetune.FineTuner`.
@@ -78,22 +112,31 @@ class ESD(FineTuner):
         base: see :class:`~edit_bench.editors.base.Editor`.
     """
 
-    def __init__(self, params: Literal["xattn", "x-strict", "selfattn", "noxattn", "full"] = "xattn",
-                 recipe: Literal["paper", "current"] = "paper", eta: float | None = None, lr: float | None = None,
-                 steps: int | None = None, start_guidance: float = 3.0, ddim_steps: int = 50, size: int | None = None,
-                 batch_size: int = 1, gradient_checkpointing: bool = False, seed: int = 0, base: str = "toy"):
-        if params not in PARAMS:
-            raise UsageError(f"unknown ESD parameter set {params!r}: use one of {', '.join(PARAMS)}")
+    def __init__(self, params: str | None = None, recipe: str = "paper", eta: float | None = None,
+                 lr: float | None = None, steps: int | None = None, start_guidance: float = 3.0, sample_steps: int = 50,
+                 size: int | None = None, batch_size: int = 1, gradient_checkpointing: bool = False, seed: int = 0,
+                 base: str = "toy"):
         if recipe not in RECIPES:
             raise UsageError(f"unknown ESD recipe {recipe!r}: use paper or current")
         r = RECIPES[recipe]
+        params = r["params"] if params is None else params
+        if params not in PARAMS[recipe]:
+            other = next((k for k, v in PARAMS.items() if params in v), None)
+            hint = (f"it is the {other} code's set: use --model.init_args.recipe {other}, or one of "
+                    f"{', '.join(PARAMS[recipe])}" if other else f"use one of {', '.join(PARAMS[recipe])}")
+            raise UsageError(f"ESD parameter set {params!r} does not exist under recipe {recipe!r}: {hint}")
         super().__init__(lr=r["lr"] if lr is None else lr, steps=r["steps"] if steps is None else steps,
                          batch_size=batch_size, gradient_checkpointing=gradient_checkpointing, seed=seed, base=base)
-        if ddim_steps < 1:
-            raise UsageError(f"ESD ddim_steps must be >= 1 (paper: 50), got {ddim_steps}")
+        if sample_steps < 2:
+            raise UsageError(f"ESD sample_steps must be >= 2 (the authors: 50), got {sample_steps}")
+        if recipe == "paper" and 1000 % sample_steps:
+            raise UsageError(f"ESD recipe paper samples on CompVis's DDIM grid, which needs sample_steps dividing 1000 "
+                             f"(the authors: 50), got {sample_steps}")
+        if start_guidance < 1:
+            raise UsageError(f"ESD start_guidance must be >= 1 (the authors: 3), got {start_guidance}")
         self.params, self.recipe = params, recipe
         self.eta = r["eta"] if eta is None else eta
-        self.start_guidance, self.ddim_steps, self.size = start_guidance, ddim_steps, size
+        self.start_guidance, self.sample_steps, self.size = start_guidance, sample_steps, size
 
     # ------------------------------------------------------------------ what is trained
     def edited_parameters(self):
@@ -117,37 +160,64 @@ class ESD(FineTuner):
         """ε_θ: the frozen model's prediction, through the trained module with the original tensors."""
         return self.t2i.noise_prediction(x, t, cond, self.size, self._frozen())
 
+    def sampler(self):
+        """A fresh scheduler of the recipe's x_t sampler, its timesteps set: CompVis's DDIM (η 0, no clipping,
+        the last alpha from ``alphas_cumprod[0]``) under ``paper``, the model's own scheduler under ``current``."""
+        t2i = self.t2i
+        if self.recipe == "paper":
+            from diffusers import DDIMScheduler
+
+            sched = DDIMScheduler.from_config(t2i.scheduler_config, timestep_spacing="leading", steps_offset=1,
+                                              set_alpha_to_one=False, clip_sample=False, thresholding=False)
+        else:
+            sched = t2i.make_scheduler(t2i.default_scheduler)
+        sched.set_timesteps(self.sample_steps, device=t2i.device)
+        return sched
+
+    def sampling_plan(self, gen: torch.Generator) -> tuple[int, int, int]:
+        """One sample's ``(first, n, t)``: the sampler runs ``timesteps[first : first + n]`` from noise and the
+        loss is taken at timestep ``t`` (drawn from ``gen``: t_enc or k, then t under ``paper``)."""
+        S = self.sample_steps
+        k = int(torch.randint(0, S, (1,), generator=gen))
+        if self.recipe == "current":
+            return 0, k, -1  # t = timesteps[k], read from the scheduler
+        # CompVis: ddim_sampling runs its grid without the last entry (t_start = -1), index counting down from
+        # S - 2, and breaks after index + 1 == t_enc; t_enc = 0 never breaks
+        n = S - k if k >= 1 else S - 1
+        n_train = int(self.t2i.scheduler_config.get("num_train_timesteps", 1000))
+        lo, hi = round(k / S * n_train), round((k + 1) / S * n_train)
+        return 1, n, int(torch.randint(lo, hi, (1,), generator=gen))
+
     @torch.no_grad()
-    def _x_t(self, cond, uncond, t_enc: int, gen: torch.Generator):
-        """x_t after ``t_enc`` DDIM steps from noise with the concept at ``start_guidance``."""
+    def draw_x_t(self, cond, uncond, gen: torch.Generator):
+        """One sample's ``(x_t, t)`` as the recipe draws them: the UNet's input (``scale_model_input`` applied)
+        and the training timestep ``[1]``."""
         t2i = self.t2i
         size = self.size or t2i.native_size
         h = size // t2i.vae_scale_factor
-        sched = t2i.make_scheduler("ddim")
-        sched.set_timesteps(self.ddim_steps, device=t2i.device)
+        sched = self.sampler()
+        first, n, t = self.sampling_plan(gen)
         x = torch.randn((1, t2i.unet.config.in_channels, h, h), generator=gen).to(t2i.device) * sched.init_noise_sigma
         both = type(cond).cat([uncond, cond])
-        for t in sched.timesteps[:t_enc]:
-            x2 = torch.cat([x, x])
+        for s in sched.timesteps[first:first + n]:
+            x2 = sched.scale_model_input(torch.cat([x, x]), s)
             if self.recipe == "current":  # θ samples
-                eps = self.theta_prediction(x2, t, both).float()
+                eps = self.theta_prediction(x2, s, both).float()
             else:  # paper-era: θ* samples
-                eps = t2i.noise_prediction(x2, t, both, size).float()
+                eps = t2i.noise_prediction(x2, s, both, size).float()
             eps_u, eps_c = eps.chunk(2)
-            x = sched.step(eps_u + self.start_guidance * (eps_c - eps_u), t, x).prev_sample
-        return x
+            x = sched.step(eps_u + self.start_guidance * (eps_c - eps_u), s, x).prev_sample
+        if self.recipe == "current":
+            t_k = sched.timesteps[n]
+            return sched.scale_model_input(x, t_k), t_k.reshape(1).to(t2i.device)
+        return x, torch.tensor([t], device=t2i.device)
 
     def loss(self, concept: str, gen: torch.Generator) -> torch.Tensor:
-        """One sample's ESD loss for ``concept`` (t_enc, t and noise from ``gen``)."""
+        """One sample's ESD loss for ``concept`` (the sampler's steps, t and noise from ``gen``)."""
         t2i = self.t2i
-        t_enc = int(torch.randint(0, self.ddim_steps, (1,), generator=gen))
-        n_train = int(t2i.scheduler_config.get("num_train_timesteps", 1000))
-        lo = n_train * t_enc // self.ddim_steps
-        hi = max(n_train * (t_enc + 1) // self.ddim_steps, lo + 1)
-        t = torch.randint(lo, hi, (1,), generator=gen).to(t2i.device)
         with torch.no_grad():
             cond, uncond = t2i.condition([concept]), t2i.unconditional(1)
-        x_t = self._x_t(cond, uncond, t_enc, gen)
+        x_t, t = self.draw_x_t(cond, uncond, gen)
         target = self.target(x_t, t, cond, uncond)
         e_n = t2i.noise_prediction(x_t, t, cond, self.size).float()
         return torch.nn.functional.mse_loss(e_n, target)

@@ -47,7 +47,9 @@ def _load_folder(path: Path) -> dict:
     sched_file = path / "scheduler" / "scheduler_config.json"
     if not sched_file.is_file():
         raise ModelNotAvailable(f"{path} has no scheduler/scheduler_config.json")
-    comps["scheduler"] = {k: v for k, v in json.loads(sched_file.read_text()).items() if not k.startswith("_")}
+    sched = json.loads(sched_file.read_text())
+    comps["scheduler"] = {k: v for k, v in sched.items() if not k.startswith("_")}
+    comps["scheduler_class"] = sched.get("_class_name")
     comps["force_zeros_for_empty_prompt"] = index.get("force_zeros_for_empty_prompt", False)
     missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer") if n not in comps]
     if missing:

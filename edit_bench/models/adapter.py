@@ -167,6 +167,7 @@ class T2IModel(nn.Module):
             [components["tokenizer_2"]] if components.get("tokenizer_2") is not None else []
         )
         self.scheduler_config = dict(components["scheduler"])
+        self.scheduler_class = components.get("scheduler_class")  # the pipeline's own, e.g. "PNDMScheduler"
         self.force_zeros_for_empty_prompt = bool(components.get("force_zeros_for_empty_prompt", False))
         self.family = self.detect_family()
         self.requires_grad_(False)
@@ -373,6 +374,15 @@ class T2IModel(nn.Module):
         size, mult = sampler.size or self.native_size, self.size_multiple()
         if size <= 0 or size % mult:
             raise UsageError(f"sampler.size {size} must be a positive multiple of {mult} for this {self.family} model")
+
+    @property
+    def default_scheduler(self) -> str:
+        """The name (``pndm``, ``euler``, ...) of the scheduler the model's own pipeline samples with."""
+        names = {cls: name for name, cls in SCHEDULERS.items()}
+        if self.scheduler_class not in names:
+            raise UsageError(f"this model's own scheduler {self.scheduler_class!r} is not one edit_bench runs "
+                             f"({', '.join(SCHEDULERS.values())}): name a scheduler explicitly")
+        return names[self.scheduler_class]
 
     def make_scheduler(self, name: str):
         import diffusers

@@ -24,6 +24,7 @@ SD_SCHEDULER = dict(
     clip_sample=False,
     prediction_type="epsilon",
 )
+SDXL_SCHEDULER_CLASS = "EulerDiscreteScheduler"  # SDXL's pipeline default; SD-1.x's is PNDM
 
 
 def _text_encoder(tokenizer, hidden: int, act: str, layers: int, projection: int | None = None):
@@ -85,7 +86,7 @@ def tiny_components(family: str) -> dict:
             )
             return dict(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
                         tokenizer_2=clip_tokenizer(), scheduler=dict(SD_SCHEDULER),
-                        force_zeros_for_empty_prompt=True)
+                        scheduler_class=SDXL_SCHEDULER_CLASS, force_zeros_for_empty_prompt=True)
         hidden, act = (32, "quick_gelu") if family == "sd1" else (48, "gelu")
         te = _text_encoder(tok, hidden, act, 12 if family == "sd1" else 23)
         unet = UNet2DConditionModel(
@@ -99,7 +100,7 @@ def tiny_components(family: str) -> dict:
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         )
-        return dict(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=dict(SD_SCHEDULER))
+        return dict(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=dict(SD_SCHEDULER), scheduler_class="PNDMScheduler")
 
 
 def random_components(family: str) -> dict:
@@ -142,7 +143,8 @@ def random_components(family: str) -> dict:
                 projection_class_embeddings_input_dim=2816)
             return dict(unet=unet, vae=vae, text_encoder=clip(tok, 768, 12, 12, "quick_gelu"),
                         text_encoder_2=clip(tok, 1280, 32, 20, "gelu", projection=1280), tokenizer=tok,
-                        tokenizer_2=clip_tokenizer(), scheduler=dict(SD_SCHEDULER), force_zeros_for_empty_prompt=True)
+                        tokenizer_2=clip_tokenizer(), scheduler=dict(SD_SCHEDULER), scheduler_class=SDXL_SCHEDULER_CLASS,
+                        force_zeros_for_empty_prompt=True)
         if family == "sd1":
             te = clip(tok, 768, 12, 12, "quick_gelu")
             unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
@@ -150,4 +152,4 @@ def random_components(family: str) -> dict:
             te = clip(tok, 1024, 23, 16, "gelu")
             unet = UNet2DConditionModel(sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
                                         use_linear_projection=True)
-        return dict(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=dict(SD_SCHEDULER))
+        return dict(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=dict(SD_SCHEDULER), scheduler_class="PNDMScheduler")
