@@ -201,7 +201,13 @@ def test_concept_ablation_builds_target_prompts_as_the_authors():
     assert _ca().prompt_pairs(EditRequest("a star", "an orange circle")) == [("an orange circle", "a star")]
     style = _ca(concept_type="style", anchor_prompts=["a painting of a house"])
     assert style.prompt_pairs(EditRequest("van gogh", "painting")) == [
-        ("a painting of a house", "a painting of a house, in the style of van gogh")]
+        ("a painting of a house", "a painting of a house, in the style of van gogh"),
+        ("a painting of a house", "in van gogh's style, a painting of a house")]
+    # one template drawn per sample, as the authors' (2 of their 3 are the same): 1/3 and 2/3
+    gen = torch.Generator().manual_seed(0)
+    drawn = [style.target_prompt(EditRequest("van gogh", "painting"), "a house", gen) for _ in range(600)]
+    assert 150 < drawn.count("a house, in the style of van gogh") < 250
+    assert drawn.count("in van gogh's style, a house") == 600 - drawn.count("a house, in the style of van gogh")
     with pytest.raises(UsageError, match="does not contain the anchor 'dog'"):
         obj.prompt_pairs(EditRequest("a corgi", "dog"))
     with pytest.raises(UsageError, match="parameter set"):

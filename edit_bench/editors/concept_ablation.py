@@ -1,29 +1,49 @@
 """Concept Ablation: Ablating Concepts in Text-to-Image Diffusion Models (Kumari, Zhang, Wang, Shechtman,
-Zhang & Zhu, ICCV 2023, arXiv 2303.13516), trained by Lightning's ``fit``.
+Zhang & Zhu, ICCV 2023, arXiv 2303.13516), trained by Lightning's ``fit`` as the authors' diffusers
+``train.py`` trains it.
 
 The model learns to draw, for a prompt naming the target concept c (``request.source``), what it draws for
-the same prompt with the anchor concept c* instead (``request.target``; ``""`` = the empty prompt):
+the anchor concept c* (``request.target``; ``""`` = the empty prompt):
 
-    model-based (default):  L = || ε(x_t, c, t) − sg(ε(x_t, c*, t)) ||²
-    noise-based:            L = || ε(x_t, c, t) − ε ||²
-    regulariser (optional): + reg_weight · || ε(x'_t, c*, t') − ε' ||²   (the authors: 0.2)
+    model-based (default):  L = Σ_{c,h,w} m ⊙ (ε(x_t, c, t) − sg(ε(x_t, c*, t)))² / Σ_{h,w} m   (mean over the batch)
+    noise-based:            the same with the target ε
+    prior (``regularization``): + reg_weight · mean (ε(x'_t, c*, t') − ε')²   (the authors' diffusers weight: 1.0)
 
-x_t is an **anchor image** (generated once by the unedited model from the anchor prompts) encoded by the VAE
-and noised to a uniform t; sg is the same, trained model without gradient.
+x_t is an **anchor image** (a caption c* names, drawn by the unedited model, or a real image from
+``anchor_folder``) after the authors' augmentation, encoded by the VAE (a posterior sample) and noised to a
+uniform t; sg is the same, trained model without gradient. The loss is the authors' masked form: m is 1 on
+the latent pixels the image covers without their outer ring, and the sum runs over channels while the
+normaliser counts pixels, so it is the channel count times a masked mean, as theirs (which matters for the
+gradient clipping).
 
-Anchor prompts: ``anchor_prompts`` (a text file, one caption per line, e.g. the authors' ``painting.txt``, or a
-list), else the anchor concept itself. Target prompts are made from them as the authors do: objects by
-replacing the anchor phrase with the target (``a cat on a bed`` → ``a grumpy cat on a bed``), styles with
-templates naming the artist. Anchor image i is the anchor prompt ``i % len(prompts)`` drawn with seed
-``anchor_sampler.seeds[0] + i``.
+The augmentation, per sample, as the authors' ``CustomDiffusionDataset`` (every random choice from the
+sample's own generator):
 
-The anchor images are cached on disk (``$EDIT_BENCH_CACHE/anchors``, default ``~/.cache/edit_bench``), keyed
+- horizontal flip with probability 0.5 (``hflip``; their README passes ``--hflip`` for every concept);
+- ``augment`` (their default for objects; their README's style runs pass ``--noaug``): the image is resized
+  (Lanczos) to a random side, in [size/3, size] with probability 0.66 (pasted at a random place on a zero
+  canvas, the mask covering it) or in [1.2·size, 1.4·size) (randomly cropped, the mask all ones); a side
+  below 0.6·size prefixes the target prompt with "a far away " or "very small ", one above size with "zoomed
+  in " or "close up " (the anchor prompt is not prefixed, as theirs);
+- target prompts: objects replace the anchor phrase in the caption (``a cat on a bed`` → ``a grumpy cat on a
+  bed``); styles draw one of the authors' three templates per sample (``{caption}, in the style of {artist}``
+  or, twice as often since two of their three are the same, ``in {artist}'s style, {caption}``).
+
+Anchor images: ``anchor_folder`` (the authors retrieve real images of the anchor class for styles; give such
+a folder), else drawn by the unedited model from the anchor prompts with ``anchor_sampler`` (default: the
+pipeline's own sampler at its defaults, 50 steps of the model's scheduler at guidance 7.5, as the authors'
+2023 diffusers code draws object anchors with ``pipeline(prompt)``). Generated style anchors are a documented
+substitute for the retrieved ones. Anchor prompts: ``anchor_prompts`` (a text file, one caption per line, e.g.
+the authors' ``painting.txt``, or a list), else the anchor concept itself; image i uses prompt
+``i % len(prompts)`` and seed ``anchor_sampler.seeds[0] + i``.
+
+Generated anchors are cached on disk (``$EDIT_BENCH_CACHE/anchors``, default ``~/.cache/edit_bench``), keyed
 by the model's identity, the prompts, the sampler and the seeds, and written atomically under a file lock
 (concurrent processes wait for one to make them). They are made by the editor rather than a data module
 because the per-case protocol edits without one, and both paths must train on the same images.
 
 Parameter sets: ``cross-attn`` (default: every attn2 ``to_k``/``to_v``), ``full-weight`` (the whole UNet),
-``embedding`` (the text encoders' token-embedding tables).
+``embedding`` (the text encoders' token-embedding tables, only the concept's own rows).
 """
 
 from __future__ import annotations
@@ -42,16 +62,27 @@ from ..types import SamplerConfig
 from .finetune import FineTuner
 
 PARAMS = ("cross-attn", "full-weight", "embedding")
-# The authors' compvis sampler for anchor images (methods §2.7): DDIM 100 steps, eta 1, guidance 6.
-PAPER_SAMPLER = SamplerConfig(scheduler="ddim", steps=100, guidance=6.0, size=None, seeds=[0], eta=1.0)
-STYLE_TEMPLATES = ("{prompt}, in the style of {target}", "{target} inspired painting, {prompt}",
-                   "in {target}'s style, {prompt}")
+# The pipeline's own sampler at its defaults (the authors' 2023 diffusers code: ``pipeline(prompt)``); the
+# scheduler is the model's own, resolved when the model is known.
+PIPELINE_DEFAULT = {"steps": 50, "guidance": 7.5}
+# The authors' compvis sampler (DDIM 100 steps, eta 1, guidance 6) and their 2024 diffusers code's (DPM-Solver
+# 25 steps, guidance 6), for comparison runs.
+COMPVIS_SAMPLER = SamplerConfig(scheduler="ddim", steps=100, guidance=6.0, size=None, seeds=[0], eta=1.0)
+DIFFUSERS_2024_SAMPLER = SamplerConfig(scheduler="dpm", steps=25, guidance=6.0, size=None, seeds=[0])
+# The authors' style templates, one drawn uniformly per sample (their second and third are the same).
+STYLE_TEMPLATES = ("{prompt}, in the style of {target}", "in {target}'s style, {prompt}", "in {target}'s style, {prompt}")
+SMALL_PREFIXES, LARGE_PREFIXES = ("a far away ", "very small "), ("zoomed in ", "close up ")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def anchor_cache_dir() -> Path:
     from ..io import cache_root
 
     return cache_root() / "anchors"
+
+
+def _pick(options, gen: torch.Generator):
+    return options[int(torch.randint(len(options), (1,), generator=gen))]
 
 
 class ConceptAblation(FineTuner):
@@ -62,13 +93,24 @@ class ConceptAblation(FineTuner):
         loss: ``model`` (the model-based loss, the authors' default) or ``noise``.
         concept_type: ``object`` (target prompts replace the anchor phrase) or ``style`` (templates).
         anchor_prompts: a text file of anchor captions or a list of them; ``None`` = the anchor concept itself.
+        anchor_folder: a folder of real anchor images (the authors retrieve them for styles): their layout
+            (``images.txt``, one image path per line, absolute or relative to the folder, and ``caption.txt``, one
+            caption per line) or the image files alone, sorted by name, captioned by ``anchor_prompts`` (cycled);
+            the first ``num_anchor_images`` are used, resized to the training size. ``None``: generate them.
         num_anchor_images: anchor images per request (the paper: 1000; the authors' README examples: 200).
-        anchor_sampler: how anchor images are drawn (default: the authors' DDIM 100, eta 1, guidance 6, at
-            the model's native size); image i uses seed ``seeds[0] + i``.
-        regularization: add the standard denoising loss on the anchor images (the authors' ``--regularization``).
-        reg_weight: its weight (0.2 in the authors' compvis code).
+        anchor_sampler: how generated anchor images are drawn; ``None`` = the pipeline's own sampler at its
+            defaults (the model's scheduler, 50 steps, guidance 7.5, native size, seed 0). Image i uses seed
+            ``seeds[0] + i``.
+        augment: the authors' rescale augmentation with its prompt prefixes; ``None`` = theirs per concept type
+            (objects: on; styles: off, their README's ``--noaug``).
+        hflip: flip anchor images horizontally with probability 0.5 (the authors' README: on).
+        masked_loss: drop the outer ring of latent pixels from the loss (the authors' mask); off = a mask of ones
+            (the same normalisation).
+        regularization: add the standard denoising loss on anchor images (the authors' ``--with_prior_preservation``).
+        reg_weight: its weight (the authors' diffusers ``--prior_loss_weight``: 1.0; their compvis code: 0.2).
         lr: AdamW's base learning rate (2e-6; 5e-7 for memorisation).
-        scale_lr: multiply ``lr`` by batch size × accumulation × processes, as the authors' ``--scale_lr``.
+        scale_lr: multiply ``lr`` by batch size × accumulation × processes (× 2 with ``regularization``), as the
+            authors' ``--scale_lr``.
         steps: optimisation steps of ``edit()`` (100; 400 for memorisation); ``fit`` runs ``--trainer.max_steps``.
         batch_size: samples per step and process (the authors' config: 4).
         weight_decay: AdamW's weight decay (1e-2).
@@ -79,11 +121,12 @@ class ConceptAblation(FineTuner):
 
     def __init__(self, params: Literal["cross-attn", "full-weight", "embedding"] = "cross-attn",
                  loss: Literal["model", "noise"] = "model", concept_type: Literal["object", "style"] = "object",
-                 anchor_prompts: str | list[str] | None = None, num_anchor_images: int = 1000,
-                 anchor_sampler: SamplerConfig | dict = PAPER_SAMPLER, regularization: bool = False, reg_weight: float = 0.2,
-                 lr: float = 2e-6, scale_lr: bool = True, steps: int = 100, batch_size: int = 4,
-                 weight_decay: float = 1e-2, max_grad_norm: float | None = 1.0, anchor_batch_size: int = 16,
-                 gradient_checkpointing: bool = False, seed: int = 0, base: str = "toy"):
+                 anchor_prompts: str | list[str] | None = None, anchor_folder: str | None = None,
+                 num_anchor_images: int = 1000, anchor_sampler: SamplerConfig | dict | None = None,
+                 augment: bool | None = None, hflip: bool = True, masked_loss: bool = True,
+                 regularization: bool = False, reg_weight: float = 1.0, lr: float = 2e-6, scale_lr: bool = True,
+                 steps: int = 100, batch_size: int = 4, weight_decay: float = 1e-2, max_grad_norm: float | None = 1.0,
+                 anchor_batch_size: int = 16, gradient_checkpointing: bool = False, seed: int = 0, base: str = "toy"):
         super().__init__(lr=lr, steps=steps, batch_size=batch_size, max_grad_norm=max_grad_norm,
                          gradient_checkpointing=gradient_checkpointing, seed=seed, base=base)
         if params not in PARAMS:
@@ -94,15 +137,20 @@ class ConceptAblation(FineTuner):
             raise UsageError(f"unknown concept_type {concept_type!r}: use object or style")
         if num_anchor_images < 1 or anchor_batch_size < 1:
             raise UsageError(f"num_anchor_images and anchor_batch_size must be >= 1, got {num_anchor_images}, {anchor_batch_size}")
+        if reg_weight < 0:
+            raise UsageError(f"Concept Ablation reg_weight must be >= 0 (the authors: 1.0), got {reg_weight}")
         self.params, self.loss_type, self.concept_type = params, loss, concept_type
         self.edits = "text_encoder" if params == "embedding" else "unet"  # per instance: the class declares "unet"
         self.anchor_prompts = self._read_prompts(anchor_prompts)
+        self.anchor_folder = self._check_folder(anchor_folder)
         if isinstance(anchor_sampler, dict):  # as a checkpoint's hyperparameters hold it
             anchor_sampler = SamplerConfig(**anchor_sampler)
-        self.num_anchor_images, self.anchor_sampler = num_anchor_images, anchor_sampler
+        self.num_anchor_images, self._anchor_sampler = num_anchor_images, anchor_sampler
+        self.augment = (concept_type == "object") if augment is None else bool(augment)
+        self.hflip, self.masked_loss = bool(hflip), bool(masked_loss)
         self.regularization, self.reg_weight = regularization, reg_weight
         self.scale_lr, self.weight_decay, self.anchor_batch_size = scale_lr, weight_decay, anchor_batch_size
-        self._anchors: dict[str, dict] = {}  # cache key -> prompts, target prompts, latent mean/std
+        self._anchors: dict[str, dict] = {}  # cache key -> images, captions
         self.anchor_files: list[str] = []
 
     @staticmethod
@@ -120,6 +168,19 @@ class ConceptAblation(FineTuner):
         if not prompts:
             raise UsageError("anchor_prompts is empty: give at least one caption, or null for the anchor concept itself")
         return prompts
+
+    @staticmethod
+    def _check_folder(folder) -> Path | None:
+        if folder is None:
+            return None
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"anchor_folder {folder!r} is not a folder: give a folder of anchor images "
+                             "(images.txt + caption.txt, or image files), or null to generate them")
+        if not (path / "images.txt").is_file() and not any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.iterdir()):
+            raise UsageError(f"anchor_folder {folder!r} has no images: give a folder of anchor images "
+                             f"({', '.join(IMAGE_SUFFIXES)}) or its images.txt + caption.txt")
+        return path
 
     # ------------------------------------------------------------------ what is trained
     def edited_parameters(self):
@@ -172,36 +233,56 @@ class ConceptAblation(FineTuner):
                 weight.grad.mul_(keep)
 
     # ------------------------------------------------------------------ prompts
-    def prompt_pairs(self, request) -> list[tuple[str, str]]:
-        """``(anchor prompt, target prompt)`` pairs of a request, one per distinct anchor prompt."""
+    def target_prompt(self, request, caption: str, gen: torch.Generator | None = None) -> str:
+        """The prompt naming the target concept made from an anchor caption: the anchor phrase replaced (objects)
+        or a template drawn from ``gen`` (styles; the first without one)."""
         target, anchor = request.source.strip(), request.target.strip()
-        prompts = self.anchor_prompts or [anchor]
         if self.concept_type == "style":
-            return [(p, STYLE_TEMPLATES[i % len(STYLE_TEMPLATES)].format(prompt=p, target=target).strip(", "))
-                    for i, p in enumerate(prompts)]
+            template = _pick(STYLE_TEMPLATES, gen) if gen is not None else STYLE_TEMPLATES[0]
+            return template.format(prompt=caption, target=target).strip(", ")
         if not anchor:
-            return [(p, target if p == "" else f"{target}, {p}") for p in prompts]
+            return target if caption == "" else f"{target}, {caption}"
         pattern = re.compile(rf"(?<!\w){re.escape(anchor)}(?!\w)", re.IGNORECASE)
+        if not pattern.search(caption):
+            raise UsageError(f"anchor prompt {caption!r} does not contain the anchor {anchor!r} to replace with "
+                             f"{target!r}: give anchor prompts that name it, or concept_type style")
+        return pattern.sub(lambda _: target, caption)
+
+    def captions(self, request) -> list[str]:
+        """The distinct anchor captions of a request (the anchor prompts, else the anchor concept)."""
+        return list(dict.fromkeys(self.anchor_prompts or [request.target.strip()]))
+
+    def prompt_pairs(self, request) -> list[tuple[str, str]]:
+        """Every ``(anchor caption, target prompt)`` pair a request can train on, before the augmentation's prefix."""
         pairs = []
-        for p in prompts:
-            if not pattern.search(p):
-                raise UsageError(f"anchor prompt {p!r} does not contain the anchor {anchor!r} to replace with "
-                                 f"{target!r}: give anchor prompts that name it, or concept_type style")
-            pairs.append((p, pattern.sub(lambda _: target, p)))
+        for caption in self.captions(request):
+            if self.concept_type == "style":
+                pairs += [(caption, t.format(prompt=caption, target=request.source.strip()).strip(", "))
+                          for t in dict.fromkeys(STYLE_TEMPLATES)]
+            else:
+                pairs.append((caption, self.target_prompt(request, caption)))
         return pairs
 
     def derived_prompts(self, requests):
-        return [q for r in requests for pair in self.prompt_pairs(r) for q in pair]
+        prefixes = ("",) + ((SMALL_PREFIXES[0], LARGE_PREFIXES[0]) if self.augment else ())
+        return [q for r in requests for a, t in self.prompt_pairs(r) for q in (a, *(p + t for p in prefixes))]
 
     # ------------------------------------------------------------------ anchor images
+    @property
+    def anchor_sampler(self) -> SamplerConfig:
+        """The sampler of generated anchors (the pipeline's own at its defaults unless one was given)."""
+        if self._anchor_sampler is not None:
+            return self._anchor_sampler
+        return SamplerConfig(scheduler=self.t2i.default_scheduler, size=None, seeds=[0], **PIPELINE_DEFAULT)
+
     def anchor_key(self, prompts: list[str]) -> str:
         blob = json.dumps({"model": self.t2i.identity, "prompts": prompts, "sampler": asdict(self.anchor_sampler),
                            "n": self.num_anchor_images, "format": 1}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def anchor_images(self, prompts: list[str]) -> torch.Tensor:
-        """The ``num_anchor_images`` anchor images (uint8 ``[N, 3, H, W]``) of ``prompts``, from the cache or
-        made now (with a progress bar) and cached."""
+        """The ``num_anchor_images`` generated anchor images (uint8 ``[N, 3, H, W]``) of ``prompts``, from the
+        cache or made now (with a progress bar) and cached."""
         from filelock import FileLock
         from safetensors.torch import load_file, save_file
 
@@ -235,34 +316,128 @@ class ConceptAblation(FineTuner):
                 bar.update(len(idx))
         return torch.cat(out).contiguous()
 
+    def folder_images(self, size: int) -> tuple[torch.Tensor, list[str]]:
+        """The first ``num_anchor_images`` images of ``anchor_folder`` (uint8 ``[N, 3, size, size]``, Lanczos) and
+        their captions."""
+        import numpy as np
+        from PIL import Image
+
+        folder = self.anchor_folder
+        if (folder / "images.txt").is_file():
+            paths = [Path(x.strip()) for x in (folder / "images.txt").read_text().splitlines() if x.strip()]
+            paths = [p if p.is_absolute() else folder / p for p in paths]
+            cap_file = folder / "caption.txt"
+            captions = [x.strip() for x in cap_file.read_text().splitlines()] if cap_file.is_file() else []
+            if len(captions) < len(paths):
+                raise UsageError(f"{folder}: caption.txt has {len(captions)} captions for {len(paths)} images in "
+                                 "images.txt: give one caption per image, line by line")
+        else:
+            paths = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            captions = []
+        paths = paths[: self.num_anchor_images]
+        if not paths:
+            raise UsageError(f"anchor_folder {folder} lists no images: add anchor images, or null to generate them")
+        if not captions:
+            cycle = self.anchor_prompts or [""]
+            captions = [cycle[i % len(cycle)] for i in range(len(paths))]
+        images = []
+        for p in paths:
+            try:
+                im = Image.open(p).convert("RGB").resize((size, size), resample=Image.LANCZOS)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"anchor image {p} cannot be read ({e}): remove it or fix the folder") from e
+            images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+        self.anchor_files.append(str(folder))
+        return torch.stack(images), captions[: len(paths)]
+
     def _prepare_anchors(self, requests) -> None:
+        size = self.t2i.native_size
         for r in requests:
-            pairs = self.prompt_pairs(r)
-            anchors = [a for a, _ in pairs]
-            key = self.anchor_key(anchors)
+            captions = self.captions(r)
+            key = self.anchor_key(captions) + (f"/folder:{self.anchor_folder}" if self.anchor_folder else "")
             if key in self._anchors:
                 continue
-            images = self.anchor_images(anchors)
-            mean, std = [], []
-            for chunk in images.split(64):
-                m, sd = self.t2i.encode_images(chunk.to(self.t2i.device).float() / 255)
-                mean.append(m)
-                std.append(sd)
-            self._anchors[key] = {"pairs": pairs, "mean": torch.cat(mean), "std": torch.cat(std)}
+            if self.anchor_folder is not None:
+                images, caps = self.folder_images(size)
+                if r.target.strip() and self.concept_type == "object":
+                    for c in dict.fromkeys(caps):
+                        self.target_prompt(r, c)  # every caption must name the anchor
+            else:
+                images = self.anchor_images(captions)
+                caps = [captions[i % len(captions)] for i in range(len(images))]
+            self._anchors[key] = {"images": images, "captions": caps}
 
-    # ------------------------------------------------------------------ the loss
-    def _draw(self, data: dict, gen: torch.Generator):
-        """One anchor image's noised latent: (x_t, t, noise, anchor prompt, target prompt)."""
+    def _data(self, request) -> dict:
+        key = self.anchor_key(self.captions(request)) + (f"/folder:{self.anchor_folder}" if self.anchor_folder else "")
+        return self._anchors[key]
+
+    # ------------------------------------------------------------------ the samples
+    def augmented(self, image: torch.Tensor, gen: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One anchor image (uint8 ``[3, S, S]``) after the authors' flip and rescale: the image in [0, 1] on the
+        training canvas, its latent mask ``[1, h, w]`` (the covered pixels without their outer ring) and the side
+        it was resized to (``S`` without ``augment``)."""
+        import numpy as np
+        from PIL import Image
+
+        size, f = image.shape[-1], self.t2i.vae_scale_factor
+        if self.hflip and float(torch.rand((), generator=gen)) < 0.5:
+            image = image.flip(-1)
+        scale = size
+        if augment:
+            if float(torch.rand((), generator=gen)) < 0.66:
+                scale = int(torch.randint(size // 3, size + 1, (1,), generator=gen))
+            else:
+                scale = int(torch.randint(int(1.2 * size), int(1.4 * size), (1,), generator=gen))
+        outer, inner = (scale, size) if scale > size else (size, scale)
+        top, left = (int(torch.randint(0, outer - inner + 1, (1,), generator=gen)) for _ in range(2))
+        img = image.float() / 255
+        if scale != size:
+            pil = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((scale, scale), resample=Image.LANCZOS)
+            img = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1).float() / 255
+        h = size // f
+        mask = torch.zeros(1, h, h)
+        if scale > size:
+            canvas = img[:, top:top + inner, left:left + inner]
+            mask[:] = 1.0
+        else:
+            canvas = torch.full((3, size, size), 0.5)  # the authors' zero canvas in [-1, 1]
+            canvas[:, top:top + inner, left:left + inner] = img
+            mask[:, top // f + 1:(top + scale) // f - 1, left // f + 1:(left + scale) // f - 1] = 1.0
+        if not self.masked_loss:
+            mask[:] = 1.0
+        return canvas, mask, scale
+
+    def _draw(self, request, gen: torch.Generator, prior: bool = False) -> dict:
+        """One sample: the image on its canvas, the mask, the anchor caption and the target prompt (instance) or
+        the caption (prior), drawn from ``gen``."""
+        data = self._data(request)
+        i = int(torch.randint(len(data["images"]), (1,), generator=gen))
+        caption = data["captions"][i]
+        image, mask, scale = self.augmented(data["images"][i], gen, self.augment and not prior)
+        if prior:  # the authors' class images: flipped, resized and cropped to the size, a mask of ones
+            return {"image": image, "mask": torch.ones_like(mask), "anchor": caption, "prompt": caption}
+        prompt = self.target_prompt(request, caption, gen)
+        size = image.shape[-1]
+        if scale < 0.6 * size:
+            prompt = _pick(SMALL_PREFIXES, gen) + prompt
+        elif scale > size:
+            prompt = _pick(LARGE_PREFIXES, gen) + prompt
+        return {"image": image, "mask": mask, "anchor": caption, "prompt": prompt}
+
+    def _noised(self, samples: list[dict], gens: list[torch.Generator]):
+        """Encode the samples' images (a posterior sample each), draw t and the noise: (x_t, t, noise)."""
         t2i = self.t2i
-        i = int(torch.randint(len(data["mean"]), (1,), generator=gen))
-        anchor, target = data["pairs"][i % len(data["pairs"])]
-        mean, std = data["mean"][i : i + 1], data["std"][i : i + 1]
-        z0 = mean + std * torch.randn(mean.shape, generator=gen).to(mean.device)
+        mean, std = t2i.encode_images(torch.stack([s["image"] for s in samples]).to(t2i.device))
         n_train = int(t2i.scheduler_config.get("num_train_timesteps", 1000))
-        t = torch.randint(0, n_train, (1,), generator=gen)
-        noise = torch.randn(mean.shape, generator=gen).to(mean.device)
-        x_t = self._noise_scheduler().add_noise(z0, noise, t.to(mean.device))
-        return x_t, t, noise, anchor, target
+        eps, ts, noise = [], [], []
+        for g in gens:
+            eps.append(torch.randn(mean.shape[1:], generator=g))
+            ts.append(torch.randint(0, n_train, (1,), generator=g))
+            noise.append(torch.randn(mean.shape[1:], generator=g))
+        z0 = mean + std * torch.stack(eps).to(mean.device)
+        t = torch.cat(ts).to(mean.device)
+        noise = torch.stack(noise).to(mean.device)
+        return self._noise_scheduler().add_noise(z0, noise, t), t, noise
 
     def _noise_scheduler(self):
         if getattr(self, "_ddpm", None) is None:
@@ -271,24 +446,27 @@ class ConceptAblation(FineTuner):
 
     def batch_loss(self, requests, gens):
         t2i = self.t2i
-        datas = [self._anchors[self.anchor_key([a for a, _ in self.prompt_pairs(r)])] for r in requests]
-        draws = [self._draw(datas[int(torch.randint(len(datas), (1,), generator=g))], g) for g in gens]
-        x_t = torch.cat([d[0] for d in draws])
-        t = torch.cat([d[1] for d in draws]).to(x_t.device)
-        pred = t2i.noise_prediction(x_t, t, t2i.condition([d[4] for d in draws])).float()
+        picks = [requests[int(torch.randint(len(requests), (1,), generator=g))] for g in gens]
+        samples = [self._draw(r, g) for r, g in zip(picks, gens)]
+        x_t, t, noise = self._noised(samples, gens)
+        pred = t2i.noise_prediction(x_t, t, t2i.condition([s["prompt"] for s in samples])).float()
         if self.loss_type == "model":
             with torch.no_grad():
-                want = t2i.noise_prediction(x_t, t, t2i.condition([d[3] for d in draws])).float()
+                want = t2i.noise_prediction(x_t, t, t2i.condition([s["anchor"] for s in samples])).float()
         else:
-            want = torch.cat([d[2] for d in draws])
-        loss = torch.nn.functional.mse_loss(pred, want)
+            want = noise.float()
+        mask = torch.stack([s["mask"] for s in samples]).to(pred.device)
+        loss = (((pred - want) ** 2 * mask).sum((1, 2, 3)) / mask.sum((1, 2, 3)).clamp(min=1)).mean()
         if self.regularization:
-            reg = [self._draw(datas[int(torch.randint(len(datas), (1,), generator=g))], g) for g in gens]
-            x_r, t_r = torch.cat([d[0] for d in reg]), torch.cat([d[1] for d in reg]).to(x_t.device)
-            pred_r = t2i.noise_prediction(x_r, t_r, t2i.condition([d[3] for d in reg])).float()
-            loss = loss + self.reg_weight * torch.nn.functional.mse_loss(pred_r, torch.cat([d[2] for d in reg]))
+            prior = [self._draw(r, g, prior=True) for r, g in zip(picks, gens)]
+            x_r, t_r, noise_r = self._noised(prior, gens)
+            pred_r = t2i.noise_prediction(x_r, t_r, t2i.condition([s["prompt"] for s in prior])).float()
+            loss = loss + self.reg_weight * torch.nn.functional.mse_loss(pred_r, noise_r.float())
         return loss
 
     def report(self) -> dict:
-        return {**super().report(), "params": self.params, "loss": self.loss_type,
-                "anchor_images": self.num_anchor_images, "anchor_cache": sorted(set(self.anchor_files))}
+        return {**super().report(), "params": self.params, "loss": self.loss_type, "anchor_images": self.num_anchor_images,
+                "anchor_source": str(self.anchor_folder) if self.anchor_folder else "generated",
+                "anchor_sampler": None if self.anchor_folder else asdict(self.anchor_sampler),
+                "augment": self.augment, "hflip": self.hflip, "masked_loss": self.masked_loss,
+                "anchor_cache": sorted(set(self.anchor_files))}
