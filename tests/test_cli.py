@@ -117,6 +117,18 @@ def _assert_error(code, capsys, *needles):
      ["anchor prompt 'a photo of a dog' does not contain the anchor", "concept_type style"]),
     (["--model", ROOT / "configs/editor/concept_ablation.yaml", "--model.init_args.batch_size", "0"],
      ["batch_size must be >= 1"]),
+    (["--model", ROOT / "configs/editor/esd_u.yaml", "--model.init_args.recipe", "current"],
+     ["ESD parameter set 'noxattn' does not exist under recipe 'current'", "recipe paper", "esd-u"]),
+    (["--model", ROOT / "configs/editor/esd_x.yaml", "--model.init_args.params", "esd-x"],
+     ["'esd-x' does not exist under recipe 'paper'", "--model.init_args.recipe current"]),
+    (["--model", ROOT / "configs/editor/esd_x.yaml", "--model.init_args.sample_steps", "30"],
+     ["sample_steps dividing 1000"]),
+    (["--model", ROOT / "configs/editor/concept_ablation.yaml", "--model.init_args.anchor_folder", "no_such_folder"],
+     ["anchor_folder 'no_such_folder' is not a folder"]),
+    (["--model", ROOT / "configs/editor/concept_ablation.yaml", "--model.init_args.anchor_folder", ROOT / "configs"],
+     ["has no images"]),
+    (["--model", ROOT / "configs/editor/concept_ablation.yaml", "--model.init_args.reg_weight", "-1"],
+     ["reg_weight must be >= 0"]),
 ])
 
 def test_bad_input_is_a_clear_error_and_leaves_no_run_dir(tmp_path, capsys, args, needles):

@@ -373,3 +373,169 @@ def test_fit_and_the_per_case_edit_run_the_same_training(tmp_path, monkeypatch):
     assert fitted.losses == pytest.approx(edited.losses, rel=1e-5)
     for n, p in edited.edited_parameters().items():
         torch.testing.assert_close(fitted.edited_parameters()[n], p, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------- ESD's x_t and t, as each recipe's authors' code
+def _compvis_steps(S: int, t_enc: int) -> list[int]:
+    """The timesteps the CompVis DDIM loop of ESD's paper-era code runs for ``till_T = t_enc`` (written from its
+    definition: the grid 1, 1 + 1000/S, ... without its last entry, index counting down, break at index + 1 == till)."""
+    grid = [j * (1000 // S) + 1 for j in range(S)][:-1]
+    out = []
+    for i, step in enumerate(reversed(grid)):
+        out.append(step)
+        if len(grid) - i - 1 + 1 == t_enc:
+            break
+    return out
+
+
+@pytest.mark.parametrize("recipe", ["paper", "current"])
+@pytest.mark.parametrize("base", ["tiny:sd1", "tiny:sd2", "tiny:sdxl"])
+def test_every_esd_training_call_is_at_the_recipes_timestep_for_its_x_t(base, recipe):
+    """Through the public edit(): a hook on the UNet sees every call. Each trained call (the one with autograd
+    on) follows its sampling chain (the CFG calls, batch 2). ``current``: the chain is the model's own scheduler's
+    first k timesteps and the trained call is at timesteps[k], x_t's own noise level. ``paper``: the chain is
+    CompVis's DDIM loop for t_enc = t's bucket (so x_t sits 2-3 DDIM steps below t, as the authors' runs)."""
+    from edit_bench.editors.esd import ESD
+    from edit_bench.types import EditRequest
+
+    S = 10
+    ed = ESD(recipe=recipe, steps=6, sample_steps=S, lr=1e-4, base=base)
+    calls = []
+    ed.t2i.unet.register_forward_pre_hook(
+        lambda m, a, kw: calls.append((int(torch.as_tensor(a[1]).reshape(-1)[0]), a[0].shape[0], torch.is_grad_enabled())),
+        with_kwargs=True)
+    ed.apply_edit([EditRequest("a star", "")])
+    chains, chain = [], []
+    for t, batch, grad in calls:
+        if grad:
+            chains.append((chain, t))
+            chain = []
+        elif batch == 2:
+            chain.append(t)
+    assert len(chains) == 6
+    sched = ed.t2i.make_scheduler(ed.t2i.default_scheduler)
+    sched.set_timesteps(S)
+    own = [int(x) for x in sched.timesteps]
+    lengths = set()
+    for chain, t in chains:
+        if recipe == "current":
+            assert chain == own[:len(chain)] and t == own[len(chain)], (chain, t)
+        else:
+            assert chain == _compvis_steps(S, t // (1000 // S)), (chain, t)
+        lengths.add(len(chain))
+    assert len(lengths) > 1  # the draws differ
+
+
+def test_the_compvis_loop_reference_is_the_authors_arithmetic():
+    """The reference above on the paper's S = 50: t_enc = 0 and 1 run 49 steps (down to timestep 1); t_enc >= 2
+    runs 50 - t_enc steps and stops at 20·t_enc - 19, so x_t's level is 20·t_enc - 39, 39-58 below t's bucket."""
+    assert len(_compvis_steps(50, 0)) == len(_compvis_steps(50, 1)) == 49
+    for t_enc in range(2, 50):
+        steps = _compvis_steps(50, t_enc)
+        assert steps[0] == 961 and len(steps) == 50 - t_enc and steps[-1] == 20 * t_enc - 19
+
+
+def test_esd_parameter_sets_exist_only_under_their_recipe():
+    from edit_bench.editors.esd import ESD, parameter_set
+
+    with pytest.raises(UsageError, match="'esd-u' does not exist under recipe 'paper'.*recipe current"):
+        ESD(params="esd-u", base="tiny:sd1")
+    with pytest.raises(UsageError, match="'xattn' does not exist under recipe 'current'"):
+        ESD(params="xattn", recipe="current", base="tiny:sd1")
+    unet = ESD(base="tiny:sd1").t2i.unet
+    x, esd_x = parameter_set(unet, "xattn"), parameter_set(unet, "esd-x")
+    assert set(x) == set(esd_x)  # SD's attn2 holds only Linear layers
+    u = parameter_set(unet, "esd-u")
+    assert not any("norm" in n for n in u) and "conv_out.weight" in u and "time_embedding.linear_1.weight" in u
+    assert "conv_out.weight" not in parameter_set(unet, "noxattn")
+    assert set(parameter_set(unet, "esd-x-strict")) == {n for n in x if ".to_k." in n or ".to_v." in n}
+
+
+# ---------------------------------------------------------------------- Concept Ablation's data, as the authors'
+def test_concept_ablation_augmentation_mask_and_prefixes_follow_the_authors():
+    """No augmentation: the image as is and a mask without the outer ring of latent pixels. With it: a side below
+    0.6·size is pasted on a canvas with a "far away"/"very small" prefix and a mask inside the pasted region; a
+    side above size is cropped, "zoomed in"/"close up", mask all ones; the anchor caption is never prefixed."""
+    from edit_bench.types import EditRequest
+
+    ca = _ca(num_anchor_images=2, augment=True)
+    req = EditRequest("a star", "an orange circle")
+    ca.prepare([req])
+    size, f = 32, ca.t2i.vae_scale_factor
+    h = size // f
+    image = ca._data(req)["images"][0]
+    plain, mask, scale = ca.augmented(image, torch.Generator().manual_seed(0), False)
+    ring = torch.zeros(1, h, h)
+    ring[:, 1:h - 1, 1:h - 1] = 1
+    assert scale == size and torch.equal(mask, ring)
+    assert torch.equal(plain, image.float() / 255) or torch.equal(plain, image.flip(-1).float() / 255)
+    seen = {"small": 0, "large": 0}
+    for s in range(300):
+        d = ca._draw(req, torch.Generator().manual_seed(s))
+        assert d["anchor"] == "an orange circle"
+        if d["prompt"].startswith(("a far away ", "very small ")):
+            seen["small"] += 1
+            assert 0 < d["mask"].sum() < (h - 2) ** 2 or d["mask"].sum() == 0
+        elif d["prompt"].startswith(("zoomed in ", "close up ")):
+            seen["large"] += 1
+            assert torch.equal(d["mask"], torch.ones(1, h, h))
+        else:
+            assert d["prompt"] == "a star"
+    assert seen["small"] > 50 and seen["large"] > 50  # 0.66 · (0.6 - 1/3) / (2/3) and 0.34 of the draws
+
+
+def test_concept_ablation_loss_is_the_authors_masked_sum():
+    """The loss is Σ_{c,h,w} m (ε - target)² / Σ_{h,w} m per sample, averaged: with ``masked_loss: false`` (a mask of
+    ones) that is the channel count times the plain mean squared error, as the authors' normalisation."""
+    from edit_bench.types import EditRequest
+
+    req = [EditRequest("a star", "an orange circle")]
+    ca = _ca(masked_loss=False, augment=False, loss="noise", batch_size=2)
+    ca.prepare(req)
+    gens = ca._gens(3)
+    with torch.no_grad():
+        loss = ca.batch_loss(req, gens)
+        gens = ca._gens(3)
+        picks = [req[int(torch.randint(1, (1,), generator=g))] for g in gens]
+        samples = [ca._draw(r, g) for r, g in zip(picks, gens)]
+        x_t, t, noise = ca._noised(samples, gens)
+        pred = ca.t2i.noise_prediction(x_t, t, ca.t2i.condition([s["prompt"] for s in samples]))
+    torch.testing.assert_close(loss, pred.shape[1] * torch.nn.functional.mse_loss(pred, noise), rtol=1e-5, atol=0)
+
+
+def test_concept_ablation_defaults_are_the_authors(tmp_path):
+    """The pipeline's own sampler at its defaults for generated anchors; flips on; the rescale augmentation on for
+    objects and off for styles (their README's --noaug); the prior weight 1.0."""
+    from edit_bench.editors.concept_ablation import ConceptAblation
+
+    obj = ConceptAblation(base="tiny:sd1")
+    s = obj.anchor_sampler
+    assert (s.scheduler, s.steps, s.guidance, s.size) == ("pndm", 50, 7.5, None)
+    assert obj.augment and obj.hflip and obj.masked_loss and obj.reg_weight == 1.0
+    assert not ConceptAblation(concept_type="style", base="tiny:sd1").augment
+    assert ConceptAblation(base="tiny:sdxl").anchor_sampler.scheduler == "euler"
+
+
+def test_concept_ablation_trains_on_a_folder_of_real_anchor_images(tmp_path):
+    """``anchor_folder`` in the authors' layout (images.txt + caption.txt): the images are resized to the
+    training size, each with its caption; a caption short is one clear error."""
+    import numpy as np
+    from PIL import Image
+
+    from edit_bench.types import EditRequest
+
+    folder = tmp_path / "anchors"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((48, 40, 3), 60 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "images.txt").write_text("\n".join(f"{i}.png" for i in range(3)))
+    (folder / "caption.txt").write_text("a painting of a tree\na painting of a dog\na painting of a cup\n")
+    ca = _ca(concept_type="style", anchor_folder=str(folder), anchor_sampler=None)
+    req = EditRequest("van gogh", "painting")
+    ca.apply_edit([req])
+    data = ca._data(req)
+    assert data["images"].shape == (3, 3, 32, 32) and data["captions"][1] == "a painting of a dog"
+    assert ca.report()["anchor_source"] == str(folder) and ca.report()["anchor_sampler"] is None
+    (folder / "caption.txt").write_text("only one\n")
+    with pytest.raises(UsageError, match="caption.txt has 1 captions for 3 images"):
+        _ca(concept_type="style", anchor_folder=str(folder)).apply_edit([req])

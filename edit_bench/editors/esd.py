@@ -122,8 +122,9 @@ class ESD(FineTuner):
         params = r["params"] if params is None else params
         if params not in PARAMS[recipe]:
             other = next((k for k, v in PARAMS.items() if params in v), None)
-            hint = (f"it is the {other} code's set: use --model.init_args.recipe {other}, or one of "
-                    f"{', '.join(PARAMS[recipe])}" if other else f"use one of {', '.join(PARAMS[recipe])}")
+            hint = (f"it is the {other} code's set: use --model.init_args.recipe {other}, or --model.init_args.params "
+                    f"one of {', '.join(PARAMS[recipe])}" if other
+                    else f"use --model.init_args.params one of {', '.join(PARAMS[recipe])}")
             raise UsageError(f"ESD parameter set {params!r} does not exist under recipe {recipe!r}: {hint}")
         super().__init__(lr=r["lr"] if lr is None else lr, steps=r["steps"] if steps is None else steps,
                          batch_size=batch_size, gradient_checkpointing=gradient_checkpointing, seed=seed, base=base)
