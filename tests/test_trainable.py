@@ -542,3 +542,25 @@ def test_concept_ablation_trains_on_a_folder_of_real_anchor_images(tmp_path):
     (folder / "caption.txt").write_text("only one\n")
     with pytest.raises(UsageError, match="caption.txt has 1 captions for 3 images"):
         _ca(concept_type="style", anchor_folder=str(folder)).apply_edit([req])
+
+
+def test_a_non_finite_loss_stops_the_training_with_its_step(tmp_path, monkeypatch):
+    """Losses are read back from the device in blocks (no sync per step); a non-finite one fails edit() and fit
+    with the step it happened at, and nothing is written for the fit."""
+    from edit_bench.editors.esd import ESD
+    from edit_bench.types import EditRequest
+
+    def nan_at_3(self, requests, gens):
+        loss = sum(p.sum() for p in self.edited_parameters().values()) * 0.0 + 1.0
+        n = len(self.losses) + len(self._pending)
+        return loss * float("nan") if n == 2 else loss
+
+    monkeypatch.setattr(ESD, "batch_loss", nan_at_3)
+    with pytest.raises(UsageError, match="loss is nan at step 3: lower --model.init_args.lr"):
+        ESD(steps=5, sample_steps=4, lr=1e-3, base="tiny:sd1").apply_edit([EditRequest("A banana", "")])
+    data = EditRequests(requests=[{"source": "A banana", "target": ""}])
+    trainer = EditTrainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
+    with pytest.raises(UsageError, match="loss is nan at step 3"):
+        trainer.fit(ESD(sample_steps=4, lr=1e-3, base="tiny:sd1"), datamodule=data, out_dir=tmp_path / "fit")
+    assert not (tmp_path / "fit/edit.safetensors").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import math
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +25,9 @@ import torch
 from ..errors import UsageError
 from ..types import EditRequest
 from .base import Editor
+
+
+CHECK_EVERY = 25  # micro-batch losses read back from the device (and checked) at once
 
 
 def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
@@ -68,6 +72,7 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         self.lr, self.steps, self.batch_size = lr, steps, batch_size
         self.max_grad_norm, self.gradient_checkpointing, self.seed = max_grad_norm, gradient_checkpointing, seed
         self.losses: list[float] = []
+        self._pending: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ what subclasses write
     @abc.abstractmethod
@@ -104,10 +109,29 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
             unet.disable_gradient_checkpointing()
 
     def _record(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise UsageError(f"{type(self).__name__} loss is {float(loss)} after {len(self.losses)} steps: "
-                             "lower --model.init_args.lr")
-        self.losses.append(float(loss))
+        """Keep a micro-batch's loss on its device; every ``CHECK_EVERY`` of them are read back at once (one device
+        sync, not one per step) and checked."""
+        self._pending.append(loss.detach())
+        if len(self._pending) >= CHECK_EVERY:
+            self._flush_losses()
+
+    def _flush_losses(self) -> None:
+        """Read the pending losses back and fail on a non-finite one; under ``fit`` on several processes every
+        rank takes the decision together (a rank that raised alone would leave the others waiting in the next
+        all-reduce)."""
+        pending, self._pending = getattr(self, "_pending", []), []
+        if not pending:
+            return
+        values = torch.stack(pending).float().cpu().tolist()
+        first = len(self.losses)
+        self.losses.extend(values)
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        decide = bad is not None
+        if getattr(self, "_in_fit", False) and self.trainer.world_size > 1:
+            decide = self.trainer.strategy.reduce_boolean_decision(decide, all=False)
+        if decide:
+            where = f"is {values[bad]} at step {first + bad + 1}" if bad is not None else "is not finite on another process"
+            raise UsageError(f"{type(self).__name__} loss {where}: lower --model.init_args.lr")
 
     # ------------------------------------------------------------------ Lightning's fit
     def _requests(self, batch) -> list[EditRequest]:
@@ -120,8 +144,11 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         self.snapshot()  # taken in configure_model (before a checkpoint is restored); here for callers that skip it
         self._set_checkpointing(self.gradient_checkpointing)
         self._prepared = None
+        self._in_fit = True
 
     def on_fit_end(self) -> None:
+        self._flush_losses()
+        self._in_fit = False
         self._set_checkpointing(False)
         self._optimizer_steps = self.global_step
 
@@ -170,13 +197,16 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
                     torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
                 opt.step()
                 self._record(loss.detach())
+            self._flush_losses()
         finally:
+            self._pending = []
             self._set_checkpointing(False)
             for p in params:
                 p.requires_grad_(False)
                 p.grad = None
 
     def report(self) -> dict:
+        self._flush_losses()
         n = len(self.losses)  # one loss per micro-batch under fit's accumulation, per step in edit()
         blocks = min(n, 10)  # the loss curve: the mean loss of 10 consecutive blocks of the run
         curve = [sum(self.losses[i * n // blocks:(i + 1) * n // blocks]) / len(self.losses[i * n // blocks:(i + 1) * n // blocks])
