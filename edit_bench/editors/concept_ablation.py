@@ -65,10 +65,8 @@ PARAMS = ("cross-attn", "full-weight", "embedding")
 # The pipeline's own sampler at its defaults (the authors' 2023 diffusers code: ``pipeline(prompt)``); the
 # scheduler is the model's own, resolved when the model is known.
 PIPELINE_DEFAULT = {"steps": 50, "guidance": 7.5}
-# The authors' compvis sampler (DDIM 100 steps, eta 1, guidance 6) and their 2024 diffusers code's (DPM-Solver
-# 25 steps, guidance 6), for comparison runs.
-COMPVIS_SAMPLER = SamplerConfig(scheduler="ddim", steps=100, guidance=6.0, size=None, seeds=[0], eta=1.0)
-DIFFUSERS_2024_SAMPLER = SamplerConfig(scheduler="dpm", steps=25, guidance=6.0, size=None, seeds=[0])
+# (The authors' compvis code drew anchors with DDIM 100 steps, eta 1, guidance 6, and their 2024 diffusers code
+# with DPM-Solver 25 steps at guidance 6: pass either as ``anchor_sampler`` for comparison runs.)
 # The authors' style templates, one drawn uniformly per sample (their second and third are the same).
 STYLE_TEMPLATES = ("{prompt}, in the style of {target}", "in {target}'s style, {prompt}", "in {target}'s style, {prompt}")
 SMALL_PREFIXES, LARGE_PREFIXES = ("a far away ", "very small "), ("zoomed in ", "close up ")
