@@ -214,7 +214,8 @@ if __name__ == "__main__":  # spawned ranks import this file as a module
 """
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+# ddp_spawn (the same sharding and merge through another launcher) runs with -m slow: the suite stays under 15 min
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("ddp_spawn", marks=pytest.mark.slow)])
 def test_two_processes_equal_one_process(tmp_path, strategy, monkeypatch):
     """22 samples of 2 cases over 2 ranks (gloo, CPU): each rank edits only its own case, no sample is padded or
     duplicated, and the metrics and the accounting equal one process's, whether the ranks are launched as

@@ -313,7 +313,8 @@ def test_an_interrupted_concept_ablation_fit_resumes_to_the_same_delta(tmp_path,
         torch.testing.assert_close(cut[k], whole[k], atol=1e-7, rtol=0)
 
 
-@pytest.mark.parametrize("editor", ["ConceptAblation", "ESD"])
+# ESD (the same FineTuner sampling, another loss) runs with -m slow: the suite stays under 15 min
+@pytest.mark.parametrize("editor", ["ConceptAblation", pytest.param("ESD", marks=pytest.mark.slow)])
 def test_two_processes_with_batch_1_train_the_delta_of_one_process_with_batch_2(tmp_path, editor):
     """`fit --trainer.devices 2 --trainer.strategy ddp` (gloo, CPU), batch 1 per process, trains the delta one
     process trains with batch 2: the same samples (keyed by global sample index), the gradient averaged by
