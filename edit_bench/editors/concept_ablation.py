@@ -79,6 +79,10 @@ def anchor_cache_dir() -> Path:
     return cache_root() / "anchors"
 
 
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def _pick(options, gen: torch.Generator):
     return options[int(torch.randint(len(options), (1,), generator=gen))]
 
@@ -175,7 +179,7 @@ class ConceptAblation(FineTuner):
         if not path.is_dir():
             raise UsageError(f"anchor_folder {folder!r} is not a folder: give a folder of anchor images "
                              "(images.txt + caption.txt, or image files), or null to generate them")
-        if not (path / "images.txt").is_file() and not any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.iterdir()):
+        if not (path / "images.txt").is_file() and not _image_files(path):
             raise UsageError(f"anchor_folder {folder!r} has no images: give a folder of anchor images "
                              f"({', '.join(IMAGE_SUFFIXES)}) or its images.txt + caption.txt")
         return path
@@ -330,8 +334,7 @@ class ConceptAblation(FineTuner):
                 raise UsageError(f"{folder}: caption.txt has {len(captions)} captions for {len(paths)} images in "
                                  "images.txt: give one caption per image, line by line")
         else:
-            paths = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            captions = []
+            paths, captions = _image_files(folder), []
         paths = paths[: self.num_anchor_images]
         if not paths:
             raise UsageError(f"anchor_folder {folder} lists no images: add anchor images, or null to generate them")
@@ -348,26 +351,28 @@ class ConceptAblation(FineTuner):
         self.anchor_files.append(str(folder))
         return torch.stack(images), captions[: len(paths)]
 
+    def _data_key(self, request) -> str:
+        """Which anchor images a request trains on: the folder's (the same for every request), else the generated
+        images of its captions."""
+        return "folder" if self.anchor_folder is not None else self.anchor_key(self.captions(request))
+
     def _prepare_anchors(self, requests) -> None:
-        size = self.t2i.native_size
         for r in requests:
-            captions = self.captions(r)
-            key = self.anchor_key(captions) + (f"/folder:{self.anchor_folder}" if self.anchor_folder else "")
-            if key in self._anchors:
-                continue
-            if self.anchor_folder is not None:
-                images, caps = self.folder_images(size)
-                if r.target.strip() and self.concept_type == "object":
-                    for c in dict.fromkeys(caps):
-                        self.target_prompt(r, c)  # every caption must name the anchor
-            else:
-                images = self.anchor_images(captions)
-                caps = [captions[i % len(captions)] for i in range(len(images))]
-            self._anchors[key] = {"images": images, "captions": caps}
+            key = self._data_key(r)
+            if key not in self._anchors:
+                if self.anchor_folder is not None:
+                    images, caps = self.folder_images(self.t2i.native_size)
+                else:
+                    captions = self.captions(r)
+                    images = self.anchor_images(captions)
+                    caps = [captions[i % len(captions)] for i in range(len(images))]
+                self._anchors[key] = {"images": images, "captions": caps}
+            if self.anchor_folder is not None and r.target.strip() and self.concept_type == "object":
+                for c in dict.fromkeys(self._anchors[key]["captions"]):
+                    self.target_prompt(r, c)  # every caption must name the anchor
 
     def _data(self, request) -> dict:
-        key = self.anchor_key(self.captions(request)) + (f"/folder:{self.anchor_folder}" if self.anchor_folder else "")
-        return self._anchors[key]
+        return self._anchors[self._data_key(request)]
 
     # ------------------------------------------------------------------ the samples
     def augmented(self, image: torch.Tensor, gen: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -209,8 +209,8 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         self._flush_losses()
         n = len(self.losses)  # one loss per micro-batch under fit's accumulation, per step in edit()
         blocks = min(n, 10)  # the loss curve: the mean loss of 10 consecutive blocks of the run
-        curve = [sum(self.losses[i * n // blocks:(i + 1) * n // blocks]) / len(self.losses[i * n // blocks:(i + 1) * n // blocks])
-                 for i in range(blocks)]
+        chunks = [self.losses[i * n // blocks:(i + 1) * n // blocks] for i in range(blocks)]
+        curve = [sum(c) / len(c) for c in chunks]
         return {"steps": getattr(self, "_optimizer_steps", n), "losses": n, "first_loss": self.losses[0] if n else None,
                 "final_loss": self.losses[-1] if n else None, "loss_curve": [round(x, 5) for x in curve],
                 "batch_size": self.batch_size, "lr": getattr(self, "lr_used", None), "trained_tensors": len(self.edited_parameters()),
