@@ -28,7 +28,8 @@ from ..types import EditCase, EditRequest, PromptPair, Sample
 from .base import Benchmark, read_csv, resolve_path
 from .requests import EditRequests
 
-GROUPS = ("erased", "paraphrase", "kept", "prompts")
+GROUPS = ("erased", "paraphrase", "kept", "preserved", "holdout", "prompts")
+ROLES = ("erased", "kept", "preserved", "holdout")
 
 
 def _case_name(concept: str) -> str:
@@ -44,6 +45,9 @@ class ConceptPrompts(Benchmark):
             with each of ``sampler.seeds``. ``None``: prompts from ``templates`` × ``concepts``.
         concept_column: the column naming each row's concept (``class``, ``artist``, ...); ``None``: the rows have no
             concept (I2P: group ``prompts``; give the edit with ``requests``).
+        role_column: a column giving each row's role (UCE's multi-artist files: ``type`` = ``erased``, ``preserved``
+            (kept, and in the edit's preserve set), ``holdout`` (kept, not preserved)); instead of ``erase``/``keep``.
+        role_map: the column's values as roles where they differ (MACE's art CSV: ``{"0": erased, "1": kept}``).
         concepts: the concepts, in order, when the prompts come from ``templates`` (no ``path``); with a ``path``,
             a subset of its concepts to use (default: all, in file order).
         templates: the prompts of each concept (and synonym) without a ``path``: ``"a photo of the {}"``.
@@ -56,20 +60,24 @@ class ConceptPrompts(Benchmark):
         erase_prompt: the source of each concept's request (``"{}"``: the name itself).
         anchor: the target of each request (``""``: the unconditional, as ESD/UCE/MACE erase; or an anchor such as
             ``"art"``, ``"a photo of an object"``); ``{}`` is the concept.
-        preserve: prompts an editor with a preserve term keeps (UCE); ``{kept}``: the kept concepts through
-            ``erase_prompt``.
+        preserve: prompts an editor with a preserve term keeps (UCE); ``{kept}`` / ``{preserved}``: the concepts of
+            that role (every non-erased one / the role column's ``preserved``) through ``erase_prompt``.
         requests: a requests file (YAML/CSV) as the edit instead (I2P: "nudity" → ""); fixed protocol only.
         n: the first ``n`` rows of the file (a quick run); ``None`` = all.
+        empty_prompts: draw rows whose prompt is empty (an unconditional image) instead of refusing the file. I2P's
+            row 2260 is empty; the papers' scripts draw it, and ``i2p_nudity.yaml`` does too.
         **kwargs: sampler, judge, protocol (``fixed`` or ``per_case``), batch_size, baseline, metrics.
     """
 
     groups = GROUPS
 
-    def __init__(self, path: str | None = None, concept_column: str | None = None, concepts: list[str] | None = None,
+    def __init__(self, path: str | None = None, concept_column: str | None = None, role_column: str | None = None,
+                 role_map: dict[str, str] | None = None,
+                 concepts: list[str] | None = None,
                  templates: list[str] | None = None, erase: list[str] | int | None = None, keep: list[str] | None = None,
                  paraphrases: dict[str, list[str]] | str | None = None, erase_prompt: str = "{}", anchor: str = "",
                  paraphrase_templates: list[str] | None = None, preserve: list[str] | None = None,
-                 requests: str | None = None, n: int | None = None,
+                 requests: str | None = None, n: int | None = None, empty_prompts: bool = False,
                  protocol: str = "fixed", **kwargs):
         if kwargs.get("metrics") is None:
             from ..metrics import ClipScore
@@ -83,7 +91,9 @@ class ConceptPrompts(Benchmark):
             raise UsageError(f"n must be >= 1 (or null for every row), got {n}")
         if "{}" not in erase_prompt:
             raise UsageError(f"erase_prompt {erase_prompt!r} has no '{{}}' for the concept")
-        self._rows = self._read(path, concept_column, concepts, templates, n)  # [(prompt, concept|None, seed|None)]
+        self._roles: dict[str, str] = {}
+        self.empty_prompts, self.role_map = empty_prompts, dict(role_map or {})
+        self._rows = self._read(path, concept_column, role_column, concepts, templates, n)  # [(prompt, concept, seed)]
         file_concepts = list(dict.fromkeys(c for _, c, _ in self._rows if c is not None))
         if concepts is not None and path is not None:
             unknown = [c for c in concepts if c not in file_concepts]
@@ -93,8 +103,14 @@ class ConceptPrompts(Benchmark):
             self._rows = [r for r in self._rows if r[1] in concepts]
             file_concepts = [c for c in file_concepts if c in concepts]
         self._concepts = file_concepts
+        if self._roles:
+            if erase is not None or keep is not None:
+                raise UsageError(f"{role_column!r} gives the roles: leave out erase and keep")
+            erase = [c for c in file_concepts if self._roles[c] == "erased"]
+            keep = [c for c in file_concepts if self._roles[c] != "erased"]
         self._erase = self._erased(erase)
         self._keep, self._keep_given = self._kept(keep), keep is not None
+        self._roles = {c: self._roles.get(c, "erased" if c in self._erase else "kept") for c in self._concepts}
         self._paraphrases = self._synonyms(paraphrases, paraphrase_templates or templates)
         self._edit = EditRequests(requests) if requests else None
         if self._edit is not None and protocol != "fixed":
@@ -106,7 +122,7 @@ class ConceptPrompts(Benchmark):
         self._cases  # parse now: a bad setting fails before any output exists
 
     # -- reading
-    def _read(self, path, column, concepts, templates, n):
+    def _read(self, path, column, role_column, concepts, templates, n):
         if path is None:
             if not concepts or not templates:
                 raise UsageError("ConceptPrompts needs a prompt CSV (path) or concepts and templates to build prompts from")
@@ -115,8 +131,29 @@ class ConceptPrompts(Benchmark):
                 raise UsageError(f"templates {bad} have no '{{}}' for the concept")
             rows = [(t.format(c), c, None) for c in concepts for t in templates]
         else:
-            required = ["prompt"] + ([column] if column else [])
-            table = read_csv(path, required, optional=("evaluation_seed",))
+            if role_column and not column:
+                raise UsageError("role_column gives each concept's role: name the concept column too (concept_column)")
+            required = ["prompt"] + ([column] if column else []) + ([role_column] if role_column else [])
+            if self.empty_prompts:
+                import csv
+
+                with open(resolve_path(path), newline="", encoding="utf-8") as f:
+                    if "prompt" not in (csv.DictReader(f).fieldnames or []):
+                        raise UsageError(f"{path}: needs a 'prompt' column")
+                required.remove("prompt")
+            table = read_csv(path, required, optional=("evaluation_seed", "prompt"))
+            table = [{**r, "prompt": r.get("prompt", "")} for r in table]
+            for i, r in enumerate(table):
+                role = r[role_column] if role_column else None
+                if role is None:
+                    continue
+                role = self.role_map.get(role, role)
+                if role not in ROLES:
+                    raise UsageError(f"{path}: row {i + 1}: role {role!r} in column {role_column!r}; use one of {ROLES}, "
+                                     "or map the file's values with role_map")
+                if self._roles.setdefault(r[column], role) != role:
+                    raise UsageError(f"{path}: row {i + 1}: concept {r[column]!r} has roles {self._roles[r[column]]!r} "
+                                     f"and {role!r}; a concept has one role")
             try:
                 rows = [(r["prompt"], r[column] if column else None,
                          int(r["evaluation_seed"]) if r.get("evaluation_seed") else None) for r in table]
@@ -197,7 +234,7 @@ class ConceptPrompts(Benchmark):
             request = None if self._edit else self._request(c)
             out.append((_case_name(c), request, {g: v for g, v in groups.items() if v}, self.preserve_for(c)))
         if self.protocol != "per_case":
-            out += [(_case_name(c), None, {"kept": self._rows_of([c])}, ()) for c in self._keep]
+            out += [(_case_name(c), None, {self._roles[c]: self._rows_of([c])}, ()) for c in self._keep]
         return out
 
     def cases(self):
@@ -207,7 +244,12 @@ class ConceptPrompts(Benchmark):
     def preserve_for(self, concept: str) -> tuple[str, ...]:
         out = []
         for p in self._preserve_spec:
-            out += [self.erase_prompt.format(k) for k in self._keep] if p == "{kept}" else [p]
+            if p == "{kept}":
+                out += [self.erase_prompt.format(k) for k in self._keep]
+            elif p == "{preserved}":
+                out += [self.erase_prompt.format(k) for k in self._keep if self._roles[k] == "preserved"]
+            else:
+                out.append(p)
         return tuple(dict.fromkeys(out))
 
     def samples(self) -> list[Sample]:

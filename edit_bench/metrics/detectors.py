@@ -233,20 +233,24 @@ class ImageClassifier(_PerSample):
             categories and preprocessing of ``categories_from``).
         categories_from: the torchvision weights whose class names and preprocessing a state-dict path uses.
         class_map: concept label -> ImageNet category name, where they differ (matching ignores case).
+        preprocess: the weights' own transform (resize 232/256, centre crop 224, normalise) on each 8-bit image as a
+            PIL image (``pil``: ESD's script, which opened the saved PNGs), or on the batch tensor on the classifier's
+            device (``tensor``: antialiased resize in floating point, faster, not bit-identical).
         name: default ``classifier``.
-
-    Preprocessing: the weights' own transform (resize 232/256 antialiased, centre crop 224, normalise) on the
-    8-bit batch as a tensor, on the classifier's device.
     """
 
     default_name = "classifier"
     needs_labels = True
 
     def __init__(self, arch: str = "resnet50", weights: str = "IMAGENET1K_V2", categories_from: str = "IMAGENET1K_V2",
-                 class_map: dict[str, str] | None = None, name: str | None = None, **kwargs):
+                 class_map: dict[str, str] | None = None, preprocess: str = "pil", name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
         import torchvision
 
+        if preprocess not in ("pil", "tensor"):
+            raise UsageError(f"ImageClassifier preprocess {preprocess!r}: use 'pil' (ESD's: each saved image through the "
+                             "weights' transform) or 'tensor' (the batch on the device)")
+        self.preprocess = preprocess
         try:
             self._builder = torchvision.models.get_model_builder(arch)
             enum = torchvision.models.get_model_weights(arch)
@@ -308,12 +312,18 @@ class ImageClassifier(_PerSample):
     def describe(self) -> dict:
         return {"class": type(self).__name__, "name": self.name, **self.identity(), "categories": self._enum.name,
                 "class_map": self.class_map, "rule": "top-1 (top-5) over all classes == the sample's concept",
-                "preprocess": "8-bit images, the weights' transforms() on the batch tensor"}
+                "preprocess": f"8-bit images, the weights' transforms() ({self.preprocess})"}
 
     @torch.no_grad()
     def score(self, images: Tensor, samples: list[Sample]) -> dict[str, list[float]]:
         dev = next(self.net.parameters()).device
-        x = self._transform(_u8(images).to(dev))
+        u8 = _u8(images)
+        if self.preprocess == "pil":
+            from PIL import Image
+
+            x = torch.stack([self._transform(Image.fromarray(a)) for a in u8.permute(0, 2, 3, 1).cpu().numpy()]).to(dev)
+        else:
+            x = self._transform(u8.to(dev))
         with torch.autocast(dev.type, enabled=False):
             top5 = self.net(x.float()).topk(5, dim=-1).indices.cpu()
         target = torch.tensor([self.class_index(s.pair.old) for s in samples])
