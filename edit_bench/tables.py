@@ -1,0 +1,189 @@
+"""Published erasure tables in their papers' layouts, our numbers beside the papers' (``report --table NAME``).
+
+A table's spec and its published values live in ``edit_bench/published/*.yaml``: the paper, table, model and
+protocol they come from (a file without them is refused), the layout, the metric each cell reads, and what a run
+must match to sit in the table. Published values are data with provenance: they are printed beside ours and
+never used to compute anything.
+
+Layouts:
+    ``objects``: one row per method and erased concept (MACE Table 1, ESD Table 2): the means of the erased, kept
+    and paraphrase groups of the concept's case, and MACE's harmonic mean H_o = 3 / ((1 - e)^-1 + s^-1 + (1 - g)^-1)
+    (or H_c = 2 / ((1 - e)^-1 + s^-1) without synonyms); the ``mean`` row averages the per-concept values (MACE's
+    average of per-class H_o).
+    ``counts``: one row per method, the sums of per-image counts (MACE Table 2's NudeNet boxes per class and
+    total; ESD's images with any exposed part).
+    ``artists``: CLIP_e (erased), CLIP_s (every kept group) and H_a = CLIP_s - CLIP_e (MACE Table 3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .errors import UsageError
+
+PUBLISHED = Path(__file__).parent / "published"
+SOURCE_KEYS = ("paper", "table", "model")
+
+
+def load_specs(path: str | Path | None = None) -> dict[str, dict]:
+    """Every table spec of the shipped files (or of ``path``), checked: each names its source."""
+    files = [Path(path)] if path else sorted(PUBLISHED.glob("*.yaml"))
+    specs = {}
+    for f in files:
+        if not f.is_file():
+            raise UsageError(f"published-values file {f} not found")
+        doc = yaml.safe_load(f.read_text()) or {}
+        if not isinstance(doc, dict):
+            raise UsageError(f"{f}: expected a mapping of table name -> spec")
+        for name, spec in doc.items():
+            source = (spec or {}).get("source") or {}
+            missing = [k for k in SOURCE_KEYS if not source.get(k)]
+            if missing:
+                raise UsageError(f"{f}: table {name!r} does not name its source ({', '.join(missing)} missing): every "
+                                 "published value needs source: {paper, table, model}")
+            if spec.get("layout") not in LAYOUTS:
+                raise UsageError(f"{f}: table {name!r} has layout {spec.get('layout')!r}; use one of {sorted(LAYOUTS)}")
+            specs[name] = {**spec, "_file": str(f)}
+    return specs
+
+
+def method_name(res: dict, baseline: bool = False) -> str:
+    """The name a paper's table gives the method of a run (its unedited baseline: ``SD``)."""
+    editor, args = res["editor"], res.get("editor_args") or {}
+    if baseline or (editor == "Unedited" and not args.get("delta")):
+        return "SD"
+    if editor == "ESD":
+        params = args.get("params") or ("xattn" if args.get("recipe", "paper") == "paper" else "esd-x")
+        return {"xattn": "ESD-x", "esd-x": "ESD-x", "esd-x-strict": "ESD-x", "noxattn": "ESD-u",
+                "esd-u": "ESD-u"}.get(params, f"ESD ({params})")
+    return {"ConceptAblation": "AC", "DiffQuickFix": "Diff-QuickFix"}.get(editor, editor)
+
+
+def check_run(spec: dict, name: str, res: dict) -> None:
+    """Refuse a run that does not follow the table's protocol, naming the first difference."""
+    want = spec.get("expect") or {}
+    proto = res["protocol"]
+    where = res.get("_dir", "a run")
+    if want.get("benchmark") and res["benchmark"] != want["benchmark"]:
+        raise UsageError(f"{where} ran {res['benchmark']}, but table {name!r} reads {want['benchmark']} runs "
+                         f"(configs/benchmark/{spec.get('config', '?')}.yaml)")
+    if want.get("data") and res.get("_data") != want["data"]:
+        raise UsageError(f"{where} ran data {res.get('_data')!r}, but table {name!r} needs {want['data']!r}")
+    for k, v in (want.get("sampler") or {}).items():
+        if proto["sampler"].get(k) != v:
+            raise UsageError(f"{where} sampled with {k}={proto['sampler'].get(k)!r}, but table {name!r}'s protocol has "
+                             f"{k}={v!r}: run it with --data.sampler.{k} {v}")
+    if want.get("protocol") and proto.get("protocol") not in (want["protocol"], "as_is"):
+        raise UsageError(f"{where} ran protocol {proto.get('protocol')!r}, but table {name!r} needs {want['protocol']!r}")
+    metric = spec["metric"].split("/")[0]
+    described = {m.get("name"): m for m in proto.get("metrics", [])}
+    if metric not in described:
+        raise UsageError(f"{where} has no metric {metric!r}, which table {name!r} reads: evaluate it with "
+                         f"configs/benchmark/{spec.get('config', '?')}.yaml")
+    for k, v in (want.get("metric") or {}).items():
+        if described[metric].get(k) != v:
+            raise UsageError(f"{where} scored {metric!r} with {k}={described[metric].get(k)!r}; table {name!r} needs {v!r}")
+
+
+def _cell(ours, paper, scale: float, digits: int) -> str:
+    o = "—" if ours is None else f"{ours * scale:.{digits}f}"
+    if paper is None:
+        return o
+    d = "" if ours is None else f" ({ours * scale - paper:+.{digits}f})"
+    return f"{o} / {paper:.{digits}f}{d}"
+
+
+def _harmonic(vals: list[float | None], kinds: list[str]) -> float | None:
+    """MACE's H: erased and paraphrase accuracies count as 1 - acc, kept as acc."""
+    terms = []
+    for v, k in zip(vals, kinds):
+        if v is None:
+            return None
+        x = 1 - v if k in ("erased", "paraphrase") else v
+        if x <= 0:
+            return 0.0
+        terms.append(1 / x)
+    return len(terms) / sum(terms)
+
+
+def _group_mean(metrics: dict, key: str, group: str, case: str | None) -> float | None:
+    for k in ([f"{key}/{group}/{case}"] if case else []) + [f"{key}/{group}"]:
+        if k in metrics:
+            return metrics[k]["mean"]
+    return None
+
+
+def _objects(spec: dict, rows: list[tuple[str, dict, dict]]) -> list[str]:
+    cols, key, scale, digits = spec["columns"], spec["metric"], spec.get("scale", 1), spec.get("digits", 2)
+    groups = [c for c in cols if c != "H"]
+    out = ["| method | concept | " + " | ".join(spec["headers"]) + " |", "|---|---|" + "---|" * len(cols)]
+    for method, metrics, res in rows:
+        cases = res["protocol"].get("erase") or []
+        published = (spec.get("values") or {}).get(method, {})
+        per = []
+        for case in cases:
+            vals = [_group_mean(metrics, key, g, case if len(cases) > 1 else None) for g in groups]
+            per.append(vals + ([_harmonic(vals, groups)] if "H" in cols else []))
+            paper = published.get(case) or [None] * len(cols)
+            out.append(f"| {method} | {case} | " + " | ".join(_cell(v, p, scale, digits) for v, p in zip(per[-1], paper)) + " |")
+        if len(per) > 1:
+            mean = [None if any(p[j] is None for p in per) else sum(p[j] for p in per) / len(per) for j in range(len(cols))]
+            paper = published.get("mean") or [None] * len(cols)
+            out.append(f"| {method} | **mean of {len(per)}** | " + " | ".join(_cell(v, p, scale, digits) for v, p in zip(mean, paper)) + " |")
+    return out
+
+
+def _counts(spec: dict, rows) -> list[str]:
+    cols, key = spec["columns"], spec["metric"]
+    out = ["| method | images | " + " | ".join(spec["headers"]) + " |", "|---|---|" + "---|" * len(cols)]
+    for method, metrics, _ in rows:
+        paper = (spec.get("values") or {}).get(method) or [None] * len(cols)
+        vals = [metrics[f"{key}/{c}"]["sum"] if f"{key}/{c}" in metrics else None for c in cols]
+        n = metrics[f"{key}/{cols[0]}"]["n"] if f"{key}/{cols[0]}" in metrics else "—"
+        out.append(f"| {method} | {n} | " + " | ".join(_cell(v, p, 1, 0) for v, p in zip(vals, paper)) + " |")
+    return out
+
+
+def _artists(spec: dict, rows) -> list[str]:
+    key, scale, digits = spec["metric"], spec.get("scale", 1), spec.get("digits", 2)
+    out = ["| method | " + " | ".join(spec["headers"]) + " |", "|---|---|---|---|"]
+    for method, metrics, _ in rows:
+        paper = (spec.get("values") or {}).get(method) or [None] * 3
+        e = metrics.get(f"{key}/erased")
+        kept = [metrics[f"{key}/{g}"] for g in ("kept", "preserved", "holdout") if f"{key}/{g}" in metrics]
+        n = sum(m["n"] for m in kept)
+        s = sum(m["mean"] * m["n"] for m in kept) / n if n else None
+        vals = [e["mean"] if e else None, s, (s - e["mean"]) if e and s is not None else None]
+        out.append(f"| {method} | " + " | ".join(_cell(v, p, scale, digits) for v, p in zip(vals, paper)) + " |")
+    return out
+
+
+LAYOUTS = {"objects": _objects, "counts": _counts, "artists": _artists}
+
+
+def render(name: str, runs: list[dict], path: str | None = None) -> str:
+    """Table ``name`` of ``runs`` (loaded with :func:`edit_bench.report.load_run`) as markdown: each cell is ours,
+    then the paper's and the difference where the paper printed the cell."""
+    specs = load_specs(path)
+    if name not in specs:
+        raise UsageError(f"unknown table {name!r}: use one of {', '.join(sorted(specs))}")
+    spec = specs[name]
+    rows, seen = [], set()
+    for r in runs:
+        check_run(spec, name, r)
+        if r.get("baseline") and ("SD", r["model_id"]) not in seen:
+            seen.add(("SD", r["model_id"]))
+            rows.append(("SD", r["baseline"], r))
+        m = method_name(r)
+        if m == "SD" and ("SD", r["model_id"]) in seen:
+            continue
+        seen.add((m, r["model_id"]))
+        rows.append((m, r["metrics"], r))
+    src = spec["source"]
+    head = [f"## {spec.get('title', name)}", "",
+            f"Each cell: ours / {src['paper']}, {src['table']} ({src['model']}) and the difference, where the paper "
+            "printed the cell." if spec.get("values") else f"Ours ({src['paper']}).", ""]
+    notes = [f"- {n}" for n in (spec.get("differences") or [])]
+    return "\n".join(head + LAYOUTS[spec["layout"]](spec, rows) + ([""] + ["Protocol differences:"] + notes if notes else [])) + "\n"
