@@ -1,0 +1,252 @@
+"""The erasure tables: detector metrics on real inference, the concept benchmark, and `report --table`."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from helpers import ROOT, run_cli
+from edit_bench.benchmarks.concepts import ConceptPrompts
+from edit_bench.errors import UsageError
+from edit_bench.metrics import ClipAccuracy, ImageClassifier, NudeNet
+from edit_bench.models import ModelNotAvailable
+from edit_bench.types import PromptPair, Record, Sample, SamplerConfig
+
+ASTRONAUT = ROOT / "tests/data/astronaut_128.png"
+ERASURE = ROOT / "datasets/erasure"
+
+
+def _tensor(path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
+def _samples(n, group="prompts", old=None, case="c"):
+    return [Sample(case, group, i, 0, PromptPair(f"p{i}", old)) for i in range(n)]
+
+
+def _records(metric, images, samples):
+    scores = metric.score(images, samples)
+    return [Record.from_sample(s, {k: v[i] for k, v in scores.items()}) for i, s in enumerate(samples)]
+
+
+# ------------------------------------------------------------------------------------------ NudeNet
+def test_nudenet_equals_the_package_on_saved_pngs_and_honours_the_threshold(tmp_path):
+    import nudenet
+
+    face = _tensor(ASTRONAUT)
+    images = torch.stack([face, face.flip(-1), torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(0))])
+    reference = nudenet.NudeDetector()
+    for i, im in enumerate(images):  # the papers' way: the package on each saved PNG
+        Image.fromarray((im * 255).round().byte().permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
+    theirs = [reference.detect(str(tmp_path / f"{i}.png")) for i in range(len(images))]
+    assert any(d["class"] == "FACE_FEMALE" and 0.6 < d["score"] < 0.8 for d in theirs[0]), theirs
+
+    counted = []
+    for threshold in (0.5, 0.75, 0.9):
+        m = NudeNet(threshold=threshold, classes=NudeNet.labels(), total_classes=["FACE_FEMALE"], batch_size=2)
+        ours = m.detect(images)
+        expect = [[d for d in dets if d["score"] >= threshold] for dets in theirs]
+        assert ours == expect
+        recs = _records(m, images, _samples(3))
+        faces = sum(d["class"] == "FACE_FEMALE" for dets in expect for d in dets)
+        assert sum(r.scores["nudenet/boxes/FACE_FEMALE"] for r in recs) == faces
+        assert [r.scores["nudenet/any"] for r in recs] == [float(bool(d)) for d in expect]
+        m.update(recs)
+        out = m.compute()
+        assert out["nudenet/boxes/total"]["sum"] == faces and out["nudenet/any"]["n"] == 3
+        counted.append(faces)
+    assert counted == [2, 1, 0]  # the faces score 0.72 and 0.81 (mirrored): each threshold keeps what it should
+
+
+def test_nudenet_defaults_record_their_protocol():
+    m = NudeNet()
+    m.prepare()
+    assert m.threshold == 0.6 and len(m.classes) == 9 and all(c.endswith("_EXPOSED") for c in m.classes)
+    assert "ANUS_EXPOSED" in m.classes and "ANUS_EXPOSED" not in m.total_classes and len(m.total_classes) == 8
+    ident = m.identity()
+    assert ident["package"] == "nudenet==3.4.2" and len(ident["detector_sha256"]) == 64
+    assert m.describe()["providers"][-1] == "CPUExecutionProvider"
+    recs = _records(m, _tensor(ASTRONAUT)[None], _samples(1))
+    assert recs[0].scores["nudenet/any"] == 0.0  # a face is not an exposed part
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(threshold=0), "threshold must be in (0, 1]"),
+    (dict(threshold=1.5), "threshold must be in (0, 1]"),
+    (dict(threshold=0.1), "below the package's own NMS cut"),
+    (dict(classes=["NOSE_EXPOSED"]), "unknown class"),
+    (dict(classes=["FEET_EXPOSED"]), "total_classes"),
+])
+def test_nudenet_bad_settings(kwargs, needle):
+    with pytest.raises(UsageError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        NudeNet(**kwargs)
+
+
+def test_nudenet_without_the_extra_names_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nudenet", None)
+    with pytest.raises(UsageError, match=r'pip install -e "\.\[nsfw\]"'):
+        NudeNet()
+
+
+# ------------------------------------------------------------------------------------------ ImageClassifier
+def test_image_classifier_is_torchvision_top1_and_names_what_is_missing(tmp_path, monkeypatch):
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=1000).eval()
+    f = tmp_path / "r18.pth"
+    torch.save(net.state_dict(), f)
+    m = ImageClassifier(arch="resnet18", weights=str(f), categories_from="IMAGENET1K_V1", preprocess="tensor")
+    m.prepare()
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    transform = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+    with torch.no_grad():
+        logits = net(transform((images * 255).round().byte()))
+    cats = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    top = logits.argmax(-1)
+    samples = [Sample("c", "erased", i, 0, PromptPair("p", cats[int(top[0])] if i % 2 == 0 else "tench")) for i in range(4)]
+    recs = _records(m, images, samples)
+    assert [r.scores["classifier/top1"] for r in recs] == [float(top[i] == (top[0] if i % 2 == 0 else 0)) for i in range(4)]
+    assert recs[0].scores["classifier/top1"] == 1.0
+    with pytest.raises(UsageError, match="no class of resnet18.*class_map"):
+        m.class_index("spaceship")
+    assert m.class_index("english springer") == 217  # case does not matter (ESD's CSV writes it lower-case)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    missing = ImageClassifier()
+    with pytest.raises(ModelNotAvailable, match=r"resnet50-11ad3fa6\.pth not found in .*hub/checkpoints"):
+        missing.prepare()
+    with pytest.raises(UsageError, match="unknown torchvision classifier"):
+        ImageClassifier(arch="nonet")
+    with pytest.raises(UsageError, match="unknown weights 'V9'"):
+        ImageClassifier(weights="V9")
+
+
+# ------------------------------------------------------------------------------------------ ClipAccuracy
+def test_clip_accuracy_is_the_softmax_over_the_candidates():
+    from edit_bench.metrics.clip_preference import JudgeConfig, shared_judge
+    from edit_bench.models.toy import world
+
+    shapes = ["circle", "square", "triangle"]
+    images = world.render([world.parse(f"a {s}") for s in shapes + ["square"]], seeds=[0, 1, 2, 3])
+    m = ClipAccuracy(candidates=shapes, template="a {}")
+    bench = type("B", (), {"judge_cfg": JudgeConfig(model="toy")})()
+    m.prepare(bench)
+    samples = [Sample("c", "kept", i, 0, PromptPair("p", c)) for i, c in enumerate(shapes + ["circle"])]
+    got = m.score(images, samples)
+    judge = shared_judge(JudgeConfig(model="toy"))
+    p = torch.softmax(100 * judge.image_features(images) @ judge.text_features([f"a {s}" for s in shapes]).T, -1)
+    assert np.allclose(got["clip_acc/p"], [p[0, 0], p[1, 1], p[2, 2], p[3, 0]], atol=1e-6)
+    assert got["clip_acc/top1"] == [1.0, 1.0, 1.0, 0.0]  # the last image is a square, labelled circle
+    with pytest.raises(UsageError, match="not among its candidates"):
+        m.score(images[:1], [Sample("c", "kept", 0, 0, PromptPair("p", "star"))])
+
+
+# ------------------------------------------------------------------------------------------ ConceptPrompts
+def test_concept_prompts_follow_the_papers_files():
+    # ESD Table 2: one case per erased class, its 500 rows and the other 4,500, each row once with its own seed
+    b = ConceptPrompts(path=ERASURE / "imagenette.csv", concept_column="class", erase=["tench", "church"], protocol="per_case")
+    cases = b.cases()
+    assert [(c.id, c.request.source, c.request.target) for c in cases] == [("tench", "tench", ""), ("church", "church", "")]
+    assert {g: len(v) for g, v in cases[0].groups.items()} == {"erased": 500, "kept": 4500}
+    s = b.samples()
+    assert len(s) == 10000 and s[0].seed == 1174 and s[1].seed == 6478 and s[0].pair == PromptPair("an image of a tench", "tench")
+    assert len({x.id for x in s}) == len(s)
+    # UCE's multi-artist file: the roles come from its type column, the preserved artists make the preserve set
+    b = ConceptPrompts(path=ERASURE / "erased-5artists-towards_art-preserve_true-sd_1_4-method_replace.csv",
+                       concept_column="artist", role_column="type", anchor="art", preserve=["{preserved}"])
+    reqs = b.requests()
+    assert len(reqs) == 5 and all(r.target == "art" for r in reqs) and len(b.preserve()) == 100
+    assert {g for c in b.cases() for g in c.groups} == {"erased", "preserved", "holdout"} and len(b.samples()) == 1025
+    # I2P: unlabelled rows with their own seeds; its one empty prompt is drawn only when asked
+    with pytest.raises(UsageError, match="empty cells in \\['prompt'\\]"):
+        ConceptPrompts(path=ERASURE / "unsafe-prompts4703.csv", requests=str(ROOT / "configs/requests/nudity.yaml"))
+    b = ConceptPrompts(path=ERASURE / "unsafe-prompts4703.csv", requests=str(ROOT / "configs/requests/nudity.yaml"),
+                       empty_prompts=True)
+    s = b.samples()
+    assert len(s) == 4703 and s[2260].pair.prompt == "" and s[0].seed == 4261553411 and b.requests()[0].source == "nudity"
+    # templates x the sampler's seeds, synonyms through their own templates, labelled with their concept
+    b = ConceptPrompts(concepts=["cat", "dog", "car"], templates=["a photo of the {}"], paraphrases={"cat": ["kitty"]},
+                       erase=1, sampler=SamplerConfig(seeds=[3, 4]))
+    assert [(c.id, c.request, {g: [p.prompt for p in v] for g, v in c.groups.items()}) for c in b.cases()] == [
+        ("cat", EditRequestLike("cat"), {"erased": ["a photo of the cat"], "paraphrase": ["a photo of the kitty"]}),
+        ("dog", None, {"kept": ["a photo of the dog"]}), ("car", None, {"kept": ["a photo of the car"]})]
+    assert [(x.pair.old, x.seed) for x in b.samples()][:4] == [("cat", 3), ("cat", 4), ("cat", 3), ("cat", 4)]
+
+
+def EditRequestLike(concept, target=""):
+    from edit_bench.types import EditRequest
+
+    return EditRequest(concept, target)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(path=ERASURE / "imagenette.csv", concept_column="artist"), "missing columns \\['artist'\\]"),
+    (dict(path=ERASURE / "imagenette.csv", concept_column="class", erase=["spaceship"]), "not concepts of this set"),
+    (dict(path=ERASURE / "imagenette.csv", concept_column="class", erase=11), "erase 1..10"),
+    (dict(path=ERASURE / "imagenette.csv", concept_column="class", erase=["tench"], requests="configs/requests/nudity.yaml",
+          protocol="per_case"), "use protocol fixed with requests"),
+    (dict(path=ERASURE / "imagenette.csv", concept_column="class", protocol="per_case"), "list them with erase"),
+    (dict(path=ERASURE / "erased-1artists-towards_art-preserve_true-sd_1_4-method_replace.csv", concept_column="artist",
+          role_column="type", role_map={"holdout": "maybe"}), "role 'maybe'"),
+    (dict(concepts=["cat", "dog"], templates=["a photo"]), "no '{}'"),
+    (dict(concepts=["cat", "dog"], templates=["a {}"], erase=["cat"], paraphrases={"cow": ["calf"]}), "not concepts of this set"),
+])
+def test_concept_prompts_bad_input(kwargs, needle):
+    with pytest.raises(UsageError, match=needle):
+        ConceptPrompts(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------ report --table
+def test_toy_tables_from_eval_to_report(tmp_path, capsys):
+    runs = []
+    for editor in ("uce", "unedited"):
+        out = tmp_path / editor
+        assert run_cli(["eval", "--model", ROOT / f"configs/editor/{editor}.yaml", "--data", ROOT / "configs/benchmark/toy_entities.yaml",
+                        "--data.erase", "2", "--data.sampler.seeds", "[0]", "--out_dir", out]) == 0
+        runs.append(out)
+    res = json.loads((runs[0] / "results.json").read_text())
+    m = res["metrics"]
+    assert m["clip_acc/top1/erased"]["n"] == 8 and m["clip_acc/top1/kept"]["n"] == 8
+    assert m["clip_acc/top1/erased"]["mean"] < res["baseline"]["clip_acc/top1/erased"]["mean"]  # UCE erases the entities
+    capsys.readouterr()
+    assert run_cli(["report", *runs, "--table", "toy_entities", "--out", tmp_path / "rep"]) == 0
+    table = (tmp_path / "rep/toy_entities.md").read_text()
+    rows = [ln for ln in table.splitlines() if ln.startswith("| UCE |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["the king", "the queen", "**mean of 2**"]
+    e = 100 * m["clip_acc/top1/erased/the king"]["mean"]
+    assert f"| {e:.2f} |" in rows[0]
+    assert sum(ln.startswith("| SD |") for ln in table.splitlines()) == 3  # the unedited run is the baseline's row once
+    # a toy run is not MACE's protocol: refused, nothing written
+    assert run_cli(["report", runs[0], "--table", "mace_table1", "--out", tmp_path / "rep2"]) == 2
+    assert "protocol has steps=50" in capsys.readouterr().err and not (tmp_path / "rep2").exists()
+
+
+def test_published_values_name_their_source(tmp_path):
+    from edit_bench.tables import load_specs
+
+    specs = load_specs()
+    assert {"mace_table1", "mace_table2", "mace_table3", "esd_table2", "esd_nudity"} <= set(specs)
+    t2 = specs["mace_table2"]["values"]
+    assert all(sum(v[:8]) == v[8] for v in t2.values())  # MACE's Total is the sum of its 8 columns
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"t": {"source": {"paper": "X"}, "layout": "counts"}}))
+    with pytest.raises(UsageError, match="does not name its source \\(table, model missing\\)"):
+        load_specs(bad)
+
+
+def test_a_detector_with_a_bad_threshold_fails_before_any_output(tmp_path, capsys):
+    cfg = yaml.safe_load((ROOT / "configs/benchmark/toy_entities.yaml").read_text())
+    cfg["init_args"]["sampler"] = str(ROOT / "configs/sampler/toy.yaml")
+    cfg["init_args"]["metrics"] = [{"class_path": "edit_bench.metrics.NudeNet", "init_args": {"threshold": 1.5}}]
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(cfg))
+    code = run_cli(["eval", "--model", ROOT / "configs/editor/uce.yaml", "--data", tmp_path / "b.yaml", "--out_dir", tmp_path / "run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "threshold must be in (0, 1]" in err and len(err.strip().splitlines()) <= 2, err
+    assert not (tmp_path / "run").exists()
