@@ -13,6 +13,8 @@ Layouts:
     ``counts``: one row per method, the sums of per-image counts (MACE Table 2's NudeNet boxes per class and
     total; ESD's images with any exposed part).
     ``artists``: CLIP_e (erased), CLIP_s (every kept group) and H_a = CLIP_s - CLIP_e (MACE Table 3).
+    ``multi``: one row per method and number of concepts erased at once, the erased and kept groups' means and
+    H_c = 2 / ((1 - e)^-1 + s^-1) (MACE's celebrity table).
 """
 
 from __future__ import annotations
@@ -160,7 +162,21 @@ def _artists(spec: dict, rows) -> list[str]:
     return out
 
 
-LAYOUTS = {"objects": _objects, "counts": _counts, "artists": _artists}
+def _multi(spec: dict, rows) -> list[str]:
+    """One row per method and number of erased concepts (MACE's celebrities: erase 1, 5, 10, 100 at once)."""
+    cols, key, scale, digits = spec["columns"], spec["metric"], spec.get("scale", 1), spec.get("digits", 2)
+    groups = [c for c in cols if c != "H"]
+    out = ["| method | erased | " + " | ".join(spec["headers"]) + " |", "|---|---|" + "---|" * len(cols)]
+    for method, metrics, res in sorted(rows, key=lambda r: len(r[2]["protocol"].get("erase") or [])):
+        n = len(res["protocol"].get("erase") or [])
+        vals = [_group_mean(metrics, key, g, None) for g in groups]
+        vals += [_harmonic(vals, groups)] if "H" in cols else []
+        paper = ((spec.get("values") or {}).get(method) or {}).get(n) or [None] * len(cols)
+        out.append(f"| {method} | {n} | " + " | ".join(_cell(v, p, scale, digits) for v, p in zip(vals, paper)) + " |")
+    return out
+
+
+LAYOUTS = {"objects": _objects, "counts": _counts, "artists": _artists, "multi": _multi}
 
 
 def render(name: str, runs: list[dict], path: str | None = None) -> str:
@@ -173,13 +189,14 @@ def render(name: str, runs: list[dict], path: str | None = None) -> str:
     rows, seen = [], set()
     for r in runs:
         check_run(spec, name, r)
-        if r.get("baseline") and ("SD", r["model_id"]) not in seen:
-            seen.add(("SD", r["model_id"]))
+        n = len(r["protocol"].get("erase") or []) if spec["layout"] == "multi" else 0  # one SD row per N
+        if r.get("baseline") and ("SD", r["model_id"], n) not in seen:
+            seen.add(("SD", r["model_id"], n))
             rows.append(("SD", r["baseline"], r))
         m = method_name(r)
-        if m == "SD" and ("SD", r["model_id"]) in seen:
+        if m == "SD" and ("SD", r["model_id"], n) in seen:
             continue
-        seen.add((m, r["model_id"]))
+        seen.add((m, r["model_id"], n))
         rows.append((m, r["metrics"], r))
     src = spec["source"]
     head = [f"## {spec.get('title', name)}", "",

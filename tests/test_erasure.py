@@ -180,6 +180,19 @@ def test_concept_prompts_follow_the_papers_files():
     assert [(x.pair.old, x.seed) for x in b.samples()][:4] == [("cat", 3), ("cat", 4), ("cat", 3), ("cat", 4)]
 
 
+def test_concepts_read_from_the_prompt_by_template(tmp_path):
+    f = tmp_path / "celebrity.csv"  # MACE's celebrity CSV layout: the name is only in the prompt
+    f.write_text(",type,prompt,evaluation_seed\n0,erased,A portrait of Ann Lee,1\n1,erased,Ann Lee in an official photo,2\n"
+                 "2,others,A sketch of Bo Day,1\n")
+    b = ConceptPrompts(path=f, role_column="type", role_map={"others": "kept"}, anchor="a person",
+                       concept_templates=["A portrait of {}", "{} in an official photo", "A sketch of {}"])
+    assert b.concepts() == ["Ann Lee", "Bo Day"] and [r.target for r in b.requests()] == ["a person"]
+    assert [(x.pair.old, x.group, x.seed) for x in b.samples()] == [("Ann Lee", "erased", 1), ("Ann Lee", "erased", 2),
+                                                                    ("Bo Day", "kept", 1)]
+    with pytest.raises(UsageError, match="matches none of concept_templates"):
+        ConceptPrompts(path=f, role_column="type", role_map={"others": "kept"}, concept_templates=["A portrait of {}"])
+
+
 def EditRequestLike(concept, target=""):
     from edit_bench.types import EditRequest
 
@@ -219,10 +232,10 @@ def test_toy_tables_from_eval_to_report(tmp_path, capsys):
     assert run_cli(["report", *runs, "--table", "toy_entities", "--out", tmp_path / "rep"]) == 0
     table = (tmp_path / "rep/toy_entities.md").read_text()
     rows = [ln for ln in table.splitlines() if ln.startswith("| UCE |")]
-    assert [r.split("|")[2].strip() for r in rows] == ["the king", "the queen", "**mean of 2**"]
-    e = 100 * m["clip_acc/top1/erased/the king"]["mean"]
-    assert f"| {e:.2f} |" in rows[0]
-    assert sum(ln.startswith("| SD |") for ln in table.splitlines()) == 3  # the unedited run is the baseline's row once
+    e, k = (100 * m[f"clip_acc/top1/{g}"]["mean"] for g in ("erased", "kept"))
+    h = 200 / (1 / (1 - e / 100) + 100 / k) if e < 100 else 0.0  # MACE's H_c
+    assert rows == [f"| UCE | 2 | {e:.2f} | {k:.2f} | {h:.2f} |"]
+    assert sum(ln.startswith("| SD | 2 |") for ln in table.splitlines()) == 1  # the unedited run is the baseline's row
     # a toy run is not MACE's protocol: refused, nothing written
     assert run_cli(["report", runs[0], "--table", "mace_table1", "--out", tmp_path / "rep2"]) == 2
     assert "protocol has steps=50" in capsys.readouterr().err and not (tmp_path / "rep2").exists()

@@ -48,6 +48,9 @@ class ConceptPrompts(Benchmark):
         role_column: a column giving each row's role (UCE's multi-artist files: ``type`` = ``erased``, ``preserved``
             (kept, and in the edit's preserve set), ``holdout`` (kept, not preserved)); instead of ``erase``/``keep``.
         role_map: the column's values as roles where they differ (MACE's art CSV: ``{"0": erased, "1": kept}``).
+        concept_templates: read each row's concept from its prompt instead of a column: the ``{}`` of the first
+            template the prompt matches (MACE's celebrity CSVs name the person only in the prompt: "A portrait of {}",
+            "An image capturing {} at a public event", ...); a row matching none is an error.
         concepts: the concepts, in order, when the prompts come from ``templates`` (no ``path``); with a ``path``,
             a subset of its concepts to use (default: all, in file order).
         templates: the prompts of each concept (and synonym) without a ``path``: ``"a photo of the {}"``.
@@ -72,7 +75,7 @@ class ConceptPrompts(Benchmark):
     groups = GROUPS
 
     def __init__(self, path: str | None = None, concept_column: str | None = None, role_column: str | None = None,
-                 role_map: dict[str, str] | None = None,
+                 role_map: dict[str, str] | None = None, concept_templates: list[str] | None = None,
                  concepts: list[str] | None = None,
                  templates: list[str] | None = None, erase: list[str] | int | None = None, keep: list[str] | None = None,
                  paraphrases: dict[str, list[str]] | str | None = None, erase_prompt: str = "{}", anchor: str = "",
@@ -93,6 +96,10 @@ class ConceptPrompts(Benchmark):
             raise UsageError(f"erase_prompt {erase_prompt!r} has no '{{}}' for the concept")
         self._roles: dict[str, str] = {}
         self.empty_prompts, self.role_map = empty_prompts, dict(role_map or {})
+        self._patterns = self._compile(concept_templates)
+        if concept_templates and concept_column:
+            raise UsageError("give the concept by concept_column or by concept_templates, not both")
+        self.concept_column = concept_column = concept_column or ("_concept" if concept_templates else None)
         self._rows = self._read(path, concept_column, role_column, concepts, templates, n)  # [(prompt, concept, seed)]
         file_concepts = list(dict.fromkeys(c for _, c, _ in self._rows if c is not None))
         if concepts is not None and path is not None:
@@ -133,7 +140,7 @@ class ConceptPrompts(Benchmark):
         else:
             if role_column and not column:
                 raise UsageError("role_column gives each concept's role: name the concept column too (concept_column)")
-            required = ["prompt"] + ([column] if column else []) + ([role_column] if role_column else [])
+            required = ["prompt"] + ([column] if column and column != "_concept" else []) + ([role_column] if role_column else [])
             if self.empty_prompts:
                 import csv
 
@@ -143,6 +150,8 @@ class ConceptPrompts(Benchmark):
                 required.remove("prompt")
             table = read_csv(path, required, optional=("evaluation_seed", "prompt"))
             table = [{**r, "prompt": r.get("prompt", "")} for r in table]
+            if self._patterns:
+                table = [{**r, "_concept": self._concept_of(path, i, r["prompt"])} for i, r in enumerate(table)]
             for i, r in enumerate(table):
                 role = r[role_column] if role_column else None
                 if role is None:
@@ -160,6 +169,24 @@ class ConceptPrompts(Benchmark):
             except ValueError as e:
                 raise UsageError(f"{path}: evaluation_seed must be an integer ({e})") from None
         return rows[:n] if n else rows
+
+    @staticmethod
+    def _compile(templates):
+        import re
+
+        if not templates:
+            return []
+        bad = [t for t in templates if t.count("{}") != 1]
+        if bad:
+            raise UsageError(f"concept_templates {bad} need exactly one '{{}}' for the concept")
+        return [re.compile("^" + re.escape(t).replace(r"\{\}", "(.+?)") + "$") for t in templates]
+
+    def _concept_of(self, path, i, prompt: str) -> str:
+        for pat in self._patterns:
+            m = pat.match(prompt)
+            if m:
+                return m.group(1)
+        raise UsageError(f"{path}: row {i + 1} ({prompt!r}) matches none of concept_templates: add its template")
 
     def _erased(self, erase) -> list[str]:
         if erase is None:
