@@ -263,3 +263,52 @@ def test_a_detector_with_a_bad_threshold_fails_before_any_output(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "threshold must be in (0, 1]" in err and len(err.strip().splitlines()) <= 2, err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------ debiasing
+def test_attribute_share_and_deviation():
+    from edit_bench.metrics import AttributeShare
+    from edit_bench.models.toy import world
+
+    m = AttributeShare(attributes=["red", "blue"], texts=["a red {}", "a blue {}"])
+    m.prepare(type("B", (), {"judge_cfg": __import__("edit_bench").metrics.JudgeConfig(model="toy")})())
+    captions = ["a red circle", "a red circle", "a red circle", "a blue circle", "a blue square", "a blue square"]
+    images = world.render([world.parse(c) for c in captions], seeds=list(range(6)))
+    samples = [Sample(case, "prompts", i, 0, PromptPair("p", concept))
+               for i, (case, concept) in enumerate([("c", "circle")] * 4 + [("s", "square")] * 2)]
+    recs = _records(m, images, samples)
+    assert [r.scores["attributes/share/red"] for r in recs] == [1, 1, 1, 0, 0, 0]
+    m.update(recs)
+    out = m.compute()
+    assert out["attributes/deviation/c"]["mean"] == pytest.approx(0.5)  # 3 of 4 red: |0.75 - 0.5| / 0.5
+    assert out["attributes/deviation/s"]["mean"] == pytest.approx(1.0)
+    assert out["attributes/deviation"]["mean"] == pytest.approx(0.75)
+    with pytest.raises(UsageError, match="sum to 1"):
+        AttributeShare(attributes=["a", "b"], desired=[0.5, 0.6])
+
+
+def test_uce_debias_is_its_closed_form_and_logs_its_rounds():
+    from edit_bench.editors.uce import UCE, Debias
+    from edit_bench.types import EditRequest
+
+    d = Debias(attributes=["red {}", "blue {}"], templates=["a {}"], images=2, seeds=1, rounds=2, classifier="tiny:random",
+               sampler=SamplerConfig(scheduler="ddim", steps=2, guidance=4.0, size=32, seeds=[0]))
+    ed = UCE(debias=d, base="tiny:sd1")
+    ed.configure_model()
+    pairs = ed.debias_prompts([EditRequest("a circle", "a blue circle", "circle")])
+    assert pairs == [("a circle", ["a red circle", "a blue circle"])]
+    W = {k: v.detach().clone() for k, v in ed.edited_parameters().items()}
+    ed._debias_solve(pairs, [torch.zeros(2, dtype=torch.float64)], [])  # no move, nothing retained: W c = W c
+    assert all(torch.allclose(W[k], v, atol=1e-5) for k, v in ed.edited_parameters().items())
+    ed._debias_solve(pairs, [torch.tensor([-0.1, 0.1], dtype=torch.float64)], [""])
+    name, P = next(iter(ed.edited_parameters().items()))
+    emb = ed.t2i.encode(["a circle", "a red circle", "a blue circle"]).float()
+    i = ed.t2i.token_index("a circle")
+    c, red, blue = emb[0, i], emb[1, ed.t2i.token_index("a red circle")], emb[2, ed.t2i.token_index("a blue circle")]
+    moved = P.detach().float() @ c - W[name].float() @ c
+    assert float(moved @ (W[name].float() @ blue)) > float(moved @ (W[name].float() @ red))  # towards blue, away from red
+    ed.restore()
+    ed.apply_edit([EditRequest("a circle", "a blue circle", "circle")])
+    log = ed.report()["debias"][-1]
+    assert log["prompts"] == ["a circle"] and 1 <= len(log["rounds"]) <= 2
+    assert all(abs(sum(s) - 1) < 1e-9 for r in log["rounds"] for s in r["shares"])

@@ -76,7 +76,9 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
         if args[0] == "report":
             assert run_cli(args, cwd=tmp_path) == 0, cmd
             out = tmp_path / args[args.index("--out") + 1]
-            assert all((out / f).is_file() for f in ("table.md", "table.csv", "refact_table1.md", "grid.png")), cmd
+            written = ["table.md", "table.csv", "refact_table1.md"] + (["grid.png"] if "--grid" in args else []) \
+                + ([args[args.index("--table") + 1] + ".md"] if "--table" in args else [])
+            assert all((out / f).is_file() for f in written), cmd
             continue
         if args[0] == "bench":  # minutes on the toy world, a GPU for random:sd1: same code, 11 samples, 2 steps, CPU
             args = [{"random:sd1": "tiny:sd1", "ViT-bigG-14": "tiny:random", "gpu": "cpu", "16-mixed": "32-true"}.get(a, a)
@@ -130,10 +132,14 @@ def test_readme_benchmark_scripts_run(tmp_path):
     assert cmds
     for cmd in cmds:
         words = shlex.split(cmd)
-        r = subprocess.run([sys.executable, *words[1:], "--base", "tiny:sd1", "--steps", "1"], capture_output=True,
-                           text=True, cwd=ROOT, timeout=300)
+        detectors = words[2] == "edit_bench.bench.detectors"
+        r = subprocess.run([sys.executable, *words[1:], "--base", "tiny:sd1", "--steps", "1"] + (["--n", "4"] if detectors else []),
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+        if detectors:  # the generator and the three detectors, each on the same 4 images
+            assert len(lines) == 4 and all(x["images"] == 4 and x["images_per_s"] > 0 for x in lines), lines
+            continue
         ways = {x["mode"]: x for x in lines if "mode" in x}
         assert set(ways) == {"snapshot", "copy"} and all(w["peak_rss_mb"] > 0 for w in ways.values())
         sizes = {x["params"]: x for x in lines if "trained_M" in x}

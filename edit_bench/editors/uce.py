@@ -24,11 +24,12 @@ Values (``technique``): ``"replace"``: ``v* = W c_guide``; ``"tensor"``: ``v* = 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
-from ..types import EditRequest
+from ..types import EditRequest, SamplerConfig
 from .base import Editor
 from .ridge import ridge_update_
 from ..errors import UsageError
@@ -38,6 +39,54 @@ TEMPLATES = {
     "art": ("painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}"),
     "object": ("image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}"),
 }
+
+
+@dataclass(frozen=True)
+class Debias:
+    """UCE's iterative debiasing (the paper-era ``train-scripts/train_debias.py``): for each request's concept (its
+    subject, e.g. a profession) and each of its prompts (``templates``), measure the attributes' shares among images
+    the current model draws; move every prompt still off balance by more than ``tolerance`` towards the attributes it
+    lacks, ``v* = W c + sum_j w_j ||W c|| u_j`` with ``u_j`` the normalised output of the prompt with the concept
+    replaced by attribute j and ``w_j = step * (desired_j - share_j)`` (the prompts within tolerance keep ``v* = W c``
+    and join the preserve set), in one closed form per round on the current weights (lam 0.5, s_e 1, s_p 0.1); stop
+    when every prompt is within tolerance or after ``rounds``.
+
+    Args:
+        attributes: what replaces the concept in each prompt (UCE: ``male``, ``female``; ``{}`` = the concept, so the
+            toy world's ``red {}`` turns "a circle" into "a red circle"). Their prompts are also the classifier's texts.
+        templates: each concept's prompts (UCE: "image of {}", "photo of {}", "portrait of {}", "picture of {}", "{}").
+        images, seeds: images per seed and seeds per prompt per round (UCE: 10 x 5 random seeds; here seeds
+            ``seed + 1000 * round + k``, deterministic, one per image).
+        sampler: how the measuring images are drawn (UCE: the pipeline's default scheduler, 20 steps, guidance 7.5).
+        rounds, tolerance, step: UCE's 30, 0.05, 0.1.
+        preserve_scale: s_p of the preserve set (UCE: 0.1; its preserve set is the other professions of its
+            profession list: give them as the editor's ``preserve``).
+        classifier: the CLIP that assigns each image its attribute (UCE: ViT-B/32; ``toy`` on the toy world).
+        seed: the first seed.
+    """
+
+    attributes: list[str] = field(default_factory=lambda: ["male", "female"])
+    templates: list[str] = field(default_factory=lambda: ["image of {}", "photo of {}", "portrait of {}", "picture of {}", "{}"])
+    images: int = 10
+    seeds: int = 5
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(scheduler="pndm", steps=20, guidance=7.5, size=None, seeds=[0]))
+    rounds: int = 30
+    tolerance: float = 0.05
+    step: float = 0.1
+    preserve_scale: float = 0.1
+    classifier: str = "hf:openai/clip-vit-base-patch32"
+    seed: int = 0
+
+    def __post_init__(self):
+        if len(self.attributes) < 2:
+            raise UsageError(f"debias needs at least two attributes, got {self.attributes}")
+        bad = [t for t in self.templates if "{}" not in t]
+        if bad or not self.templates:
+            raise UsageError(f"debias templates need '{{}}' for the concept: {bad or '(none)'}")
+        if min(self.images, self.seeds, self.rounds) < 1:
+            raise UsageError("debias images, seeds and rounds must be >= 1")
+        if not 0 < self.tolerance < 1:
+            raise UsageError(f"debias tolerance must be in (0, 1), got {self.tolerance}")
 
 
 class UCE(Editor):
@@ -53,6 +102,8 @@ class UCE(Editor):
             (both scripts, off by default).
         preserve: extra concepts preserved in every edit (besides each case's own preserve set).
         with_to_k: also edit ``to_k`` (both scripts do).
+        debias: debias each request's concept instead of editing it towards its target (:class:`Debias`, UCE's
+            iterative ratio-targeted closed form); the request's target is not used.
         base: see :class:`~edit_bench.editors.base.Editor`.
     """
 
@@ -63,7 +114,7 @@ class UCE(Editor):
                  technique: Literal["replace", "tensor"] = "replace",
                  tokens: Literal["last_to_end", "last"] = "last_to_end",
                  expand: Literal["art", "object"] | None = None, preserve: Sequence[str] = (),
-                 with_to_k: bool = True, base: str = "toy"):
+                 with_to_k: bool = True, debias: Debias | None = None, base: str = "toy"):
         super().__init__(base=base)
         if lam <= 0:
             raise UsageError(f"lam must be > 0 (paper: 0.5), got {lam}")
@@ -75,7 +126,8 @@ class UCE(Editor):
             raise UsageError(f"expand must be null, 'art' or 'object', got {expand!r}")
         self.lam, self.erase_scale, self.preserve_scale = lam, erase_scale, preserve_scale
         self.technique, self.tokens, self.expand = technique, tokens, expand
-        self.preserve, self.with_to_k = tuple(preserve), with_to_k
+        self.preserve, self.with_to_k, self.debias = tuple(preserve), with_to_k, debias
+        self._debias_log: list[dict] = []
 
     def edited_parameters(self):
         return self.cross_attn_kv(None, self.with_to_k)
@@ -91,6 +143,8 @@ class UCE(Editor):
         return out
 
     def derived_prompts(self, requests):
+        if self.debias is not None:
+            return [p for old, new in self.debias_prompts(requests) for p in (old, *new)]
         return [p for c, g, _ in self.concept_pairs(requests) for p in (c, g) if p]
 
     def erase_positions(self, concept: str, guide: str, subject: str | None) -> tuple[list[int], list[int]]:
@@ -127,6 +181,8 @@ class UCE(Editor):
 
     @torch.no_grad()
     def edit(self, requests, preserve=()):
+        if self.debias is not None:
+            return self._debias(requests, preserve)
         C_e, C_g, C_q, n_keep = self.keys_values(requests, preserve)
         s_p = self.preserve_scale if self.preserve_scale is not None else max(0.1, 1 / max(n_keep, 1))
         K = torch.cat([C_e, C_q], 1)
@@ -138,5 +194,87 @@ class UCE(Editor):
                 u = torch.nn.functional.normalize(W @ C_e, dim=0)
                 V_e = V_e - (V_e * u).sum(0, keepdim=True) * u
             return torch.cat([V_e, W @ C_q], 1)
+
+        self.conditions.append(ridge_update_(list(self.edited_parameters().values()), K, values, self.lam, weights=w.to(K.device)))
+
+    # ------------------------------------------------------------------ debiasing
+    def debias_prompts(self, requests) -> list[tuple[str, list[str]]]:
+        """``(prompt, [the prompt with its concept replaced by each attribute])`` for every concept and template."""
+        out = []
+        for r in requests:
+            concept = r.subject or r.source
+            for t in self.debias.templates:
+                old = t.format(concept)
+                out.append((old, [old.replace(concept, a.format(concept) if "{}" in a else a) for a in self.debias.attributes]))
+        return out
+
+    def report(self) -> dict:
+        out = super().report()
+        if self._debias_log:
+            out["debias"] = list(self._debias_log)
+        return out
+
+    def _shares(self, net, prompt: str, texts: list[str], rnd: int) -> torch.Tensor:
+        from ..metrics.detectors import zero_shot
+
+        d = self.debias
+        shares = []
+        for k in range(d.seeds):
+            first = d.seed + 1000 * rnd + k * d.images
+            images = self.t2i.generate([prompt] * d.images, list(range(first, first + d.images)), d.sampler)
+            shares.append(torch.nn.functional.one_hot(zero_shot(net, images, texts).argmax(-1), len(texts)).double())
+        return torch.cat(shares).mean(0)
+
+    def _debias(self, requests, preserve) -> None:
+        from ..metrics.detectors import clip_net
+
+        d = self.debias
+        net = clip_net(d.classifier)
+        pairs = self.debias_prompts(requests)
+        desired = torch.full((len(d.attributes),), 1 / len(d.attributes), dtype=torch.float64)
+        retain = list(dict.fromkeys([*self.preserve, *preserve]))
+        shares: list[torch.Tensor | None] = [None] * len(pairs)
+        gaps = [float("inf")] * len(pairs)
+        log = {"prompts": [p for p, _ in pairs], "attributes": list(d.attributes), "rounds": []}
+        for rnd in range(d.rounds):
+            for i, (old, new) in enumerate(pairs):
+                if gaps[i] >= d.tolerance:  # prompts within tolerance keep their last measurement (UCE's bypass)
+                    shares[i] = self._shares(net, old, new, rnd)
+            gaps = [float((s - desired).abs().max()) for s in shares]
+            log["rounds"].append({"shares": [s.tolist() for s in shares], "max_gap": max(gaps)})
+            if max(gaps) < d.tolerance:
+                break
+            weights = [d.step * (desired - s) if g >= d.tolerance else torch.zeros_like(desired) for s, g in zip(shares, gaps)]
+            retain = list(dict.fromkeys(retain + [old for (old, _), g in zip(pairs, gaps) if g < d.tolerance]))
+            self._debias_solve(pairs, weights, retain)
+        log["converged"] = max(gaps) < d.tolerance
+        self._debias_log.append(log)
+
+    def _debias_solve(self, pairs, weights, retain) -> None:
+        """One closed form on the current weights: every prompt's aligned keys towards its moved values (weight 1),
+        the retained prompts' 77 positions kept (weight s_p)."""
+        L = self.t2i.max_length
+        C, U, spans = [], [], []
+        for old, new in pairs:
+            emb = self.t2i.encode([old, *new]).float()
+            idx = [self.t2i.token_index(t) for t in (old, *new)]
+            far = max(idx)
+            C.append(emb[0, idx[0]:L - max(0, far - idx[0])])
+            U.append([emb[j + 1, idx[j + 1]:L - max(0, far - idx[j + 1])] for j in range(len(new))])
+            spans.append(C[-1].shape[0])
+        C_q = self.t2i.encode(retain).float().reshape(-1, C[0].shape[-1]) if retain else C[0].new_zeros(0, C[0].shape[-1])
+        K = torch.cat([*C, C_q]).T
+        w = torch.cat([torch.ones(sum(spans)), torch.full((C_q.shape[0],), float(self.debias.preserve_scale))])
+
+        def values(W):
+            V = []
+            for c, us, wt in zip(C, U, weights):
+                o = W @ c.T  # [d_out, n]
+                v = o.clone()
+                for j, u in enumerate(us):
+                    wu = W @ u.T
+                    v = v + float(wt[j]) * o.norm() * wu / wu.norm()  # UCE: Frobenius norms of the whole slice
+                V.append(v)
+            return torch.cat(V + [W @ C_q.T], 1)
 
         self.conditions.append(ridge_update_(list(self.edited_parameters().values()), K, values, self.lam, weights=w.to(K.device)))

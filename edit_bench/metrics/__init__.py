@@ -6,9 +6,9 @@ classifier, zero-shot CLIP accuracy)."""
 from .base import SampleMetric
 from .clip_preference import PAPER_JUDGE, ClipJudge, JudgeConfig
 from .edit_scores import FORMULA, EditScores, timed_success
-from .detectors import ClipAccuracy, ImageClassifier, NudeNet
+from .detectors import AttributeShare, ClipAccuracy, ImageClassifier, NudeNet
 from .quality import FID, LPIPS, SSIM, ClipScore, ImageFeatures, JudgeDistance, PairedMetric
 
 __all__ = ["SampleMetric", "ClipJudge", "JudgeConfig", "PAPER_JUDGE", "EditScores", "FORMULA", "timed_success",
            "ClipScore", "FID", "LPIPS", "SSIM", "JudgeDistance", "PairedMetric", "ImageFeatures",
-           "NudeNet", "ImageClassifier", "ClipAccuracy"]
+           "NudeNet", "ImageClassifier", "ClipAccuracy", "AttributeShare"]
