@@ -15,6 +15,8 @@ Layouts:
     ``artists``: CLIP_e (erased), CLIP_s (every kept group) and H_a = CLIP_s - CLIP_e (MACE Table 3).
     ``multi``: one row per method and number of concepts erased at once, the erased and kept groups' means and
     H_c = 2 / ((1 - e)^-1 + s^-1) (MACE's celebrity table).
+    ``shares``: one row per method and concept, each attribute's share and the deviation from balance (TIME's and
+    UCE's debiasing), and the mean deviation.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def method_name(res: dict, baseline: bool = False) -> str:
         params = args.get("params") or ("xattn" if args.get("recipe", "paper") == "paper" else "esd-x")
         return {"xattn": "ESD-x", "esd-x": "ESD-x", "esd-x-strict": "ESD-x", "noxattn": "ESD-u",
                 "esd-u": "ESD-u"}.get(params, f"ESD ({params})")
+    if editor == "UCE" and args.get("debias"):
+        return "UCE (debias)"
     return {"ConceptAblation": "AC", "DiffQuickFix": "Diff-QuickFix"}.get(editor, editor)
 
 
@@ -176,7 +180,25 @@ def _multi(spec: dict, rows) -> list[str]:
     return out
 
 
-LAYOUTS = {"objects": _objects, "counts": _counts, "artists": _artists, "multi": _multi}
+def _shares(spec: dict, rows) -> list[str]:
+    """One row per method and concept: each attribute's share and the deviation from balance; then their mean."""
+    key, attrs, digits = spec["metric"], spec["attributes"], spec.get("digits", 2)
+    out = ["| method | concept | " + " | ".join(f"{a} (%)" for a in attrs) + " | deviation ↓ |", "|---|---|" + "---|" * (len(attrs) + 1)]
+    for method, metrics, res in rows:
+        concepts = res["protocol"].get("concepts") or {}
+        single = len(concepts) == 1
+        for case, concept in concepts.items():
+            shares = [metrics.get(f"{key}/share/{a}" if single else f"{key}/share/{a}/prompts/{case}") for a in attrs]
+            dev = metrics.get(f"{key}/deviation/{case}")
+            out.append(f"| {method} | {concept} | " + " | ".join("—" if s is None else f"{100 * s['mean']:.{digits - 1}f}" for s in shares)
+                       + f" | {'—' if dev is None else format(dev['mean'], f'.{digits}f')} |")
+        dev = metrics.get(f"{key}/deviation")
+        out.append(f"| {method} | **mean of {len(concepts)}** | " + " | ".join("" for _ in attrs)
+                   + f" | {'—' if dev is None else format(dev['mean'], f'.{digits}f')} |")
+    return out
+
+
+LAYOUTS = {"objects": _objects, "counts": _counts, "artists": _artists, "multi": _multi, "shares": _shares}
 
 
 def render(name: str, runs: list[dict], path: str | None = None) -> str:

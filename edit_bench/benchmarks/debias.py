@@ -72,5 +72,6 @@ class AttributeBalance(Benchmark):
 
     def protocol_info(self) -> dict:
         info = super().protocol_info()
-        info.update(rows=len(self._table), prompt_columns=self._prompt_columns)
+        info.update(rows=len(self._table), prompt_columns=self._prompt_columns,
+                    concepts={c.id: c.request.subject for c in self._cases.values()})
         return info
