@@ -139,6 +139,18 @@ def _write_hits(run: RunDir, cache: BaselineCache, pending: list[Sample], hits: 
         run.append_records(0, [Record.from_sample(s, e[0], e[1]) for s, e in zip(part, entries)], "baseline")
 
 
+def _first_of_each(samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """The samples whose content (prompt, labels, seed) first appears, and the later ones that repeat it."""
+    from .baseline_cache import sample_key
+
+    seen, first, repeats = set(), [], []
+    for s in samples:
+        k = sample_key(s)
+        (repeats if k in seen else first).append(s)
+        seen.add(k)
+    return first, repeats
+
+
 class _Batches(IterableDataset):
     """One rank's generation batches (iterable, so Lightning does not re-split them across ranks)."""
 
@@ -333,13 +345,16 @@ class Evaluation:
                 for f in run.samples_dir(v).glob("editor-rank*.json"):
                     f.unlink()
         cache = self._cache(prov) if the_plan.baseline else None
-        wall, cached = {}, {"hits": 0, "added": 0}
+        wall, cached = {}, {"hits": 0, "added": 0, "repeats": 0}
         with signals.stop_at_safe_points():
             for variant in variants:
                 pending = [s for s in samples if s.id not in before[variant]]
+                with_cache = cache if variant == "baseline" else None  # looked up inside the pass, by rank 0
+                repeats = []
+                if with_cache is not None:  # a sample the unedited model draws twice (per-case kept sets) is drawn once
+                    pending, repeats = _first_of_each(pending)
                 t0 = time.perf_counter()
                 if pending:
-                    with_cache = cache if variant == "baseline" else None  # looked up inside the pass, by rank 0
                     try:
                         trainer.predict(_Pass(editor, bench, pending, the_plan, run, variant, self.save_images, with_cache),
                                         return_predictions=False)
@@ -349,6 +364,9 @@ class Evaluation:
                     if with_cache is not None and trainer.is_global_zero:
                         cached["hits"] = json.loads((run.samples_dir(variant) / CACHE_HITS).read_text())["hits"]
                         cached["added"] = cache.store(pending, run.load_records(variant), run, variant)
+                if repeats and trainer.is_global_zero:  # their records and features, from the cache just written
+                    _write_hits(run, cache, repeats, cache.lookup(repeats))
+                    cached["repeats"] = len(repeats)
                 wall[variant] = time.perf_counter() - t0
         if not trainer.is_global_zero:
             return None

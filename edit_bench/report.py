@@ -48,7 +48,11 @@ def load_run(path) -> dict:
     cfg = yaml.safe_load(res.get("config") or "") or {}
     data = (cfg.get("data") or {}).get("init_args") or {}
     res["_dir"], res["_config"] = str(f.parent), cfg
-    res["_data"] = Path(str(data.get("path", res["benchmark"]))).stem
+    if data.get("path"):
+        res["_data"] = Path(str(data["path"])).stem
+    else:  # prompts made from templates: named by their concepts
+        concepts = data.get("concepts")
+        res["_data"] = res["benchmark"] + (f"({', '.join(map(str, concepts))})" if concepts else "")
     return res
 
 

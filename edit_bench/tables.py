@@ -76,7 +76,8 @@ def check_run(spec: dict, name: str, res: dict) -> None:
         raise UsageError(f"{where} ran {res['benchmark']}, but table {name!r} reads {want['benchmark']} runs "
                          f"(configs/benchmark/{spec.get('config', '?')}.yaml)")
     if want.get("data") and res.get("_data") != want["data"]:
-        raise UsageError(f"{where} ran data {res.get('_data')!r}, but table {name!r} needs {want['data']!r}")
+        raise UsageError(f"{where} ran data {res.get('_data')!r}, but table {name!r} needs {want['data']!r} "
+                         f"(configs/benchmark/{spec.get('config', '?')}.yaml)")
     for k, v in (want.get("sampler") or {}).items():
         if proto["sampler"].get(k) != v:
             raise UsageError(f"{where} sampled with {k}={proto['sampler'].get(k)!r}, but table {name!r}'s protocol has "

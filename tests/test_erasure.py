@@ -236,8 +236,10 @@ def test_toy_tables_from_eval_to_report(tmp_path, capsys):
     h = 200 / (1 / (1 - e / 100) + 100 / k) if e < 100 else 0.0  # MACE's H_c
     assert rows == [f"| UCE | 2 | {e:.2f} | {k:.2f} | {h:.2f} |"]
     assert sum(ln.startswith("| SD | 2 |") for ln in table.splitlines()) == 1  # the unedited run is the baseline's row
-    # a toy run is not MACE's protocol: refused, nothing written
+    # a toy run is neither MACE's data nor its protocol: refused, nothing written
     assert run_cli(["report", runs[0], "--table", "mace_table1", "--out", tmp_path / "rep2"]) == 2
+    assert "but table 'mace_table1' needs 'ConceptPrompts(airplane" in capsys.readouterr().err and not (tmp_path / "rep2").exists()
+    assert run_cli(["report", runs[0], "--table", "mace_table3", "--out", tmp_path / "rep2"]) == 2
     assert "protocol has steps=50" in capsys.readouterr().err and not (tmp_path / "rep2").exists()
 
 
@@ -312,3 +314,19 @@ def test_uce_debias_is_its_closed_form_and_logs_its_rounds():
     log = ed.report()["debias"][-1]
     assert log["prompts"] == ["a circle"] and 1 <= len(log["rounds"]) <= 2
     assert all(abs(sum(s) - 1) < 1e-9 for r in log["rounds"] for s in r["shares"])
+
+
+def test_per_case_kept_samples_are_drawn_once_by_the_unedited_model(tmp_path):
+    """Two erased shapes, each case scoring the other four shapes: the unedited model draws each distinct
+    (prompt, seed) once, and the copies equal what drawing them again gives (the run without the cache)."""
+    args = ["eval", "--model", ROOT / "configs/editor/uce.yaml", "--data", ROOT / "configs/benchmark/toy_objects.yaml",
+            "--data.erase", "[circle, square]", "--data.sampler.seeds", "[0]", "--data.paraphrases", "null"]
+    assert run_cli(args + ["--out_dir", tmp_path / "a"]) == 0
+    res = json.loads((tmp_path / "a/results.json").read_text())
+    # cases circle and square: erased 3 prompts + kept 12 each; the kept sets share 9 prompts, and each erased
+    # shape is kept in the other case: 30 samples, 15 distinct
+    assert res["samples"]["total"] == 30 and res["samples"]["baseline_cache"]["repeats"] == 15
+    assert res["samples"]["baseline_cache"]["added"] == 15
+    assert run_cli(args + ["--out_dir", tmp_path / "b", "--baseline_cache", "false"]) == 0
+    again = json.loads((tmp_path / "b/results.json").read_text())
+    assert again["baseline"] == res["baseline"]

@@ -121,7 +121,7 @@ def test_baseline_cache_reuses_the_unedited_samples_with_identical_numbers(tmp_p
                      batch_size=4, baseline=True, metrics=[EditScores(), MeanColour(), SSIM()])
 
     first = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "first").run(_trainer())
-    assert first["samples"]["baseline_cache"] == {"hits": 0, "added": 11, "path": first["samples"]["baseline_cache"]["path"]}
+    assert first["samples"]["baseline_cache"] == {"hits": 0, "added": 11, "repeats": 0, "path": first["samples"]["baseline_cache"]["path"]}
     again = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "again").run(_trainer())
     assert again["samples"]["baseline_cache"]["hits"] == 11 and again["samples"]["baseline_cache"]["added"] == 0
     assert again["baseline"] == first["baseline"] and again["baseline"]["brightness"]["n"] == 11
