@@ -41,13 +41,16 @@ class PromptPair:
 
     ``expect="new"`` for efficacy and generality, ``"old"`` for specificity: success is always
     "the expected label wins", so metric code has no sign flips. A prompt scored without labels (a caption
-    set for image quality, a detector benchmark) has ``old = new = expect = None``.
+    set for image quality, a detector benchmark) has ``old = new = expect = None``. ``oracle``: the prompt whose
+    unedited rendering is what the edit should produce (RoAD's ``Oracle`` columns), drawn by the ``Oracle``
+    editor; ``None``: the ``new`` label itself (TIMED).
     """
 
     prompt: str
     old: str | None = None
     new: str | None = None
     expect: Literal["old", "new"] | None = None
+    oracle: str | None = None
 
 
 @dataclass(frozen=True)

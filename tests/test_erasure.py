@@ -330,3 +330,22 @@ def test_per_case_kept_samples_are_drawn_once_by_the_unedited_model(tmp_path):
     assert run_cli(args + ["--out_dir", tmp_path / "b", "--baseline_cache", "false"]) == 0
     again = json.loads((tmp_path / "b/results.json").read_text())
     assert again["baseline"] == res["baseline"]
+
+
+def test_oracle_rows_draw_each_edits_destination(tmp_path):
+    from edit_bench.benchmarks.road import RoAD
+    from edit_bench.benchmarks.timed import TIMED
+    from edit_bench.editors.oracle import Oracle
+
+    road = RoAD(path=str(ROOT / "datasets/road/RoAD_test.csv"), rows="0:1")
+    case = road.cases()[0]
+    eff, gen, spec = (case.groups[g][0] for g in ("efficacy", "generality", "specificity"))
+    assert Oracle.prompt(eff) == eff.oracle == case.request.target and eff.oracle != eff.new  # RoAD's Oracle column
+    assert Oracle.prompt(gen) == gen.oracle and gen.oracle not in (gen.new, gen.prompt)  # Positive_oracle1
+    assert Oracle.prompt(spec) == spec.prompt
+    timed = TIMED(path=str(ROOT / "datasets/toy/toy_timed.csv")).cases()[0]
+    assert Oracle.prompt(timed.groups["efficacy"][0]) == timed.request.target  # TIMED: the new label
+    assert run_cli(["eval", "--model", ROOT / "configs/editor/oracle.yaml", "--data", ROOT / "configs/benchmark/toy_timed.yaml",
+                    "--data.rows", "0:2", "--data.sampler.seeds", "[0]", "--out_dir", tmp_path / "o"]) == 0
+    res = json.loads((tmp_path / "o/results.json").read_text())
+    assert res["editor"] == "Oracle" and res["metrics"]["efficacy"]["mean"] == 1.0  # the judge reads the targets

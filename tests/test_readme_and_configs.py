@@ -91,8 +91,13 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
             continue
         if "toy_captions.yaml" in cmd:  # 200 captions: same code, 12
             args = args + ["--data.n", "12"]
-        if args[0] == "eval" and "toy_erasure.yaml" in cmd:  # 4 seeds: same code, 1
-            args = args + ["--data.sampler.seeds", "[0]"]
+        if args[0] == "eval" and any(b in cmd for b in ("toy_erasure.yaml", "toy_entities.yaml", "toy_objects.yaml")):
+            args = args + ["--data.sampler.seeds", "[0]"]  # 4 seeds: same code, 1
+        if args[0] == "eval" and "toy_objects.yaml" in cmd:  # five shapes, one edit each: same code, one shape
+            args = args + ["--data.erase", "[circle]"]
+        if "uce_debias_toy.yaml" in cmd:  # up to 10 rounds of 64 measuring images: same code, 1 round of 2
+            args = args + ["--model.init_args.debias.rounds", "1", "--model.init_args.debias.images", "2",
+                           "--model.init_args.debias.seeds", "1", "--data.sampler.seeds", "[0]"]
         if args[0] == "trace":  # the real runs take 40 s to 3 min: same code, 3 steps and one seed
             args = args + ["--sampler.steps", "3", "--sampler.seeds", "[0]", "--progress", "false"]
         if args[0] == "fit" and ("esd" in cmd or "concept_ablation" in cmd):  # 1 min each: same code, 2 steps

@@ -33,7 +33,7 @@ class RoAD(Benchmark):
     def __init__(self, path: str = "datasets/road/RoAD_test.csv", rows: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.path, self.rows = path, rows
-        table = read_csv(path, COLUMNS, optional=("Type",))
+        table = read_csv(path, COLUMNS, optional=("Type",) + tuple(f"Positive_oracle{k}" for k in range(1, K + 1)))
         self._table = [(i, table[i]) for i in select_rows(len(table), rows)]
         self._cases
 
@@ -43,9 +43,9 @@ class RoAD(Benchmark):
         for i, r in self._table:
             request = row_request(self.path, i, r["Prompt"], r["Oracle"])
             groups = {
-                "efficacy": (PromptPair(r["Prompt"], r["Old"], r["New"], "new"),),
-                "generality": tuple(PromptPair(r[f"Positive{k}"], r[f"Positive_old{k}"], r[f"Positive_new{k}"], "new")
-                                    for k in range(1, K + 1)),
+                "efficacy": (PromptPair(r["Prompt"], r["Old"], r["New"], "new", r["Oracle"]),),
+                "generality": tuple(PromptPair(r[f"Positive{k}"], r[f"Positive_old{k}"], r[f"Positive_new{k}"], "new",
+                                               r.get(f"Positive_oracle{k}") or None) for k in range(1, K + 1)),
                 "specificity": tuple(PromptPair(r[f"Negative{k}"], r[f"Negative{k}"], r[f"Negative_new{k}"], "old")
                                      for k in range(1, K + 1)),
             }
