@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 
+PRINTED = 40  # metric entries printed by eval before per-concept ones (NAME/group/concept) are left to results.json
+
+
 def format_table(results: dict, path) -> str:
     """The printed summary of one ``results.json``: baseline and edited side by side, timing, the file."""
     m, b = results["metrics"], results.get("baseline")
+    hidden = 0
+    if len(m) > PRINTED:  # per-concept entries of a many-concept table: in results.json, not on the screen
+        shown = {k: v for k, v in m.items() if k.count("/") < 3}
+        hidden, m = len(m) - len(shown), shown
     lines = [f"edit_bench eval: {results['editor']} on {results['benchmark']} ({results['model']}), "
              f"{results['samples']['total']} samples, {len(results['protocol']['seeds'])} seed(s)"]
     if b:
@@ -21,6 +28,8 @@ def format_table(results: dict, path) -> str:
         tail.append(f"edit {t['edit_s']:.3f} s x {t['edits']}")
     if t["images_per_s"]:
         tail.append(f"{t['images_per_s']:.1f} images/s")
+    if hidden:
+        tail.append(f"{hidden} per-concept entries not printed")
     tail.append(f"results: {path}")
     return "\n".join(lines + [" · ".join(tail)])
 

@@ -37,7 +37,8 @@ class AttributeBalance(Benchmark):
             professions; the toy world's ``datasets/toy/toy_debias.csv``).
         rows: a subset, ``"0:10"`` or ``"3,5,9"``; ``None`` = all.
         **kwargs: sampler, judge, protocol (``per_case``: one edit per concept, TIME; ``fixed``: all at once, UCE),
-            batch_size, baseline, metrics (required: an ``AttributeShare``).
+            batch_size, baseline, metrics (default: ``AttributeShare`` of ``male`` / ``female`` by the texts "a man" /
+            "a woman" with the benchmark's judge; the configs name UCE's ViT-B/32).
 
     Each request carries its concept as the subject (the prompt without its article), which UCE's debiasing edits.
     """
@@ -45,9 +46,10 @@ class AttributeBalance(Benchmark):
     groups = ("prompts",)
 
     def __init__(self, path: str = "datasets/timed/TIMED_gender_test_set.csv", rows: str | None = None, **kwargs):
-        if kwargs.get("metrics") is None:
-            raise UsageError("AttributeBalance scores attribute shares: list an AttributeShare metric (e.g. "
-                             "configs/benchmark/gender_debias.yaml)")
+        if kwargs.get("metrics") is None:  # TIMED's gender set: "a man" / "a woman" by the benchmark's judge
+            from ..metrics import AttributeShare
+
+            kwargs["metrics"] = [AttributeShare(attributes=["male", "female"], texts=["a man", "a woman"])]
         super().__init__(**kwargs)
         self.path, self.rows = path, rows
         table = read_csv(path, ["old", "new", "validation"], optional=tuple(f"ex{k}" for k in range(1, 21)))

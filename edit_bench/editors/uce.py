@@ -126,6 +126,9 @@ class UCE(Editor):
             raise UsageError(f"expand must be null, 'art' or 'object', got {expand!r}")
         self.lam, self.erase_scale, self.preserve_scale = lam, erase_scale, preserve_scale
         self.technique, self.tokens, self.expand = technique, tokens, expand
+        if isinstance(debias, dict):  # from Python or a YAML read by hand
+            debias = Debias(**{**debias, **({"sampler": SamplerConfig(**debias["sampler"])}
+                                            if isinstance(debias.get("sampler"), dict) else {})})
         self.preserve, self.with_to_k, self.debias = tuple(preserve), with_to_k, debias
         self._debias_log: list[dict] = []
 
