@@ -30,4 +30,4 @@ def fast_kwargs(editor_name: str) -> dict:
 
         return {"num_anchor_images": 2, "steps": 2, "lr": 1e-3,
                 "anchor_sampler": SamplerConfig(scheduler="ddim", steps=2, guidance=6.0, size=None, seeds=[0], eta=1.0)}
-    return {"ReFACT": {"stats_samples": 500}, "ESD": {"steps": 2, "sample_steps": 4, "lr": 1e-3}}.get(editor_name, {})
+    return {"ReFACT": {"stats_samples": 500}, "OCE": {"corpus_samples": 500}, "ESD": {"steps": 2, "sample_steps": 4, "lr": 1e-3}}.get(editor_name, {})

@@ -1,4 +1,10 @@
-"""The closed form shared by TIME, UCE, Diff-QuickFix and LocoEdit.
+"""The closed forms of the cross-attention editors: the ridge solve shared by TIME, UCE, Diff-QuickFix, LocoEdit,
+RECE and MACE, and the three other primitives the 2024-2026 erasers add (RECE's adversarial map, SPEED's
+null-space-projected update, OCE's orthogonal Procrustes rotation). Precision policy for all of them: inputs are
+cast to float64, factored once (Cholesky / LU / symmetric eigendecomposition / SVD, never an explicit inverse),
+and the result is returned in the weight's own dtype.
+
+Ridge.
 
 ``argmin_W' ||(W' K - V) diag(sqrt(w))||_F^2 + lam ||W' - W||_F^2`` has the minimiser
 ``W' = (lam W + V diag(w) K^T) A^-1`` with ``A = lam I + K diag(w) K^T`` (TIME Eq. 5, UCE Eq. 7). ``A`` is
@@ -89,3 +95,89 @@ def ridge_update_(params: Sequence[torch.nn.Parameter], K: Tensor, values: Calla
         W = p.float()
         p.copy_(system.solve(W, values(W)).to(p.dtype))
     return system.condition
+
+
+# ---------------------------------------------------------------------------------------------- RECE
+@torch.no_grad()
+def adversarial_map(weights: Sequence[Tensor], originals: Sequence[Tensor], gamma: float) -> Tensor:
+    """RECE's closed-form adversarial embedding map ``A`` ``[d_in, d_in]`` (float64):
+
+    ``A = (sum_l W_l^T W_l + gamma I)^-1 sum_l W_l^T W0_l``, so that ``c' = A c`` minimises
+    ``sum_l ||W_l c' - W0_l c||^2 + gamma ||c'||^2``: the embedding that makes the edited matrices ``W_l`` emit
+    what the original ``W0_l`` emitted for ``c``. One Cholesky factor of the (SPD for ``gamma > 0``) left side.
+    """
+    if gamma <= 0:
+        raise UsageError(f"RECE's regulariser gamma must be > 0 (paper: 0.1 nudity, 1e-3 artists), got {gamma}")
+    d = weights[0].shape[1]
+    lhs = gamma * torch.eye(d, dtype=torch.float64, device=weights[0].device)
+    rhs = torch.zeros(d, d, dtype=torch.float64, device=weights[0].device)
+    for W, W0 in zip(weights, originals, strict=True):
+        W, W0 = W.detach().double(), W0.detach().to(W.device).double()
+        lhs += W.T @ W
+        rhs += W.T @ W0
+    return torch.cholesky_solve(rhs, torch.linalg.cholesky(lhs))
+
+
+# --------------------------------------------------------------------------------------------- SPEED
+@torch.no_grad()
+def nullspace_projector(C: Tensor, threshold: float) -> Tensor:
+    """``P = U_{s < tau} U_{s < tau}^T`` ``[d, d]`` (float64): the projector onto the eigenvectors of the symmetric
+    PSD ``C`` (SPEED's retain second moment) whose eigenvalues fall below ``threshold``, i.e. the directions the
+    retain keys leave (almost) unused. ``eigh`` in float64 (SPEED's code: ``torch.svd`` in float32, the same
+    subspace for a PSD matrix)."""
+    C = C.detach().double()
+    C = (C + C.T) / 2
+    evals, evecs = torch.linalg.eigh(C)
+    U = evecs[:, evals < threshold]
+    if U.shape[1] == 0:
+        raise UsageError(
+            f"the retain set leaves no null space: every one of the {C.shape[0]} eigenvalues of its second moment is "
+            f">= threshold {threshold:g} (smallest {float(evals[0]):.3g}); raise threshold or retain fewer concepts")
+    return U @ U.T
+
+
+@torch.no_grad()
+def projected_update(W: Tensor, C_ee: Tensor, C_ae: Tensor, P: Tensor, K2: Tensor, alpha: float, lam: float) -> Tensor:
+    """SPEED's closed-form change ``Delta`` ``[d_out, d_in]`` of one weight (float64 inside, ``W``'s dtype out):
+
+    ``M = (C_ee P + alpha I)^-1``,
+    ``Delta = W (C_ae - C_ee) P [I - M K2 (K2^T P M K2 + lam I)^-1 K2^T P] M``.
+
+    ``Delta r = 0`` for every ``r`` with ``P r = 0`` (the retain keys' span) and ``Delta K2 = 0`` when ``lam = 0``
+    (the invariant keys: BOS and the null text's centroids). ``M`` is applied by LU solves, never inverted.
+    """
+    d = W.shape[1]
+    f64 = dict(dtype=torch.float64, device=W.device)
+    C_ee, C_ae, P, K2 = (t.detach().to(**f64) for t in (C_ee, C_ae, P, K2))
+    A = C_ee @ P + alpha * torch.eye(d, **f64)  # M = A^-1
+    MK2 = torch.linalg.solve(A, K2)  # [d, m]
+    S = K2.T @ P @ MK2 + lam * torch.eye(K2.shape[1], **f64)
+    try:
+        inner = torch.eye(d, **f64) - MK2 @ torch.linalg.solve(S, K2.T @ P)
+    except torch.linalg.LinAlgError:
+        raise UsageError(f"SPEED's invariant-key system K2^T P M K2 + lam I is singular (lam={lam}): use lam > 0 "
+                         "(SPEED uses 0.5 when only the empty prompt is retained)") from None
+    G = (C_ae - C_ee) @ P @ inner  # [d, d]
+    T = torch.linalg.solve(A.T, G.T).T  # G M = G A^-1
+    return (W.detach().double() @ T).to(W.dtype)
+
+
+# ----------------------------------------------------------------------------------------------- OCE
+@torch.no_grad()
+def procrustes_rotation(M: Tensor) -> Tensor:
+    """``R = argmax_{R in SO(n)} tr(R^T M)`` ``[n, n]`` (float64): with ``M = U S V^T`` (SVD),
+    ``R = U diag(1, ..., 1, det(U V^T)) V^T`` (Kabsch: the sign goes on the smallest singular direction, so R is a
+    proper rotation and still the best one). OCE's code instead negates the last column of ``U V^T`` when its
+    determinant is negative, which is orthogonal but not the optimum; both agree whenever ``det(U V^T) > 0``."""
+    M = M.detach().double()
+    if not bool(torch.isfinite(M).all()):
+        raise UsageError("the Procrustes matrix has non-finite entries: check the scales and that the embeddings are finite")
+    try:
+        U, _, Vh = torch.linalg.svd(M)
+    except torch.linalg.LinAlgError:
+        raise UsageError(f"the SVD of the {tuple(M.shape)} Procrustes matrix did not converge (non-finite or "
+                         "degenerate input): check the scales and that the embeddings are finite") from None
+    sign = torch.sign(torch.linalg.det(U @ Vh))
+    D = torch.ones(M.shape[0], dtype=torch.float64, device=M.device)
+    D[-1] = 1.0 if sign == 0 else float(sign)
+    return (U * D) @ Vh

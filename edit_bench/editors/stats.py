@@ -145,3 +145,56 @@ def _compute(t2i, layer, tokenizer_index, texts, batch_size, path, corpus) -> No
     C = (total / n).float().cpu()
     tensors, meta = {"C": C, "n_tokens": torch.tensor(n)}, {"corpus": str(corpus), "texts": str(len(texts))}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def _encoder_tensors(t2i) -> list[torch.Tensor]:
+    return [t for _, enc in t2i.text_encoders() for t in enc.state_dict(keep_vars=True).values()]
+
+
+def context_moment(t2i, corpus: str, limit: int, positions: str = "tokens", stats_dir: str | None = None,
+                   batch_size: int = 64) -> tuple[torch.Tensor, int, Path]:
+    """``(E[h h^T] [D, D] float64, number of positions, cache file)`` of the context every cross-attention sees
+    (``t2i.encode``), over a corpus: ``positions="tokens"`` counts BOS through the first EOS of each text (OCE's
+    global prior ``K0``), ``"all"`` counts all 77 positions, padding included (MACE's preservation caches, whose
+    sums are ``mean * count``). Cached like :func:`second_moment`, keyed by every text-encoder weight."""
+    from filelock import FileLock
+    from safetensors.torch import load_file
+
+    if positions not in ("tokens", "all"):
+        raise UsageError(f"positions must be 'tokens' or 'all', got {positions!r}")
+    texts = read_corpus(corpus, limit)
+    digest = hashlib.sha1(_weights_digest(_encoder_tensors(t2i)).encode())
+    digest.update("\n".join(texts).encode())
+    name = f"{_slug(t2i.spec)}__context-{positions}__{_slug(Path(corpus).stem)}-{len(texts)}__{digest.hexdigest()[:12]}.safetensors"
+    path = cache_dir(stats_dir) / name
+    if path in _MEMORY:
+        return *_MEMORY[path], path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            _compute_context(t2i, texts, positions, batch_size, path, corpus)
+        saved = load_file(str(path))
+    _MEMORY[path] = saved["C"], int(saved["n_tokens"])
+    return *_MEMORY[path], path
+
+
+def _compute_context(t2i, texts, positions, batch_size, path, corpus) -> None:
+    from safetensors.torch import save_file
+
+    tok = t2i.tokenizers[0]
+    total, n = None, 0
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            chunk = texts[i:i + batch_size]
+            h = t2i.encode(chunk).double()  # [B, 77, D]
+            if positions == "tokens":
+                ids = t2i.tokenize(chunk, 0)
+                eos = (ids == tok.eos_token_id).int().argmax(1)
+                keep = torch.arange(ids.shape[1])[None] <= eos[:, None]
+                h = h[keep.to(h.device)]
+            else:
+                h = h.reshape(-1, h.shape[-1])
+            total = h.T @ h if total is None else total + h.T @ h
+            n += h.shape[0]
+    tensors = {"C": (total / n).cpu().contiguous(), "n_tokens": torch.tensor(n)}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"corpus": str(corpus), "texts": str(len(texts))}))
