@@ -138,7 +138,11 @@ class SPEED(Editor):
                     norms = (pert @ D0.T).norm(dim=1)
                     extra.append(pert[norms > norms.mean()])
                 Rl = torch.cat([Rl, *extra])
-            P = nullspace_projector(Rl.T @ Rl / Rl.shape[0], self.threshold)
+            try:
+                P = nullspace_projector(Rl.T @ Rl / Rl.shape[0], self.threshold)
+            except UsageError as e:
+                raise UsageError(f"{name}: {Rl.shape[0]} retain keys (from {f'{len(names)} retained prompts' if names else 'the null text'}) in {d} "
+                                 f"dimensions: {e}") from None
             delta = projected_update(W, C_ee, C_ae, P, K2, self.retain_scale, self.lam)
             p.add_(delta.to(p.dtype))
             layers["retain_keys"].append(int(Rl.shape[0]))

@@ -1,0 +1,157 @@
+"""RECE, SPEED and OCE: their linear-algebra primitives against independent computations, the properties their
+papers state, and the editors' own promises on the tiny models."""
+
+import pytest
+import torch
+
+from edit_bench.editors.ridge import adversarial_map, nullspace_projector, procrustes_rotation, projected_update
+from edit_bench.errors import UsageError
+from edit_bench.types import EditRequest
+
+
+def _g(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_adversarial_map_equals_the_stacked_least_squares_solution():
+    g = _g()
+    Ws = [torch.randn(d, 6, generator=g, dtype=torch.float64) for d in (4, 7)]
+    W0s = [W + 0.3 * torch.randn(W.shape, generator=g, dtype=torch.float64) for W in Ws]
+    c, gamma = torch.randn(6, generator=g, dtype=torch.float64), 0.1
+    A = adversarial_map(Ws, W0s, gamma)
+    lhs = torch.cat([*Ws, gamma**0.5 * torch.eye(6, dtype=torch.float64)])
+    rhs = torch.cat([*(W0 @ c for W0 in W0s), torch.zeros(6, dtype=torch.float64)])
+    torch.testing.assert_close(A @ c, torch.linalg.lstsq(lhs, rhs[:, None]).solution[:, 0], atol=1e-10, rtol=1e-10)
+    with pytest.raises(UsageError, match="gamma must be > 0"):
+        adversarial_map(Ws, W0s, 0.0)
+
+
+def test_nullspace_projector_spans_the_small_eigenvectors():
+    g = _g(1)
+    Q = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64)).Q
+    evals = torch.tensor([5.0, 3.0, 1.0, 0.5, 1e-3, 1e-4, 0.0, 0.0], dtype=torch.float64)
+    C = Q @ torch.diag(evals) @ Q.T
+    P = nullspace_projector(C, 0.1)
+    expected = Q[:, 4:] @ Q[:, 4:].T  # an independent construction from the known eigenvectors
+    torch.testing.assert_close(P, expected, atol=1e-10, rtol=0)
+    torch.testing.assert_close(P @ P, P, atol=1e-10, rtol=0)
+    with pytest.raises(UsageError, match="no null space.*raise threshold"):
+        nullspace_projector(C + torch.eye(8, dtype=torch.float64), 0.1)
+
+
+def test_projected_update_keeps_the_retain_span_and_the_invariant_keys():
+    """Delta r = 0 whenever P r = 0, Delta K2 = 0 at lam = 0 (SPEED's two constraints), and the formula equals a
+    direct evaluation with explicit float64 inverses."""
+    g = _g(2)
+    d = 10
+    R = torch.randn(d, 4, generator=g, dtype=torch.float64)  # retain keys
+    P = nullspace_projector(R @ R.T / 4, 1e-8)
+    W = torch.randn(6, d, generator=g, dtype=torch.float64)
+    c, a = torch.randn(d, 2, generator=g, dtype=torch.float64), torch.randn(d, 2, generator=g, dtype=torch.float64)
+    C_ee, C_ae = c @ c.T / 2, a @ c.T / 2
+    K2 = torch.randn(d, 3, generator=g, dtype=torch.float64)
+    delta = projected_update(W, C_ee, C_ae, P, K2, alpha=1.0, lam=0.0)
+    assert float((delta @ R).abs().max()) < 1e-9
+    assert float((delta @ K2).abs().max()) < 1e-9
+    assert float(delta.abs().max()) > 1e-3  # and the edit is not empty
+    I = torch.eye(d, dtype=torch.float64)
+    M = torch.linalg.inv(C_ee @ P + 0.7 * I)
+    inner = I - M @ K2 @ torch.linalg.inv(K2.T @ P @ M @ K2 + 0.5 * torch.eye(3, dtype=torch.float64)) @ K2.T @ P
+    torch.testing.assert_close(projected_update(W, C_ee, C_ae, P, K2, 0.7, 0.5), W @ (C_ae - C_ee) @ P @ inner @ M,
+                               atol=1e-9, rtol=1e-9)
+
+
+def test_procrustes_rotation_is_the_best_proper_rotation():
+    g = _g(3)
+    for _ in range(20):
+        M = torch.randn(5, 5, generator=g, dtype=torch.float64)
+        R = procrustes_rotation(M)
+        torch.testing.assert_close(R.T @ R, torch.eye(5, dtype=torch.float64), atol=1e-10, rtol=0)
+        assert float(torch.linalg.det(R)) == pytest.approx(1.0)
+        s = torch.linalg.svdvals(M)
+        sign = float(torch.sign(torch.linalg.det(M)))
+        best = float(s[:-1].sum() + sign * s[-1])  # the known optimum of tr(R^T M) over SO(n)
+        assert float(torch.trace(R.T @ M)) == pytest.approx(best, abs=1e-9)
+        for _ in range(5):  # no random rotation does better
+            Q = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64)).Q
+            Q[:, 0] *= torch.sign(torch.linalg.det(Q))
+            assert float(torch.trace(Q.T @ M)) <= best + 1e-9
+    with pytest.raises(UsageError, match="non-finite"):
+        procrustes_rotation(torch.full((3, 3), float("nan")))
+
+
+@pytest.mark.parametrize("name", ["SPEED", "OCE", "RECE"])
+def test_empty_concept_list_is_refused(name):
+    from edit_bench.editors import discover
+
+    ed = discover()[name](base="tiny:sd1", **({"corpus_samples": 50} if name == "OCE" else {}))
+    with pytest.raises(UsageError, match="at least one concept"):
+        ed.edit([])
+
+
+def test_oce_rotates_outputs_without_rescaling():
+    """OCE's invariant: W* = R W with R orthogonal, so every output keeps its norm and every angle between outputs."""
+    from edit_bench.editors.oce import OCE
+
+    ed = OCE(base="tiny:sd1", erase_scale=50.0, corpus_samples=50)
+    before = {n: p.detach().clone().double() for n, p in ed.edited_parameters().items()}
+    ed.apply_edit([EditRequest("A banana", ""), EditRequest("A bear", "")])
+    x = torch.randn(before[next(iter(before))].shape[1], 9, generator=_g(4), dtype=torch.float64)
+    for n, p in ed.edited_parameters().items():
+        W0, W1 = before[n], p.detach().double()
+        assert not torch.allclose(W0, W1)
+        torch.testing.assert_close((W1 @ x).norm(dim=0), (W0 @ x).norm(dim=0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close((W1 @ x).T @ (W1 @ x), (W0 @ x).T @ (W0 @ x), rtol=1e-4, atol=1e-4)
+
+
+def test_speed_keeps_retained_concepts_and_the_null_text_and_repeats_exactly():
+    """With DPA off, SPEED's edit leaves the retained concepts' last-token values and the null text's BOS unchanged
+    (up to the null space's threshold), moves the target's, and the same seed gives the same weights."""
+    from edit_bench.editors.speed import SPEED
+
+    def run(**kw):
+        ed = SPEED(base="tiny:sd1", threshold=1e-6, aug=0, filter=False, retain=["A bear", "A cat", "A dog"], **kw)
+        before = {n: p.detach().clone() for n, p in ed.edited_parameters().items()}
+        ed.apply_edit([EditRequest("A banana", "")])
+        return ed, before
+
+    ed, before = run()
+    t2i = ed.t2i
+    keys = ed._keys(["A bear", "A cat", "A dog", "A banana"]).float().T
+    bos = t2i.encode([""])[0, 0]
+    for n, p in ed.edited_parameters().items():
+        moved = (p.detach() - before[n]) @ keys
+        assert float(moved[:, :3].abs().max()) < 1e-4 * float(moved[:, 3].abs().max())
+        assert float(((p.detach() - before[n]) @ bos).abs().max()) < 1e-4
+    again, _ = run()
+    for n, p in ed.edited_parameters().items():
+        assert torch.equal(p, again.edited_parameters()[n])
+
+
+def test_speed_refuses_a_retain_set_without_null_space():
+    """90 retained toy prompts span all 64 dimensions of the toy context (smallest eigenvalue of their second
+    moment about 2e-7): at threshold 1e-7 nothing is left to edit in, which is refused, naming the count."""
+    from edit_bench.editors.speed import SPEED
+    from edit_bench.models.toy import world
+
+    names = [f"a {s} {c} {sh}" for s in world.SIZES for c in world.COLOURS for sh in world.SHAPES]
+    ed = SPEED(base="toy", threshold=1e-7, aug=0, filter=False, retain=names)
+    with pytest.raises(UsageError, match=r"90 retain keys .* in 64 dimensions.*no null space"):
+        ed.apply_edit([EditRequest("a circle", "")])
+
+
+def test_rece_rounds_move_the_edit_beyond_uce_and_zero_rounds_is_uce():
+    from edit_bench.editors.rece import RECE
+    from edit_bench.editors.uce import UCE
+
+    req = [EditRequest("A banana", "")]
+    uce = UCE(base="tiny:sd1")
+    uce.apply_edit(req)
+    r0 = RECE(base="tiny:sd1", epochs=0)
+    r0.apply_edit(req)
+    r2 = RECE(base="tiny:sd1", epochs=2)
+    r2.apply_edit(req)
+    for n, p in uce.edited_parameters().items():
+        assert torch.equal(p, r0.edited_parameters()[n])
+        assert not torch.allclose(p, r2.edited_parameters()[n])
+    assert len(r2.report()["rece"]["adversarial_map_shift"]) == 2
