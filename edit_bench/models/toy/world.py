@@ -214,12 +214,15 @@ def _shape_mask(shape: str, x, y, r):
     raise ValueError(shape)
 
 
-def render(scenes: list[Scene], seeds: list[int] | None = None, rng: random.Random | None = None) -> torch.Tensor:
-    """Images ``[B, 3, 32, 32]`` in [0, 1]; positions jitter by ``seeds`` (or ``rng``), 2x supersampled."""
+def render(scenes: list[Scene], seeds: list[int] | None = None, rng: random.Random | None = None,
+           masks: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Images ``[B, 3, 32, 32]`` in [0, 1]; positions jitter by ``seeds`` (or ``rng``), 2x supersampled. With
+    ``masks=True`` also each object's mask ``[B, 1, 32, 32]`` in [0, 1] (the share of its pixel the shape covers)."""
     ss, n = 2, SIZE_PX * 2
     coords = (torch.arange(n, dtype=torch.float32) + 0.5) / ss
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     out = torch.empty(len(scenes), 3, n, n)
+    shape_masks = torch.empty(len(scenes), 1, n, n)
     for i, s in enumerate(scenes):
         g = random.Random(seeds[i]) if seeds is not None else rng or random.Random()
         r = SIZES[s.size]
@@ -247,6 +250,9 @@ def render(scenes: list[Scene], seeds: list[int] | None = None, rng: random.Rand
             edge = (xx < FRAME_W) | (xx > SIZE_PX - FRAME_W) | (yy < FRAME_W) | (yy > SIZE_PX - FRAME_W)
             img[:, edge] = torch.tensor(FRAME)[:, None]
         out[i] = img
+        shape_masks[i, 0] = mask.float()
+    if masks:
+        return F.avg_pool2d(out, ss), F.avg_pool2d(shape_masks, ss)
     return F.avg_pool2d(out, ss)
 
 
