@@ -145,6 +145,8 @@ class EditTrainer(L.Trainer):
             raise UsageError(f"{type(model).__name__} edits one request at a time; the data holds {len(requests)}: give one")
         datamodule.check_prompts(model.t2i, model.derived_prompts(requests))
         model.edited_parameters()
+        if model.trains:
+            model.check_fit(requests, self.max_steps)
         run = RunDir(out_dir, "fit", self.fit_fingerprint(model, datamodule))
         if run.resumes() and (run.path / "edit.safetensors").is_file():
             print(f"edit_bench fit: {run.path}/edit.safetensors already holds this config's edit; nothing to do")

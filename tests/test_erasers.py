@@ -155,3 +155,111 @@ def test_rece_rounds_move_the_edit_beyond_uce_and_zero_rounds_is_uce():
         assert torch.equal(p, r0.edited_parameters()[n])
         assert not torch.allclose(p, r2.edited_parameters()[n])
     assert len(r2.report()["rece"]["adversarial_map_shift"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- MACE
+def test_mace_alignment_keeps_prefix_suffix_and_paired_padding():
+    from edit_bench.editors.mace import aligned_positions
+
+    oi, ni = aligned_positions([0, 1, 2, 3, 9], [0, 1, 7, 9], 77)  # BOS a <concept concept> EOS / BOS a <new> EOS
+    assert oi[:3] == [0, 1, 4] and ni[:3] == [0, 1, 3]
+    assert oi[3:] == list(range(5, 77)) and ni[3:] == list(range(4, 76))  # padding paired from each EOS on
+    oi, ni = aligned_positions([0, 5, 9], [0, 9], 77)  # erasing to the empty prompt: BOS and EOS + padding
+    assert oi[:2] == [0, 2] and ni[:2] == [0, 1] and len(oi) == len(ni) == 76
+
+
+def test_mace_importance_sampling_favours_middle_timesteps():
+    from edit_bench.editors.mace import importance_weights
+
+    w = importance_weights()
+    assert 250 < int(w.argmax()) < 350 and float(w[0]) < 1e-3 * float(w.max()) and float(w[999]) < 1e-3 * float(w.max())
+
+
+def test_mace_refuses_missing_images_and_masks(tmp_path):
+    from edit_bench.editors.mace import MACE
+
+    with pytest.raises(UsageError, match="render.*toy world.*folder"):
+        MACE(base="tiny:sd1")
+    with pytest.raises(UsageError, match="neither"):
+        MACE(base="tiny:sd1", data=str(tmp_path / "nowhere"))
+    from PIL import Image
+
+    (tmp_path / "A banana").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "A banana" / "0.png")
+    ed = MACE(base="tiny:sd1", data=str(tmp_path), images=1, steps=1, corpus_samples=50, lam=0.5)
+    with pytest.raises(UsageError, match="has no mask"):
+        ed.apply_edit([EditRequest("A banana", "")])
+    assert not hasattr(ed.t2i.unet, "peft_config")  # nothing attached, nothing changed
+    (tmp_path / "A banana" / "masks").mkdir()
+    Image.new("L", (32, 32), 255).save(tmp_path / "A banana" / "masks" / "0.png")
+    ed.apply_edit([EditRequest("A banana", "")])  # with its mask, the folder trains
+    assert ed.losses and ed.delta_state_dict()
+
+
+def _mace_toy(**kw):
+    from edit_bench.editors.mace import MACE
+
+    return MACE(base="toy", steps=3, images=2, corpus_samples=100, templates=["{}", "a photo of {}"], **kw)
+
+
+def test_mace_fit_equals_the_per_case_edit_and_resumes_to_the_same_delta(tmp_path):
+    """Lightning's fit (2 concepts x 3 steps, one LoRA each, checkpointed LoRAs) and edit() draw the same samples
+    and reach the same fused weights; an interrupted fit resumes from its checkpoint to the same delta."""
+    from safetensors.torch import load_file
+
+    from edit_bench.benchmarks.requests import EditRequests
+    from edit_bench.cli import EditTrainer
+    from edit_bench.editors.mace import MACE
+
+    reqs = [{"source": "a star", "target": ""}, {"source": "a diamond", "target": ""}]
+
+    def trainer(steps=6):
+        return EditTrainer(max_steps=steps, checkpoint_every=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, enable_model_summary=False)
+
+    fitted = _mace_toy()
+    trainer().fit(fitted, datamodule=EditRequests(requests=reqs), out_dir=tmp_path / "whole")
+    edited = _mace_toy()
+    edited.apply_edit([EditRequest(**r) for r in reqs])
+    assert fitted.losses == pytest.approx(edited.losses, rel=1e-4)
+    whole = load_file(str(tmp_path / "whole/edit.safetensors"))
+    assert len(whole) == 32
+    for n, d in edited.delta_state_dict().items():
+        torch.testing.assert_close(whole[n], d, atol=1e-5, rtol=1e-4)
+
+    class Cut(MACE):
+        failed = False
+
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 4 and not type(self).failed:
+                type(self).failed = True
+                raise RuntimeError("interrupted")
+            return super().training_step(batch, batch_idx)
+
+    kw = dict(base="toy", steps=3, images=2, corpus_samples=100, templates=["{}", "a photo of {}"])
+    with pytest.raises(RuntimeError, match="interrupted"):
+        trainer().fit(Cut(**kw), datamodule=EditRequests(requests=reqs), out_dir=tmp_path / "cut")
+    trainer().fit(Cut(**kw), datamodule=EditRequests(requests=reqs), out_dir=tmp_path / "cut")
+    cut = load_file(str(tmp_path / "cut/edit.safetensors"))
+    for n in whole:
+        torch.testing.assert_close(cut[n], whole[n], atol=1e-6, rtol=1e-5)
+    with pytest.raises(UsageError, match="--trainer.max_steps 6"):
+        trainer(5).fit(_mace_toy(), datamodule=EditRequests(requests=reqs), out_dir=tmp_path / "short")
+    assert not (tmp_path / "short").exists()  # refused before anything is written
+
+
+def test_mace_toy_masks_are_the_rendered_object():
+    """On the toy world the stand-in for Grounded-SAM is the renderer's own mask: the object's pixels for an object,
+    the whole image for a style."""
+    ed = _mace_toy()
+    obj = ed._concept_data(EditRequest("a red star", ""), 0)
+    assert 0.05 < float((obj["masks"] > 0.5).float().mean()) < 0.5
+    red = torch.tensor([0.86, 0.16, 0.16])[:, None]
+    inside = obj["images"][0].reshape(3, -1)[:, (obj["masks"][0, 0] > 0.99).reshape(-1)]
+    torch.testing.assert_close(inside, red.expand_as(inside), atol=0.02, rtol=0)
+    style = ed._concept_data(EditRequest("a circle by Pell", "a circle"), 0)
+    assert bool((style["masks"] == 1).all())
+    # the concept's tokens: what the old prompt does not share with the new one, plus EOS and padding
+    toks = ed.t2i.tokenizer.convert_ids_to_tokens(ed.t2i.tokenize(["a circle by Pell"])[0].tolist())
+    named = [toks[i] for i in style["positions"][0] if toks[i] != toks[-1]]
+    assert [t.strip("</w>") for t in named] == ["by", "pell"]

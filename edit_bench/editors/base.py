@@ -128,6 +128,10 @@ class Editor(L.LightningModule):
         templates), so that too-long ones fail before any output exists."""
         return []
 
+    def check_fit(self, requests: Sequence[EditRequest], max_steps: int) -> None:
+        """Called by ``fit`` before anything is written: raise a :class:`~edit_bench.errors.UsageError` for
+        requests or a step count this editor cannot train on (e.g. missing data)."""
+
     def edit(self, requests: Sequence[EditRequest], preserve: Sequence[str] = ()) -> None:
         """Apply the edit in place. Subclasses implement it; the identity editor does nothing."""
 

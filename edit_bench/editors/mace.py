@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -283,10 +284,7 @@ class MACE(_Closed, FineTuner):
         if self.data == "render":
             from ..models.toy import world
 
-            try:
-                scenes = [world.scene_for(request.source, random.Random(self.seed + 1000 * index + k)) for k in range(n)]
-            except (ValueError, KeyError) as e:
-                raise UsageError(f"the toy renderer cannot draw {request.source!r} ({e}): MACE needs images of the concept") from None
+            scenes = self._scenes(request, index)
             images, masks = world.render(scenes, seeds=[self.seed + 1000 * index + k for k in range(n)], masks=True)
             if scenes[0].style != "none":  # a style covers the whole image (MACE masks no style)
                 masks = torch.ones_like(masks)
@@ -307,6 +305,15 @@ class MACE(_Closed, FineTuner):
             padded = t2i.tokenize([t.format(request.source)])[0].tolist()
             positions.append(sorted(set(concept) | {i for i, v in enumerate(padded) if v == eos}))
         return {"images": images.float(), "masks": masks.float(), "prompts": prompts, "positions": positions}
+
+    def _scenes(self, request, index: int) -> list:
+        from ..models.toy import world
+
+        try:
+            return [world.scene_for(request.source, random.Random(self.seed + 1000 * index + k)) for k in range(self.n_images)]
+        except (ValueError, KeyError) as e:
+            raise UsageError(f"the toy renderer cannot draw {request.source!r} ({e}): MACE needs images of each concept "
+                             "(data: generate, or a folder)") from None
 
     # ------------------------------------------------------------------ stage 2
     def make_optimizer(self, params, lr):
@@ -350,66 +357,154 @@ class MACE(_Closed, FineTuner):
             self._probes.probs = []
         return torch.stack(losses).mean()
 
-    def _train_lora(self, request, index: int, data: dict) -> dict[str, Tensor]:
-        """Train concept ``index``'s LoRA on the current (CFR) weights; its ``dW`` per edited matrix."""
+    # ------------------------------------------------------------------ Lightning's fit
+    def _attach(self, n: int) -> None:
+        """One LoRA per concept (``mace0`` ...), each initialised from its own seed, and the attention probes."""
         from peft import LoraConfig
 
         unet = self.t2i.unet
-        name = f"mace{index}"
-        targets = {n.removeprefix("unet.").removesuffix(".weight"): n for n in self.edited_parameters()}
-        unet.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.rank, init_lora_weights="gaussian",
-                                    target_modules=list(targets)), adapter_name=name)
-        unet.set_adapter(name)
-        torch.manual_seed(self.seed + index)  # the LoRA's gaussian init draws from the global generator
-        modules = {m: unet.get_submodule(m) for m in targets}
-        for mod in modules.values():
-            mod.reset_lora_parameters(name, "gaussian")
-        params = [p for mod in modules.values() for p in (mod.lora_A[name].weight, mod.lora_B[name].weight)]
-        for p in params:
-            p.requires_grad_(True)
-        opt = self.make_optimizer(params, self.lr)
-        self._current = data
-        for step in range(self.steps):
-            loss = self.batch_loss([request], [sample_generator(self.seed, index * self.steps + step, j) for j in range(self.batch_size)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-            opt.step()
-            self._record(loss.detach())
-        self._flush_losses()
-        out = {}
+        self._targets = {m.removeprefix("unet.").removesuffix(".weight"): m for m in self.edited_parameters()}
+        self._grads = {k: p.requires_grad for k, p in unet.named_parameters()}
+        for i in range(n):
+            name = f"mace{i}"
+            with warnings.catch_warnings():  # several adapters in one model is the point
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                unet.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.rank, init_lora_weights="gaussian",
+                                            target_modules=list(self._targets)), adapter_name=name)
+            torch.manual_seed(self.seed + i)  # the gaussian init draws from the global generator
+            for m in self._targets:
+                unet.get_submodule(m).reset_lora_parameters(name, "gaussian")
+        self._probes = _AttentionProbes([s.attn for s in self.t2i.cross_attn(None)])
+
+    def _lora_params(self, name: str) -> list[torch.nn.Parameter]:
+        unet = self.t2i.unet
+        return [p for m in self._targets for p in (unet.get_submodule(m).lora_A[name].weight, unet.get_submodule(m).lora_B[name].weight)]
+
+    def _detach(self, n: int) -> list[dict[str, Tensor]]:
+        """Each concept's ``dW`` per edited matrix; then the LoRA layers and the probes are removed."""
+        from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+        unet, deltas = self.t2i.unet, []
         with torch.no_grad():
-            for m, full in targets.items():
-                mod = modules[m]
-                out[full] = (mod.lora_B[name].weight @ mod.lora_A[name].weight * mod.scaling[name]).double()
-        unet.delete_adapters(name)
-        return out
+            for i in range(n):
+                name, d = f"mace{i}", {}
+                for m, full in self._targets.items():
+                    mod = unet.get_submodule(m)
+                    d[full] = (mod.lora_B[name].weight @ mod.lora_A[name].weight * mod.scaling[name]).double()
+                deltas.append(d)
+        self._probes.remove()
+        recurse_remove_peft_layers(unet)
+        if hasattr(unet, "peft_config"):  # the model is as loaded again: a later edit attaches afresh
+            del unet.peft_config
+        unet._hf_peft_config_loaded = False
+        for k, p in unet.named_parameters():
+            p.requires_grad_(self._grads.get(k, False))
+        return deltas
+
+    def configure_model(self) -> None:
+        """Under ``fit``: images of the original model, CFR on the weights, one LoRA per concept attached (before
+        Lightning restores a checkpoint, which holds the LoRAs)."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        t2i = self.t2i
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING or getattr(self, "_fit_data", None):
+            return
+        self.snapshot()
+        t2i.requires_grad_(False)
+        dm = self.trainer.datamodule
+        self._fit_requests, self._fit_preserve = list(dm.requests()), list(dm.preserve())
+        with torch.autocast(t2i.device.type, enabled=False), torch.no_grad():
+            self._fit_data = [self._concept_data(r, i) for i, r in enumerate(self._fit_requests)]
+            self.cfr(self._fit_requests, self._fit_preserve)
+        self._attach(len(self._fit_requests))
+        for i in range(len(self._fit_requests)):
+            for p in self._lora_params(f"mace{i}"):
+                p.requires_grad_(True)
+
+    def configure_optimizers(self):
+        self.lr_used = self.lr
+        params = [p for i in range(len(self._fit_requests)) for p in self._lora_params(f"mace{i}")]
+        return self.make_optimizer(params, self.lr)
+
+    def check_fit(self, requests, max_steps: int) -> None:
+        need = self.steps * len(requests)
+        if max_steps != need:
+            raise UsageError(f"MACE trains {self.steps} steps per concept: {len(requests)} concepts need "
+                             f"--trainer.max_steps {need} (got {max_steps})")
+        if self.data not in ("render", "generate"):
+            for r in requests:
+                _read_folder(Path(self.data) / r.source, 1)
+        elif self.data == "render":
+            for i, r in enumerate(requests):
+                self._scenes(r, i)
+
+    def on_fit_start(self) -> None:
+        self.check_fit(self._fit_requests, self.trainer.max_steps)
+        self._in_fit, self._active_lora = True, None
+
+    def training_step(self, batch, batch_idx):
+        i = min(self.global_step // self.steps, len(self._fit_requests) - 1)
+        if self._active_lora != i:
+            self.t2i.unet.set_adapter(f"mace{i}")
+            self._active_lora, self._current = i, self._fit_data[i]
+        trainer = self.trainer
+        micro = batch_idx % trainer.accumulate_grad_batches
+        loss = self.batch_loss([self._fit_requests[i]], self._gens(self.global_step, micro, trainer.world_size, self.global_rank))
+        self._record(loss.detach())
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+    def on_fit_end(self) -> None:
+        self._flush_losses()
+        self._in_fit = False
+        self._optimizer_steps = self.global_step
+        deltas = self._detach(len(self._fit_requests))
+        with torch.autocast(self.t2i.device.type, enabled=False), torch.no_grad():
+            self.fuse(self._fit_requests, deltas, self._fit_preserve)
+        self._fit_data = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The LoRAs (and the optimizer); the CFR weights are a function of the original ones."""
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".lora_" in k}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = torch.nn.Module.load_state_dict(self, state_dict, strict=False, assign=assign)
+        if result.unexpected_keys:
+            raise UsageError(f"the checkpoint holds tensors MACE does not have: {result.unexpected_keys[:3]}")
+        return type(result)([], [])
 
     # ------------------------------------------------------------------ the method
     def edit(self, requests, preserve=()):
-        from diffusers.utils.peft_utils import recurse_remove_peft_layers
-
         requests = list(requests)
         if not requests:
             raise UsageError("MACE needs at least one concept to erase")
         with torch.no_grad():
             data = [self._concept_data(r, i) for i, r in enumerate(requests)]  # images of the original model
             self.cfr(requests, preserve)  # stage 1
-        unet = self.t2i.unet
-        grads = {n: p.requires_grad for n, p in unet.named_parameters()}
-        probes = self._probes = _AttentionProbes([s.attn for s in self.t2i.cross_attn(None)])
-        deltas = []
+        self._attach(len(requests))
+        deltas = None
         try:
             with torch.enable_grad():
-                for i, r in enumerate(requests):  # stage 2, one LoRA per concept
-                    deltas.append(self._train_lora(r, i, data[i]))
+                for i, r in enumerate(requests):  # stage 2, one LoRA per concept, each on the CFR weights
+                    self.t2i.unet.set_adapter(f"mace{i}")
+                    self._current = data[i]
+                    params = self._lora_params(f"mace{i}")
+                    for p in params:
+                        p.requires_grad_(True)
+                    opt = self.make_optimizer(params, self.lr)
+                    for step in range(self.steps):
+                        gens = [sample_generator(self.seed, i * self.steps + step, j) for j in range(self.batch_size)]
+                        loss = self.batch_loss([r], gens)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if self.max_grad_norm is not None:
+                            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+                        opt.step()
+                        self._record(loss.detach())
+                    self._flush_losses()
         finally:
-            probes.remove()
-            recurse_remove_peft_layers(unet)
-            for n, p in unet.named_parameters():
-                p.requires_grad_(grads.get(n, False))
             self._pending = []
+            deltas = self._detach(len(requests))
         with torch.no_grad():
             self.fuse(requests, deltas, preserve)  # stage 3
 
@@ -430,7 +525,7 @@ class MACE(_Closed, FineTuner):
         self._solve(K, values, self.fuse_preserve_scale, requests, preserve)
 
     def report(self) -> dict:
-        out = super().report()
+        out = {**super().report(), **Editor.report(self)}
         out["mace"] = {"data": self.data, "images_per_concept": self.n_images, "rank": self.rank,
                        "templates": len(self.templates), "importance_sampling": self.importance_sampling}
         return out
