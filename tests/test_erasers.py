@@ -263,3 +263,16 @@ def test_mace_toy_masks_are_the_rendered_object():
     toks = ed.t2i.tokenizer.convert_ids_to_tokens(ed.t2i.tokenize(["a circle by Pell"])[0].tolist())
     named = [toks[i] for i in style["positions"][0] if toks[i] != toks[-1]]
     assert [t.strip("</w>") for t in named] == ["by", "pell"]
+
+
+def test_a_numerically_singular_closed_form_is_refused():
+    """MACE's lam = 0 on the random tiny model, whose contexts span fewer directions than their dimension: the
+    system's condition is about 1e15, the solution noise; refused, naming the fix, with the weights untouched."""
+    from edit_bench.editors.mace import MaceCFR
+
+    ed = MaceCFR(base="tiny:sd1", corpus_samples=200, lam=0.0)
+    before = {n: p.detach().clone() for n, p in ed.edited_parameters().items()}
+    with pytest.raises(UsageError, match="numerically singular.*use lam > 0"):
+        ed.apply_edit([EditRequest("A banana", "")])
+    ed.restore()
+    assert all(torch.equal(p, before[n]) for n, p in ed.edited_parameters().items())

@@ -23,6 +23,9 @@ from torch import Tensor
 from ..errors import UsageError
 
 
+MAX_CONDITION = 1e12  # beyond it a float64 solve keeps fewer than 4 significant digits
+
+
 class RidgeSystem:
     """``A = lam I + K diag(w) K^T``, factored once; solves ``W'`` for any ``(W, V)`` sharing ``K``.
 
@@ -48,6 +51,9 @@ class RidgeSystem:
             raise UsageError(f"ridge system is singular (lam={lam}, {n} keys of dim {d_in}): use lam > 0")
         eig = torch.linalg.eigvalsh(A)
         self.condition = float(eig[-1] / eig[0]) if float(eig[0]) > 0 else float("inf")
+        if self.condition > MAX_CONDITION:  # float64 keeps fewer than 4 digits of the solution: not an edit
+            raise UsageError(f"ridge system is numerically singular (condition {self.condition:.1e} > {MAX_CONDITION:.0e}; "
+                             f"lam={lam}, {n} keys of dim {d_in}): use lam > 0")
 
     def solve(self, W: Tensor, V: Tensor) -> Tensor:
         """``W'`` ``[d_out, d_in]`` (in ``W``'s dtype) for the current weight ``W`` and values ``V`` ``[d_out, N]``."""
