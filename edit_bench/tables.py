@@ -64,7 +64,7 @@ def method_name(res: dict, baseline: bool = False) -> str:
                 "esd-u": "ESD-u"}.get(params, f"ESD ({params})")
     if editor == "UCE" and args.get("debias"):
         return "UCE (debias)"
-    return {"ConceptAblation": "AC", "DiffQuickFix": "Diff-QuickFix"}.get(editor, editor)
+    return {"ConceptAblation": "AC", "DiffQuickFix": "Diff-QuickFix", "MaceCFR": "MACE (CFR only)"}.get(editor, editor)
 
 
 def check_run(spec: dict, name: str, res: dict) -> None:

@@ -276,3 +276,18 @@ def test_a_numerically_singular_closed_form_is_refused():
         ed.apply_edit([EditRequest("A banana", "")])
     ed.restore()
     assert all(torch.equal(p, before[n]) for n, p in ed.edited_parameters().items())
+
+
+@pytest.mark.parametrize("spec", ["tiny:sd1", "tiny:sdxl"])
+def test_encoding_to_the_longest_prompt_equals_the_77_token_context_up_to_each_eos(spec):
+    """Causal text encoders: the positions up to each prompt's EOS are the same whether the batch is padded to 77 or to
+    its longest prompt (what SPEED and OCE read, at a fraction of the cost)."""
+    from edit_bench.models import load_t2i
+
+    t2i = load_t2i(spec)
+    prompts = ["A banana", "A bear on a red bicycle in the rain", ""]
+    full, short = t2i.encode(prompts), t2i.encode(prompts, longest=True)
+    assert short.shape[1] < full.shape[1] == 77
+    for j, p in enumerate(prompts):
+        e = t2i.eos_index(p)
+        torch.testing.assert_close(short[j, :e + 1], full[j, :e + 1], atol=1e-5, rtol=1e-5)

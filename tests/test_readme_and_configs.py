@@ -102,6 +102,10 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
             args = args + ["--sampler.steps", "3", "--sampler.seeds", "[0]", "--progress", "false"]
         if args[0] == "fit" and ("esd" in cmd or "concept_ablation" in cmd):  # 1 min each: same code, 2 steps
             args = args + ["--trainer.max_steps", "2"]
+        if args[0] == "eval" and "toy_artists" in cmd and any(e in cmd for e in ("rece", "speed", "oce", "mace")):
+            args = args + ["--data.sampler.seeds", "[0]"] + (["--data.rows", "0:1"] if "toy_artists.yaml" in cmd else [])
+        if "mace.yaml" in cmd:  # 50 steps per concept: same code, 2 (fit: 2 concepts x 2)
+            args = args + ["--model.init_args.steps", "2"] + (["--trainer.max_steps", "4"] if args[0] == "fit" else [])
         if args[0] == "eval" and "esd_x.yaml" in cmd:  # per case, 100 steps each: same code, 2 steps
             args = args + ["--model.init_args.steps", "2"]
         if "concept_ablation.yaml" in cmd:  # 200 anchor images of DDIM 100 and 100 steps: 2 cheap ones, 2 steps
@@ -137,6 +141,16 @@ def test_readme_benchmark_scripts_run(tmp_path):
     assert cmds
     for cmd in cmds:
         words = shlex.split(cmd)
+        if words[2] == "edit_bench.bench.erase_scale":  # random:sd1 at 100 concepts: same code, tiny, 1-2 concepts
+            out = tmp_path / "scale.json"
+            r = subprocess.run([sys.executable, *words[1:], "--base", "tiny:sd1", "--concepts", "1", "2", "--repeats", "1",
+                                "--corpus_samples", "50", "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+            assert r.returncode == 0, r.stderr[-2000:]
+            rows = json.loads(out.read_text())["rows"]
+            assert {(x["editor"], x["concepts"]) for x in rows} == {(e, n) for e in ("UCE", "TIME", "RECE", "SPEED", "OCE", "MaceCFR")
+                                                                    for n in (1, 2)}
+            assert all(x["seconds"] > 0 for x in rows)
+            continue
         detectors = words[2] == "edit_bench.bench.detectors"
         r = subprocess.run([sys.executable, *words[1:], "--base", "tiny:sd1", "--steps", "1"] + (["--n", "4"] if detectors else []),
                            capture_output=True, text=True, cwd=ROOT, timeout=300)

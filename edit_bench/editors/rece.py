@@ -8,7 +8,8 @@ UCE first (the paper-era closed form, :class:`~edit_bench.editors.uce.UCE`), the
    *edited* model emits what the *original* emitted for the concept;
 2. one ridge solve per matrix on the current weights: keys ``c'_t`` to the guide's position-aligned values
    ``W c^g_t`` (weight ``adv_erase_scale``), and all 77 positions of ``" "`` (once per concept, RECE's default
-   retain list) and of every preserved concept kept at ``W c`` (weight ``adv_preserve_scale``), ridge ``adv_lam``.
+   retain list; one copy here, weighted by the number of concepts) and of every preserved concept kept at ``W c``
+   (weight ``adv_preserve_scale``), ridge ``adv_lam``.
 
 Anchor, values and preserved outputs use the current ``W`` (as RECE's code), so the rounds compound. RECE's
 script also renders a validation set after each round and keeps the best round (a NudeNet or classifier score);
@@ -67,17 +68,19 @@ class RECE(UCE):
         sources = [r.source for r in requests]
         guides = [r.target if r.target.strip() else " " for r in requests]
         keep = [q for q in dict.fromkeys([*self.preserve, *preserve]) if q.strip() and q.lower() not in {s.lower() for s in sources}]
-        retain = [" "] * len(requests) + keep
+        retain = [" "] + keep  # RECE lists " " once per concept: one copy weighted len(requests) times, the same sum
         c = self.t2i.encode(sources).double()  # [N, 77, D]
         D = c.shape[-1]
         V_g = self.t2i.encode(guides).double().reshape(-1, D).T  # [D, N*77], position-aligned with the keys
         C_q = self.t2i.encode(retain).double().reshape(-1, D).T
+        L = c.shape[1]
+        w_q = torch.full((C_q.shape[1],), float(self.adv_preserve_scale), dtype=torch.float64)
+        w_q[:L] *= len(requests)
         for _ in range(self.epochs):
             A = adversarial_map([p.detach() for p in params.values()], [originals[n] for n in params], self.gamma)
             K_adv = A @ c.reshape(-1, D).T  # c'_t = A c_t for every position
             K = torch.cat([K_adv, C_q], 1)
-            w = torch.cat([torch.full((K_adv.shape[1],), float(self.adv_erase_scale)),
-                           torch.full((C_q.shape[1],), float(self.adv_preserve_scale))]).to(K.device)
+            w = torch.cat([torch.full((K_adv.shape[1],), float(self.adv_erase_scale), dtype=torch.float64), w_q]).to(K.device)
             self.conditions.append(ridge_update_(list(params.values()), K, lambda W: W.double() @ torch.cat([V_g, C_q], 1),
                                                  self.adv_lam, weights=w))
             self._rounds.append(float(torch.linalg.matrix_norm(A - torch.eye(D, dtype=A.dtype, device=A.device))))

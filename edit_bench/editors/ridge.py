@@ -170,11 +170,12 @@ def projected_update(W: Tensor, C_ee: Tensor, C_ae: Tensor, P: Tensor, K2: Tenso
 
 # ----------------------------------------------------------------------------------------------- OCE
 @torch.no_grad()
-def procrustes_rotation(M: Tensor) -> Tensor:
+def procrustes_rotation(M: Tensor, sign: str = "kabsch") -> Tensor:
     """``R = argmax_{R in SO(n)} tr(R^T M)`` ``[n, n]`` (float64): with ``M = U S V^T`` (SVD),
     ``R = U diag(1, ..., 1, det(U V^T)) V^T`` (Kabsch: the sign goes on the smallest singular direction, so R is a
     proper rotation and still the best one). OCE's code instead negates the last column of ``U V^T`` when its
-    determinant is negative, which is orthogonal but not the optimum; both agree whenever ``det(U V^T) > 0``."""
+    determinant is negative, which is orthogonal but not the optimum (``sign="last_column"`` reproduces it); both agree
+    whenever ``det(U V^T) > 0``."""
     M = M.detach().double()
     if not bool(torch.isfinite(M).all()):
         raise UsageError("the Procrustes matrix has non-finite entries: check the scales and that the embeddings are finite")
@@ -183,7 +184,14 @@ def procrustes_rotation(M: Tensor) -> Tensor:
     except torch.linalg.LinAlgError:
         raise UsageError(f"the SVD of the {tuple(M.shape)} Procrustes matrix did not converge (non-finite or "
                          "degenerate input): check the scales and that the embeddings are finite") from None
-    sign = torch.sign(torch.linalg.det(U @ Vh))
+    R = U @ Vh
+    negative = float(torch.linalg.det(R)) < 0
+    if sign == "last_column":  # OCE's code: orthogonal, proper, but not the optimum when it triggers
+        if negative:
+            R[:, -1] *= -1
+        return R
+    if sign != "kabsch":
+        raise UsageError(f"sign must be 'kabsch' or 'last_column' (OCE's code), got {sign!r}")
     D = torch.ones(M.shape[0], dtype=torch.float64, device=M.device)
-    D[-1] = 1.0 if sign == 0 else float(sign)
+    D[-1] = -1.0 if negative else 1.0
     return (U * D) @ Vh

@@ -91,9 +91,10 @@ class SPEED(Editor):
 
     def _keys(self, prompts: list[str]) -> torch.Tensor:
         """``[N * n, D]`` embeddings of ``prompts`` at their last subject token (or positions 1..76)."""
-        emb = self.t2i.encode(prompts).double()
         if self.tokens == "all":
+            emb = self.t2i.encode(prompts).double()
             return emb[:, 1:].reshape(-1, emb.shape[-1])
+        emb = self.t2i.encode(prompts, longest=True).double()  # the last subject token only: no padding needed
         return torch.stack([emb[j, self.t2i.token_index(p)] for j, p in enumerate(prompts)])
 
     def retain_keys(self, requests, preserve) -> tuple[torch.Tensor, list[str]]:
@@ -102,7 +103,7 @@ class SPEED(Editor):
         names = [n for n in names if n and not any(re.search(r"\b" + re.escape(t) + r"\b", n.lower()) for t in targets)]
         if not names:  # SPEED without a retain file: the null text's positions 1..76
             return self.t2i.encode([""]).double()[0, 1:], []
-        emb = self.t2i.encode(names).double()
+        emb = self.t2i.encode(names, longest=True).double()
         return torch.stack([emb[j, self.t2i.token_index(n)] for j, n in enumerate(names)]), names
 
     @torch.no_grad()

@@ -293,10 +293,12 @@ class T2IModel(nn.Module):
             raise UsageError(f"this {self.family} model has no parameter {name!r}") from e
 
     # ----------------------------------------------------------------- text
-    def tokenize(self, prompts: list[str], tokenizer_index: int = 0) -> Tensor:
-        """Token ids ``[B, 77]``, padded as the tokenizer pads and truncated at 77."""
+    def tokenize(self, prompts: list[str], tokenizer_index: int = 0, longest: bool = False) -> Tensor:
+        """Token ids ``[B, 77]``, padded as the tokenizer pads and truncated at 77 (``longest``: padded to the
+        longest prompt only)."""
         tok = self.tokenizers[tokenizer_index]
-        out = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        out = tok(list(prompts), padding="longest" if longest else "max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt")
         return out.input_ids
 
     @property
@@ -341,19 +343,23 @@ class T2IModel(nn.Module):
         states = out[0] if hidden_state is None else out.hidden_states[hidden_state]
         return states, out
 
-    def condition(self, prompts: list[str]) -> Conditioning:
-        """The conditioning of ``prompts``; ``context`` is exactly what every attn2 sees."""
+    def condition(self, prompts: list[str], longest: bool = False) -> Conditioning:
+        """The conditioning of ``prompts``; ``context`` is exactly what every attn2 sees. ``longest``: encode only up
+        to the longest prompt's EOS (the text encoders' attention is causal, so every position up to a prompt's EOS
+        is the same as in the 77-token context; the padding positions are absent): what an editor that reads only
+        those positions needs, at a fraction of the cost."""
         if self.family != "sdxl":
-            ctx, _ = self._encoder_states(self.text_encoder, self.tokenize(prompts), None)
+            ctx, _ = self._encoder_states(self.text_encoder, self.tokenize(prompts, longest=longest), None)
             return Conditioning(ctx)
         # SDXL: both encoders' penultimate hidden states, concatenated; pooled from the second.
-        h1, _ = self._encoder_states(self.text_encoder, self.tokenize(prompts, 0), -2)
-        h2, out2 = self._encoder_states(self.text_encoder_2, self.tokenize(prompts, 1), -2)
+        h1, _ = self._encoder_states(self.text_encoder, self.tokenize(prompts, 0, longest), -2)
+        h2, out2 = self._encoder_states(self.text_encoder_2, self.tokenize(prompts, 1, longest), -2)
         return Conditioning(torch.cat([h1, h2], dim=-1), out2.text_embeds)
 
-    def encode(self, prompts: list[str]) -> Tensor:
-        """Context ``[B, 77, D]`` that cross-attention sees (SDXL: both encoders' penultimate states)."""
-        return self.condition(prompts).context
+    def encode(self, prompts: list[str], longest: bool = False) -> Tensor:
+        """Context ``[B, 77, D]`` that cross-attention sees (SDXL: both encoders' penultimate states); ``longest``:
+        ``[B, L, D]`` up to the longest prompt's EOS (see :meth:`condition`)."""
+        return self.condition(prompts, longest).context
 
     def unconditional(self, n: int) -> Conditioning:
         """The negative-prompt conditioning of classifier-free guidance (the empty prompt)."""
