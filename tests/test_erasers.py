@@ -291,3 +291,21 @@ def test_encoding_to_the_longest_prompt_equals_the_77_token_context_up_to_each_e
     for j, p in enumerate(prompts):
         e = t2i.eos_index(p)
         torch.testing.assert_close(short[j, :e + 1], full[j, :e + 1], atol=1e-5, rtol=1e-5)
+
+
+def test_context_moments_equal_a_direct_computation(tmp_path):
+    """OCE's K0 (BOS..EOS of every caption, encoded to each batch's longest caption) and MACE's 77-position moment,
+    against the 77-token contexts summed by hand."""
+    from edit_bench.editors.stats import context_moment, read_corpus
+    from edit_bench.models import load_t2i
+
+    t2i = load_t2i("tiny:sd1")
+    texts = read_corpus("datasets/coco/coco_30k.csv", 70)
+    h = t2i.encode(texts).double()
+    eos = torch.tensor([t2i.eos_index(t) for t in texts])
+    keep = torch.arange(77)[None] <= eos[:, None]
+    tok = h[keep]
+    for positions, rows in (("tokens", tok), ("all", h.reshape(-1, h.shape[-1]))):
+        C, n, _ = context_moment(t2i, "datasets/coco/coco_30k.csv", 70, positions, str(tmp_path), batch_size=32)
+        assert n == rows.shape[0]
+        torch.testing.assert_close(C, rows.T @ rows / n, atol=1e-5, rtol=1e-5)

@@ -186,14 +186,14 @@ def _compute_context(t2i, texts, positions, batch_size, path, corpus) -> None:
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             chunk = texts[i:i + batch_size]
-            h = t2i.encode(chunk).double()  # [B, 77, D]
-            if positions == "tokens":
-                ids = t2i.tokenize(chunk, 0)
+            if positions == "tokens":  # BOS..EOS only: encoded to the batch's longest caption (the same states)
+                h = t2i.encode(chunk, longest=True).double()
+                ids = t2i.tokenize(chunk, 0, longest=True)
                 eos = (ids == tok.eos_token_id).int().argmax(1)
                 keep = torch.arange(ids.shape[1])[None] <= eos[:, None]
                 h = h[keep.to(h.device)]
             else:
-                h = h.reshape(-1, h.shape[-1])
+                h = t2i.encode(chunk).double().reshape(-1, t2i.context_dim)  # all 77 positions
             total = h.T @ h if total is None else total + h.T @ h
             n += h.shape[0]
     tensors = {"C": (total / n).cpu().contiguous(), "n_tokens": torch.tensor(n)}
