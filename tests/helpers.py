@@ -31,4 +31,5 @@ def fast_kwargs(editor_name: str) -> dict:
         return {"num_anchor_images": 2, "steps": 2, "lr": 1e-3,
                 "anchor_sampler": SamplerConfig(scheduler="ddim", steps=2, guidance=6.0, size=None, seeds=[0], eta=1.0)}
     return {"ReFACT": {"stats_samples": 500}, "OCE": {"corpus_samples": 500}, "MaceCFR": {"corpus_samples": 500, "lam": 0.5},
-            "MACE": {"corpus_samples": 500, "lam": 0.5, "data": "generate", "images": 1, "steps": 2, "templates": ["{}", "a photo of {}"]}, "ESD": {"steps": 2, "sample_steps": 4, "lr": 1e-3}}.get(editor_name, {})
+            "MACE": {"corpus_samples": 500, "lam": 0.5, "data": "generate", "images": 1, "steps": 2, "templates": ["{}", "a photo of {}"],
+                     "data_sampler": {"scheduler": "dpm", "steps": 2, "guidance": 7.5, "size": None, "seeds": [0]}}, "ESD": {"steps": 2, "sample_steps": 4, "lr": 1e-3}}.get(editor_name, {})
