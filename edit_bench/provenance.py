@@ -42,7 +42,7 @@ RESUMABLE = ("batch_size",)
 # Every library that touches pixels or scores (and the ones that run the loops).
 LIBRARIES = ("edit_bench", "torch", "torchvision", "lightning", "diffusers", "transformers", "tokenizers",
              "open_clip_torch", "torchmetrics", "numpy", "scipy", "Pillow", "clean-fid", "lpips", "safetensors",
-             "accelerate")
+             "accelerate", "peft")
 
 
 def versions() -> dict:
