@@ -188,22 +188,27 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         self.lr_used = self.effective_lr()
         self._set_checkpointing(self.gradient_checkpointing)
         try:
-            for step in range(self.steps):  # every edit() draws the same samples: an edit is a function of its requests
-                loss = self.batch_loss(requests, self._gens(step))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.mask_gradients()
-                if self.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-                opt.step()
-                self._record(loss.detach())
-            self._flush_losses()
+            self._optimise(requests, params, opt)
         finally:
             self._pending = []
             self._set_checkpointing(False)
             for p in params:
                 p.requires_grad_(False)
                 p.grad = None
+
+    def _optimise(self, requests, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, first: int = 0) -> None:
+        """``steps`` optimiser steps without a Trainer, numbered from ``first`` (every edit() draws the same samples:
+        an edit is a function of its requests)."""
+        for step in range(first, first + self.steps):
+            loss = self.batch_loss(requests, self._gens(step))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.mask_gradients()
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+            opt.step()
+            self._record(loss.detach())
+        self._flush_losses()
 
     def report(self) -> dict:
         self._flush_losses()

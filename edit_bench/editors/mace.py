@@ -44,7 +44,6 @@ import random
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -52,7 +51,7 @@ from torch import Tensor
 from ..errors import UsageError
 from ..types import SamplerConfig
 from .base import Editor
-from .finetune import FineTuner, sample_generator
+from .finetune import FineTuner
 from .ridge import RidgeSystem
 from .stats import DEFAULT_CORPUS, context_moment
 
@@ -491,17 +490,7 @@ class MACE(_Closed, FineTuner):
                     params = self._lora_params(f"mace{i}")
                     for p in params:
                         p.requires_grad_(True)
-                    opt = self.make_optimizer(params, self.lr)
-                    for step in range(self.steps):
-                        gens = [sample_generator(self.seed, i * self.steps + step, j) for j in range(self.batch_size)]
-                        loss = self.batch_loss([r], gens)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        if self.max_grad_norm is not None:
-                            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-                        opt.step()
-                        self._record(loss.detach())
-                    self._flush_losses()
+                    self._optimise([r], params, self.make_optimizer(params, self.lr), first=i * self.steps)
         finally:
             self._pending = []
             deltas = self._detach(len(requests))

@@ -92,21 +92,26 @@ def _weights_digest(tensors: list[torch.Tensor]) -> str:
 def second_moment(t2i, layer, tokenizer_index: int, corpus: str, limit: int, stats_dir: str | None = None,
                   batch_size: int = 64) -> tuple[torch.Tensor, int, Path]:
     """``(C [d, d] float32, number of token positions, cache file)`` for ``layer.module.mlp.fc2``'s input."""
-    from filelock import FileLock
-    from safetensors.torch import load_file
-
     fc2 = layer.mlp_out
     texts = read_corpus(corpus, limit)
     digest = hashlib.sha1(_weights_digest(_weights_below(t2i, layer)).encode())
     digest.update("\n".join(texts).encode())
     name = f"{_slug(t2i.spec)}__{layer.param_name(fc2).removesuffix('.weight')}__{_slug(Path(corpus).stem)}-{len(texts)}__{digest.hexdigest()[:12]}.safetensors"
-    path = cache_dir(stats_dir) / name
+    return _cached(cache_dir(stats_dir) / name, lambda path: _compute(t2i, layer, tokenizer_index, texts, batch_size, path, corpus))
+
+
+def _cached(path: Path, compute) -> tuple[torch.Tensor, int, Path]:
+    """``(C, n_tokens, path)`` from memory, else from ``path``, else ``compute(path)`` writes it first (one process
+    computes under a file lock, the others wait and read its file)."""
+    from filelock import FileLock
+    from safetensors.torch import load_file
+
     if path in _MEMORY:
         return *_MEMORY[path], path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):  # one process computes, the others wait and read its file
+    with FileLock(str(path) + ".lock"):
         if not path.is_file():
-            _compute(t2i, layer, tokenizer_index, texts, batch_size, path, corpus)
+            compute(path)
         saved = load_file(str(path))
     _MEMORY[path] = saved["C"], int(saved["n_tokens"])
     return *_MEMORY[path], path
@@ -157,8 +162,6 @@ def context_moment(t2i, corpus: str, limit: int, positions: str = "tokens", stat
     (``t2i.encode``), over a corpus: ``positions="tokens"`` counts BOS through the first EOS of each text (OCE's
     global prior ``K0``), ``"all"`` counts all 77 positions, padding included (MACE's preservation caches, whose
     sums are ``mean * count``). Cached like :func:`second_moment`, keyed by every text-encoder weight."""
-    from filelock import FileLock
-    from safetensors.torch import load_file
 
     if positions not in ("tokens", "all"):
         raise UsageError(f"positions must be 'tokens' or 'all', got {positions!r}")
@@ -166,16 +169,7 @@ def context_moment(t2i, corpus: str, limit: int, positions: str = "tokens", stat
     digest = hashlib.sha1(_weights_digest(_encoder_tensors(t2i)).encode())
     digest.update("\n".join(texts).encode())
     name = f"{_slug(t2i.spec)}__context-{positions}__{_slug(Path(corpus).stem)}-{len(texts)}__{digest.hexdigest()[:12]}.safetensors"
-    path = cache_dir(stats_dir) / name
-    if path in _MEMORY:
-        return *_MEMORY[path], path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if not path.is_file():
-            _compute_context(t2i, texts, positions, batch_size, path, corpus)
-        saved = load_file(str(path))
-    _MEMORY[path] = saved["C"], int(saved["n_tokens"])
-    return *_MEMORY[path], path
+    return _cached(cache_dir(stats_dir) / name, lambda path: _compute_context(t2i, texts, positions, batch_size, path, corpus))
 
 
 def _compute_context(t2i, texts, positions, batch_size, path, corpus) -> None:
