@@ -151,15 +151,17 @@ class EditTrainer(L.Trainer):
         if run.resumes() and (run.path / "edit.safetensors").is_file():
             print(f"edit_bench fit: {run.path}/edit.safetensors already holds this config's edit; nothing to do")
             return None
-        if self.is_global_zero:
-            run.create(self.config_yaml)
         t0 = time.perf_counter()
         if model.trains:
+            if self.is_global_zero:
+                run.create(self.config_yaml)
             with signals.stop_at_safe_points():
                 self._train(model, run, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
-        else:  # a closed form: on the accelerator, autocast off (Editor.apply_edit)
-            model.to(self.strategy.root_device)
+        else:  # a closed form: on the accelerator, autocast off (Editor.apply_edit); the run directory only after it
+            model.to(self.strategy.root_device)  # succeeded, so a refused edit (a singular system) writes nothing
             model.apply_edit(requests, preserve)
+            if self.is_global_zero:
+                run.create(self.config_yaml)
         edit_s = time.perf_counter() - t0
         if self.is_global_zero:
             meta = {"requests": [r.__dict__ for r in requests], "preserve": list(preserve)}

@@ -1,6 +1,8 @@
 """RECE, SPEED and OCE: their linear-algebra primitives against independent computations, the properties their
 papers state, and the editors' own promises on the tiny models."""
 
+import json
+
 import pytest
 import torch
 
@@ -309,3 +311,17 @@ def test_context_moments_equal_a_direct_computation(tmp_path):
         C, n, _ = context_moment(t2i, "datasets/coco/coco_30k.csv", 70, positions, str(tmp_path), batch_size=32)
         assert n == rows.shape[0]
         torch.testing.assert_close(C, rows.T @ rows / n, atol=1e-5, rtol=1e-5)
+
+
+def test_a_refused_closed_form_fit_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from helpers import ROOT, run_cli
+    from edit_bench.models.toy import world
+
+    names = [f"a {s} {c} {sh}" for s in world.SIZES for c in world.COLOURS for sh in world.SHAPES]
+    code = run_cli(["fit", "--model", ROOT / "configs/editor/speed.yaml", "--model.init_args.threshold", "1e-7",
+                    "--model.init_args.aug", "0", "--model.init_args.filter", "false", "--model.init_args.retain",
+                    json.dumps(names), "--data", ROOT / "configs/benchmark/toy_erasure.yaml", "--data.rows", "2:3",
+                    "--out_dir", tmp_path / "out"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no null space" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
