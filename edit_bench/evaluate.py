@@ -11,6 +11,11 @@ The protocol (one place, :func:`plan`):
   training step without a Trainer (``edit()``) for every case;
 - ``fixed``: one edit with every request, made on the accelerator before the loop (for an editor that trains:
   ``edit()`` once; or train with ``fit`` and evaluate its delta with the identity editor);
+- ``sequential``: the cases' requests one after another on the same weights (each editor's own update on the
+  already edited model, ``Editor.apply_edit(on_current=True)``); after every ``every``-th edit the cases edited so
+  far (and the cases without a request) are scored, one record set per stage (``after-NNNN/``), so the results
+  hold a curve. The weights after the last edit made are kept in the run (``sequential-state.safetensors``): a
+  resumed run starts from them, bit for bit, and never repeats an edit;
 - ``as_is``: the model is evaluated as loaded (the identity editor, with or without a saved delta);
 - the baseline pass (``Benchmark(baseline=True)``): the unedited model on the same samples, before the edits.
 """
@@ -44,9 +49,23 @@ class Plan:
     """The protocol of one evaluation: how the evaluated model is made, whether a baseline is scored, and the
     metrics that have nothing to score under it (by name, with the reason)."""
 
-    mode: str  # "per_case" | "fixed" | "as_is"
+    mode: str  # "per_case" | "fixed" | "sequential" | "as_is"
     baseline: bool
     not_scored: dict = field(default_factory=dict)
+    stages: tuple[int, ...] = ()  # sequential: the numbers of edits after which the benchmark is scored
+
+    def variants(self) -> list[str]:
+        """The record sets of this run, in the order they are made."""
+        edited = [stage_variant(n) for n in self.stages] if self.mode == "sequential" else ["samples"]
+        return (["baseline"] if self.baseline else []) + edited
+
+
+def stage_variant(n: int) -> str:
+    """The record set of the sequential protocol's stage after ``n`` edits."""
+    return f"after-{n:04d}"
+
+
+SEQUENTIAL_STATE = "sequential-state.safetensors"
 
 
 def plan(editor: Editor, bench: Benchmark) -> Plan:
@@ -64,6 +83,14 @@ def plan(editor: Editor, bench: Benchmark) -> Plan:
             raise UsageError(f"{name} edits, but {type(bench).__name__} has no requests: give the edit with "
                              "--data.requests FILE, or evaluate the unedited model (or a saved delta) with "
                              "--model configs/editor/unedited.yaml")
+        if bench.protocol == "sequential":
+            n = len(bench.requests())
+            if n == 0:
+                raise UsageError(f"the sequential protocol applies the cases' requests one after another, but "
+                                 f"{type(bench).__name__} has none: select cases with requests (e.g. erase: [...])")
+            if bench.every > n:
+                raise UsageError(f"every={bench.every} exceeds the {n} sequential edit(s) of this benchmark: set "
+                                 f"--data.every to at most {n}, or select more rows")
         if bench.protocol == "per_case" and any(c.request is None for c in cases):
             raise UsageError(f"{type(bench).__name__} has cases without a request: the per_case protocol edits each "
                              "case's request; use protocol fixed with --data.requests FILE")
@@ -83,7 +110,19 @@ def plan(editor: Editor, bench: Benchmark) -> Plan:
             raise UsageError(f"metric {m.name!r} compares each image with the unedited model's image of the same "
                              f"sample, which this benchmark does not score: set --data.baseline true, or drop "
                              f"{m.name} from the metrics")
-    return Plan(mode, baseline, not_scored)
+    stages = ()
+    if mode == "sequential":
+        n = len(bench.requests())
+        stages = tuple(sorted({*range(bench.every, n + 1, bench.every), n}))
+    return Plan(mode, baseline, not_scored, stages)
+
+
+def stage_samples(bench: Benchmark, n: int) -> list[Sample]:
+    """The samples scored after ``n`` sequential edits: the cases of the first ``n`` requests and every case without
+    a request (kept concepts, captions), in benchmark order."""
+    edited = [c.id for c in bench._cases.values() if c.request is not None][:n]
+    keep = set(edited) | {c.id for c in bench._cases.values() if c.request is None}
+    return [s for s in bench.samples() if s.case_id in keep]
 
 
 def aggregate(metrics, records: list[Record], features: dict[str, torch.Tensor] | None = None) -> dict:
@@ -151,6 +190,35 @@ def _first_of_each(samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
     return first, repeats
 
 
+def save_sequential_state(editor: Editor, path: Path, edits: int) -> None:
+    """Keep the values of the edited parameters that differ from the model as loaded, after ``edits`` edits
+    (atomically: a crash leaves the previous state)."""
+    from safetensors.torch import save_file
+
+    from .io import write_atomic
+
+    original = editor.snapshot()
+    tensors = {n: p.detach().cpu().contiguous() for n, p in editor.edited_parameters().items()
+               if not torch.equal(p.detach().cpu(), original[n].cpu())}
+    meta = {"edits": str(edits), "model_id": str(editor.t2i.identity["id"])}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+@torch.no_grad()
+def load_sequential_state(editor: Editor, path: Path) -> int:
+    """Put the stored sequential state into the (restored) model; returns its number of edits."""
+    from safetensors import safe_open
+
+    params = editor.edited_parameters()
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        for name in f.keys():
+            if name not in params:
+                raise RuntimeError(f"{path} holds {name}, which {type(editor).__name__} does not edit")
+            params[name].copy_(f.get_tensor(name))
+    return int(meta["edits"])
+
+
 class _Batches(IterableDataset):
     """One rank's generation batches (iterable, so Lightning does not re-split them across ranks)."""
 
@@ -174,17 +242,19 @@ class _Pass(L.LightningModule):
     (Lightning's precision never casts a scoring network) and is moved to the device with the pass."""
 
     def __init__(self, editor: Editor, bench: Benchmark, pending: list[Sample], the_plan: Plan, run: RunDir, variant: str,
-                 save_images: bool, cache: BaselineCache | None = None):
+                 save_images: bool, cache: BaselineCache | None = None, stage: int = 0):
         super().__init__()
         self.editor = editor
         self.metrics = [bench.metrics]  # a list keeps it out of the module tree
-        mode = the_plan.mode if variant == "samples" else "as_is"
+        mode = the_plan.mode if variant != "baseline" else "as_is"
         self.requests = bench.requests() if mode == "fixed" else []
         self.preserve = bench.preserve() if mode == "fixed" else []
+        self.stage = stage  # sequential: the edits made before this pass's images
+        self.sequence = [(c.request, c.preserve) for c in bench._cases.values() if c.request] if mode == "sequential" else []
         self.cases = {s.case_id: bench.case(s.case_id) for s in pending} if mode == "per_case" else {}
         self.pending, self.mode, self.sampler, self.batch_size = pending, mode, bench.sampler, bench.batch_size
         self.run, self.variant, self.save_images, self.cache = run, variant, save_images, cache
-        self.with_baseline = the_plan.baseline and variant == "samples"
+        self.with_baseline = the_plan.baseline and variant != "baseline"
         self._refs: dict = {}
 
     def _references(self, name: str, ids: list[str]) -> torch.Tensor:
@@ -227,8 +297,26 @@ class _Pass(L.LightningModule):
             self.editor.restore()  # the unedited model (a delta's baseline is the model without it)
         elif self.mode == "fixed":  # the one edit, on the accelerator, before any image
             self.run.log_edit(self.global_rank, None, self.editor.apply_edit(self.requests, self.preserve), self.variant)
+        elif self.mode == "sequential":
+            self._reach_stage()
         elif self.mode == "as_is":
             self.editor.as_loaded()
+
+    def _reach_stage(self) -> None:
+        """The model after ``stage`` sequential edits: the run's stored state (the weights after the last edit made,
+        bit for bit), then the edits still missing, each on the weights the previous one left."""
+        editor, path = self.editor, self.run.path / SEQUENTIAL_STATE
+        editor.restore()
+        done = load_sequential_state(editor, path) if path.exists() else 0
+        if done > self.stage:
+            raise RuntimeError(f"{path} holds the model after {done} edits, but stage {self.stage} has samples left")
+        self.trainer.strategy.barrier()  # every rank has read the state before rank 0 replaces it
+        for i in range(done, self.stage):
+            request, preserve = self.sequence[i]
+            dt = self.editor.apply_edit([request], preserve, on_current=True)
+            self.run.log_edit(self.global_rank, f"edit {i + 1}: {request.source} -> {request.target}", dt, self.variant)
+        if self.stage > done and self.global_rank == 0:
+            save_sequential_state(editor, path, self.stage)
 
     def on_predict_end(self) -> None:
         # what the editor has to say about the edits this rank made (the main process never sees a spawned rank's)
@@ -308,8 +396,8 @@ class Evaluation:
             if editor.needs_grad and the_plan.mode != "as_is" and trainer.predict_loop.inference_mode:
                 raise UsageError(f"{type(editor).__name__} edits with gradients, which inference mode forbids: "
                                  "set --trainer.inference_mode false (the CLI's default)")
-            if editor.trains and the_plan.mode == "fixed" and trainer.world_size > 1:
-                raise UsageError(f"{type(editor).__name__} trains: under {trainer.world_size} processes the fixed protocol "
+            if editor.trains and the_plan.mode in ("fixed", "sequential") and trainer.world_size > 1:
+                raise UsageError(f"{type(editor).__name__} trains: under {trainer.world_size} processes the {the_plan.mode} protocol "
                                  "would train one copy per process. Train it once with `python -m edit_bench fit`, then "
                                  "evaluate its delta: --model configs/editor/unedited.yaml --model.delta OUT/edit.safetensors")
         return the_plan
@@ -336,8 +424,11 @@ class Evaluation:
         run = RunDir(self.out_dir, "eval", prov.run())
         resumed = run.resumes()
         samples = bench.samples()
-        variants = (["baseline"] if the_plan.baseline else []) + ["samples"]
-        before = {v: self._stored(run, v, samples) for v in variants}  # all checked before anything runs
+        variants = the_plan.variants()
+        of = {v: samples for v in variants}  # each record set's samples
+        for n in the_plan.stages:
+            of[stage_variant(n)] = stage_samples(bench, n)
+        before = {v: self._stored(run, v, of[v]) for v in variants}  # all checked before anything runs
         edits_before = {v: set(run.load_edits(v)) for v in variants}
         if trainer.is_global_zero:
             run.create(self.config_yaml)
@@ -348,7 +439,7 @@ class Evaluation:
         wall, cached = {}, {"hits": 0, "added": 0, "repeats": 0}
         with signals.stop_at_safe_points():
             for variant in variants:
-                pending = [s for s in samples if s.id not in before[variant]]
+                pending = [s for s in of[variant] if s.id not in before[variant]]
                 with_cache = cache if variant == "baseline" else None  # looked up inside the pass, by rank 0
                 repeats = []
                 if with_cache is not None:  # a sample the unedited model draws twice (per-case kept sets) is drawn once
@@ -356,7 +447,8 @@ class Evaluation:
                 t0 = time.perf_counter()
                 if pending:
                     try:
-                        trainer.predict(_Pass(editor, bench, pending, the_plan, run, variant, self.save_images, with_cache),
+                        stage = int(variant.removeprefix("after-")) if the_plan.mode == "sequential" and variant != "baseline" else 0
+                        trainer.predict(_Pass(editor, bench, pending, the_plan, run, variant, self.save_images, with_cache, stage),
                                         return_predictions=False)
                     finally:
                         editor.as_loaded()
@@ -370,7 +462,7 @@ class Evaluation:
                 wall[variant] = time.perf_counter() - t0
         if not trainer.is_global_zero:
             return None
-        scored = {v: self._score(run, v, samples, the_plan) for v in variants}
+        scored = {v: self._score(run, v, of[v], the_plan) for v in variants}
         results = self._results(the_plan, prov, run, scored, before, edits_before, wall, resumed)
         if cache is not None:
             results["samples"]["baseline_cache"] = {**cached, "path": str(cache.path)}
@@ -398,9 +490,9 @@ class Evaluation:
                  for m in scoring if m.stores_features}
         return {"metrics": aggregate(scoring, records, feats), "records": records}
 
-    def _editor_info(self, run: RunDir) -> dict:
+    def _editor_info(self, run: RunDir, variant: str) -> dict:
         """The editor's report of this run's edits: one rank's as is, several ranks' by rank."""
-        files = sorted(run.samples_dir("samples").glob("editor-rank*.json"))
+        files = sorted(run.samples_dir(variant).glob("editor-rank*.json"))
         if not files:  # nothing was left to edit
             return self.editor.report()
         reports = {f.stem.removeprefix("editor-"): json.loads(f.read_text()) for f in files}
@@ -409,18 +501,20 @@ class Evaluation:
     def _results(self, the_plan: Plan, prov: Provenance, run: RunDir, scored: dict, before: dict, edits_before: dict,
                  wall: dict, resumed: bool) -> dict:
         editor, bench = self.editor, self.bench
-        new = [r for r in scored["samples"]["records"] if r.id not in before["samples"]]
-        edits = [e for k, e in run.load_edits("samples").items() if k not in edits_before["samples"]]
+        edited = [v for v in the_plan.variants() if v != "baseline"]
+        final = edited[-1]  # the model after every edit
+        new = [r for v in edited for r in scored[v]["records"] if r.id not in before[v]]
+        edits = [e for v in edited for k, e in run.load_edits(v).items() if k not in edits_before[v]]
         generate_s = sum(r.generate_s for r in new)
         gen = prov.fields["generation"]
-        return {
+        out = {
             "editor": type(editor).__name__,
             "editor_args": init_args(editor),
             "benchmark": type(bench).__name__,
             "model": editor.t2i.identity["spec"],
             "model_id": editor.t2i.identity["id"],
             "delta": editor.delta,
-            "metrics": scored["samples"]["metrics"],
+            "metrics": scored[final]["metrics"],
             "baseline": scored["baseline"]["metrics"] if "baseline" in scored else None,
             "protocol": {**bench.protocol_info(), "protocol": the_plan.mode, "size": gen["size"],
                          "metrics": [m.describe() for m in bench.metrics], "not_scored": the_plan.not_scored,
@@ -435,9 +529,14 @@ class Evaluation:
                 "wall_s": sum(wall.values()),
                 "note": "new samples of this run, all processes (generation excludes edits)" + (", resumed run" if resumed else ""),
             },
-            "samples": {"total": len(scored["samples"]["records"]), "stored_before": len(before["samples"]),
-                        "new_this_run": len(new), "records": str(run.samples_dir())},
-            "editor_info": self._editor_info(run),
+            "samples": {"total": sum(len(scored[v]["records"]) for v in edited),
+                        "stored_before": sum(len(before[v]) for v in edited),
+                        "new_this_run": len(new), "records": str(run.samples_dir(final))},
+            "editor_info": self._editor_info(run, final),
             "versions": versions(),
             "config": self.config_yaml,
         }
+        if the_plan.mode == "sequential":  # the curve: every stage's metrics against the number of edits
+            out["curve"] = [{"edits": n, "samples": len(scored[stage_variant(n)]["records"]),
+                             "metrics": scored[stage_variant(n)]["metrics"]} for n in the_plan.stages]
+        return out

@@ -155,8 +155,11 @@ class Benchmark(EditData):
     Args:
         sampler: generation settings (scheduler, steps, guidance, size, seeds).
         judge: the CLIP judge of the default metric (and of any ``EditScores`` without a judge of its own).
-        protocol: ``per_case`` (reset the weights and edit for every case, as TIMED/RoAD) or
-            ``fixed`` (one edit with all requests, then evaluate every case on it).
+        protocol: ``per_case`` (reset the weights and edit for every case, as TIMED/RoAD), ``fixed`` (one edit with
+            all requests, then evaluate every case on it) or ``sequential`` (the cases' requests one after another on
+            the same weights, each editor's own update on the already edited model; after every ``every``-th edit
+            the cases edited so far are scored, so the results hold a curve against the number of edits).
+        every: under ``sequential``, score after every ``every``-th edit (and after the last).
         batch_size: samples per generation batch (a batch never spans two cases under ``per_case``).
         truncate_long_prompts: prompts over 77 tokens are an error unless this is true, when they are
             truncated to 77 tokens (as Stable Diffusion's pipelines do) and listed in the results.
@@ -171,14 +174,17 @@ class Benchmark(EditData):
     groups: ClassVar[tuple[str, ...]] = ("efficacy", "generality", "specificity")
 
     def __init__(self, sampler: SamplerConfig = SamplerConfig(), judge: JudgeConfig = JudgeConfig(),
-                 protocol: Literal["per_case", "fixed"] = "per_case", batch_size: int = 8,
+                 protocol: Literal["per_case", "fixed", "sequential"] = "per_case", batch_size: int = 8,
                  truncate_long_prompts: bool = False, baseline: bool = False,
-                 metrics: list[SampleMetric] | None = None):
+                 metrics: list[SampleMetric] | None = None, every: int = 1):
         super().__init__()
         self.save_hyperparameters(ignore=["metrics"])  # the benchmark's arguments, as its fingerprint records them
         self.baseline = baseline
-        if protocol not in ("per_case", "fixed"):
-            raise UsageError(f"protocol must be 'per_case' or 'fixed', got {protocol!r}")
+        if protocol not in ("per_case", "fixed", "sequential"):
+            raise UsageError(f"protocol must be 'per_case', 'fixed' or 'sequential', got {protocol!r}")
+        if every < 1:
+            raise UsageError(f"every must be >= 1 (score after every N-th sequential edit), got {every}")
+        self.every = every
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         self.sampler = sampler
@@ -236,4 +242,5 @@ class Benchmark(EditData):
         return {"sampler": {"scheduler": s.scheduler, "steps": s.steps, "guidance": s.guidance, "size": s.size,
                             "eta": s.eta, "noise": "torch.Generator('cpu').manual_seed(seed) per sample"},
                 "seeds": list(s.seeds), "protocol": self.protocol, "cases": len(self._cases),
+                **({"every": self.every} if self.protocol == "sequential" else {}),
                 "truncated_prompts": self.truncated}

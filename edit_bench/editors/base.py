@@ -157,8 +157,13 @@ class Editor(L.LightningModule):
         self._active = None
 
     @torch.no_grad()
-    def apply_edit(self, requests: Sequence[EditRequest], preserve: Sequence[str] = ()) -> float:
+    def apply_edit(self, requests: Sequence[EditRequest], preserve: Sequence[str] = (), on_current: bool = False) -> float:
         """Restore, then edit; returns the edit's wall time in seconds (also kept in ``edit_times``).
+
+        ``on_current``: edit the weights as they are now (the sequential protocol's next request on the already
+        edited model): for the edit's duration the current weights are its starting point wherever the method
+        reads "the original" (ESD's frozen teacher, RECE's and MACE's ``W0``, data drawn from the unedited model),
+        and ``restore()`` still returns to the model as loaded.
 
         The edit runs where the model is, with autocast off: its numerics never depend on the protocol
         or on the run's mixed precision.
@@ -166,14 +171,20 @@ class Editor(L.LightningModule):
         requests = list(requests)
         if len(requests) > 1 and not self.multi_request:
             raise UsageError(f"{type(self).__name__} edits one request at a time; got {len(requests)}")
-        self.snapshot()
-        self.restore()
+        loaded = self.snapshot()
+        if on_current:
+            self._snapshot = {n: p.detach().clone() for n, p in self.edited_parameters().items()}
+        else:
+            self.restore()
         device = self.t2i.device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        with torch.autocast(device.type, enabled=False), (torch.enable_grad() if self.needs_grad else contextlib.nullcontext()):
-            self.edit(requests, preserve)
+        try:
+            with torch.autocast(device.type, enabled=False), (torch.enable_grad() if self.needs_grad else contextlib.nullcontext()):
+                self.edit(requests, preserve)
+        finally:
+            self._snapshot = loaded
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0

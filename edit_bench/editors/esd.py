@@ -152,10 +152,11 @@ class ESD(FineTuner):
     # ------------------------------------------------------------------ the loss
     def _frozen(self) -> dict[str, torch.Tensor]:
         """θ: the original values of the trained tensors, by UNet parameter name (on the model's device)."""
-        device = self.t2i.device
-        if getattr(self, "_frozen_on", (None,))[0] != device:
-            self._frozen_on = (device, {n.removeprefix("unet."): v.to(device) for n, v in self.snapshot().items()})
-        return self._frozen_on[1]
+        device, original = self.t2i.device, self.snapshot()  # a sequential edit's original is the edited model
+        cached = getattr(self, "_frozen_on", (None, None))
+        if cached[0] != device or cached[1] is not original:
+            self._frozen_on = (device, original, {n.removeprefix("unet."): v.to(device) for n, v in original.items()})
+        return self._frozen_on[2]
 
     def theta_prediction(self, x, t, cond):
         """ε_θ: the frozen model's prediction, through the trained module with the original tensors."""
