@@ -22,6 +22,12 @@ def format_table(results: dict, path) -> str:
     else:
         lines += ["| metric | mean | std | n |", "|---|---|---|---|"]
         lines += [f"| {k} | {v['mean']:.3f} | {v['std']:.3f} | {v['n']} |" for k, v in m.items()]
+    curve = results.get("curve")
+    if curve:  # the sequential protocol: each stage's headline metrics against the number of edits
+        keys = [k for k in m if k.count("/") <= 2 and not k.startswith("clip_score/") and k in curve[-1]["metrics"]][:6]
+        lines += ["", "| edits | samples | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+        lines += [f"| {c['edits']} | {c['samples']} | " + " | ".join(
+            f"{c['metrics'][k]['mean']:.3f}" if k in c["metrics"] else "—" for k in keys) + " |" for c in curve]
     t = results["timing"]
     tail = []
     if t["edit_s"] is not None:

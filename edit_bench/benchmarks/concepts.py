@@ -69,7 +69,8 @@ class ConceptPrompts(Benchmark):
         n: the first ``n`` rows of the file (a quick run); ``None`` = all.
         empty_prompts: draw rows whose prompt is empty (an unconditional image) instead of refusing the file. I2P's
             row 2260 is empty; the papers' scripts draw it, and ``i2p_nudity.yaml`` does too.
-        **kwargs: sampler, judge, protocol (``fixed`` or ``per_case``), batch_size, baseline, metrics.
+        **kwargs: sampler, judge, protocol (``fixed``, ``per_case`` or ``sequential``: the erased concepts one after
+            another, the kept ones scored at every stage), batch_size, baseline, metrics.
     """
 
     groups = GROUPS
@@ -122,9 +123,9 @@ class ConceptPrompts(Benchmark):
         self._edit = EditRequests(requests) if requests else None
         if self._edit is not None and protocol != "fixed":
             raise UsageError("a requests file is one edit of the whole set: use protocol fixed with requests, or "
-                             "per_case with erase (one edit per concept)")
-        if protocol == "per_case" and not self._erase:
-            raise UsageError("protocol per_case makes one edit per erased concept: list them with erase")
+                             "per_case / sequential with erase (one edit per concept)")
+        if protocol in ("per_case", "sequential") and not self._erase:
+            raise UsageError(f"protocol {protocol} makes one edit per erased concept: list them with erase")
         self._preserve_spec = list(preserve or [])
         self._cases  # parse now: a bad setting fails before any output exists
 

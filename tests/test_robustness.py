@@ -1,0 +1,105 @@
+"""Does an edit hold: the sequential protocol (a curve against the number of edits, resumable mid-curve), rule-made
+paraphrases and typos, and attacks run against the edited model (concept inversion, prompt optimisation,
+Ring-A-Bell), each scored from stored records."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from edit_bench.benchmarks.timed import TIMED
+from edit_bench.cli import EditTrainer
+from edit_bench.editors.time import TIME
+from edit_bench.editors.uce import UCE
+from edit_bench.errors import UsageError
+from edit_bench.evaluate import SEQUENTIAL_STATE, Evaluation, plan
+from edit_bench.metrics import EditScores, JudgeConfig
+from edit_bench.types import EditRequest, SamplerConfig
+from helpers import run_cli
+
+TINY_SAMPLER = SamplerConfig(steps=2, size=32, seeds=[0])
+
+
+def _trainer():
+    return EditTrainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                       enable_model_summary=False, inference_mode=False)
+
+
+def _timed(rows="0:3", metrics=None, **kw):
+    return TIMED(rows=rows, sampler=TINY_SAMPLER, judge=JudgeConfig(model="tiny:random"), batch_size=4,
+                 metrics=metrics or [EditScores()], **kw)
+
+
+# ---------------------------------------------------------------------------------------------- sequential
+def test_on_current_edits_the_edited_weights_and_restore_returns_to_the_loaded_model():
+    ed = UCE(base="tiny:sd1")
+    first, second = EditRequest("A banana", "A blue banana"), EditRequest("A rose", "A white rose")
+    loaded = {n: p.detach().clone() for n, p in ed.edited_parameters().items()}
+    ed.apply_edit([first])
+    after_one = {n: p.detach().clone() for n, p in ed.edited_parameters().items()}
+    ed.apply_edit([second], on_current=True)
+    after_two = {n: p.detach().clone() for n, p in ed.edited_parameters().items()}
+    ed.apply_edit([second])  # from the loaded model: another model than the sequence's
+    alone = {n: p.detach().clone() for n, p in ed.edited_parameters().items()}
+    assert any(not torch.equal(after_two[n], after_one[n]) for n in loaded)
+    assert any(not torch.allclose(after_two[n], alone[n], atol=1e-6) for n in loaded)
+    assert all(torch.equal(ed._snapshot[n], loaded[n]) for n in loaded)  # the snapshot is still the loaded model
+    ed.restore()
+    assert all(torch.equal(p, loaded[n]) for n, p in ed.edited_parameters().items())
+
+
+class _KillsAt(EditScores):
+    """Sends SIGTERM to this process at its N-th scored batch (once armed)."""
+
+    armed, calls, at = False, 0, 3
+
+    def score(self, images, samples):
+        type(self).calls += 1
+        if type(self).armed and type(self).calls == type(self).at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().score(images, samples)
+
+
+def test_sequential_curve_resumes_mid_curve_to_the_uninterrupted_numbers_without_repeating_an_edit(tmp_path):
+    from edit_bench.signals import Interrupted
+
+    def bench():
+        return _timed(protocol="sequential", metrics=[_KillsAt()])
+
+    whole = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "whole").run(_trainer())
+    assert [c["edits"] for c in whole["curve"]] == [1, 2, 3] and [c["samples"] for c in whole["curve"]] == [11, 22, 33]
+    assert whole["metrics"] == whole["curve"][-1]["metrics"] and whole["timing"]["edits"] == 3
+    assert whole["protocol"]["protocol"] == "sequential" and whole["protocol"]["every"] == 1
+    # stage 1: 3 batches; the signal comes at stage 2's 2nd batch (the 5th scored), after its edit was stored
+    _KillsAt.armed, _KillsAt.calls, _KillsAt.at = True, 0, 5
+    try:
+        with pytest.raises(Interrupted):
+            Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "cut").run(_trainer())
+    finally:
+        _KillsAt.armed = False
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "cut" / SEQUENTIAL_STATE), framework="pt") as f:
+        assert f.metadata()["edits"] == "2"
+    again = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "cut").run(_trainer())
+    assert again["curve"] == whole["curve"] and again["timing"]["edits"] == 1  # only the third edit was made again
+    assert again["samples"]["stored_before"] == 11 + 8  # the batch in flight at the signal is kept
+
+
+def test_every_k_scores_after_each_kth_edit_and_after_the_last():
+    b = _timed(rows="0:5", protocol="sequential", every=2)
+    assert plan(TIME(base="tiny:sd1"), b).stages == (2, 4, 5)
+
+
+def test_sequential_refuses_what_it_cannot_run(tmp_path):
+    with pytest.raises(UsageError, match="every=4 exceeds the 3 sequential edit"):
+        plan(TIME(base="tiny:sd1"), _timed(protocol="sequential", every=4))
+    with pytest.raises(UsageError, match="every must be >= 1"):
+        _timed(protocol="sequential", every=0)
+    out = tmp_path / "run"
+    code = run_cli(["eval", "--model", "configs/editor/time.yaml", "--model.init_args.base", "tiny:sd1", "--data",
+                    "configs/benchmark/toy_timed.yaml", "--data.protocol", "sequential", "--data.rows", "0:2",
+                    "--data.every", "3", "--out_dir", out])
+    assert code != 0 and not out.exists()
