@@ -103,3 +103,44 @@ def test_sequential_refuses_what_it_cannot_run(tmp_path):
                     "configs/benchmark/toy_timed.yaml", "--data.protocol", "sequential", "--data.rows", "0:2",
                     "--data.every", "3", "--out_dir", out])
     assert code != 0 and not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- paraphrases
+def test_each_rule_rewrites_the_concept_words_as_documented():
+    from edit_bench.benchmarks.paraphrase import rewrite
+
+    words = "datasets/paraphrase/words.json"
+    artist, plane = EditRequest("a circle by Pell", "a circle"), EditRequest("airplane", "")
+    assert rewrite("a circle by Pell", artist, "typos", words) == ["a circle by Plel", "a circle by Pel", "a circle by Pelll"]
+    assert rewrite("a circle by Pell", artist, "word_order", words) == ["by Pell, a circle"]
+    assert rewrite("a big red car", EditRequest("car", ""), "word_order", words) == ["a red big car"]
+    assert rewrite("a photo of an airplane", plane, "word_order", words) == []  # nothing to reorder
+    assert rewrite("a photo of an airplane", plane, "synonyms", words)[:2] == ["a photo of an aircraft", "a photo of a plane"]
+    assert "a photo of a Flugzeug" in rewrite("a photo of an airplane", plane, "translations", words)
+    trucks = rewrite("a garbage truck", EditRequest("garbage truck", ""), "synonyms", words)
+    assert "a dustcart" in trucks and not any("garbage lorry" in t for t in trucks)  # the phrase, not its words
+    grammar = rewrite("a circle by Pell", artist, "toy_grammar", words)
+    assert {"a circle in the style of Pell", "a Pell painting of a circle", "a photo of a circle by Pell"} <= set(grammar)
+    from edit_bench.models.toy.world import parse
+
+    assert all(parse(p) == parse("a circle by Pell") for p in grammar)  # the same scene, in other words
+
+
+def test_paraphrase_groups_carry_the_labels_of_their_prompt_and_the_protocol_records_the_rules():
+    b = _timed(rows="0:1", paraphrase=["typos", "toy_grammar"])
+    case = b.case(next(iter(b._cases)))
+    eff = case.groups["efficacy"][0]
+    made = case.groups["paraphrase:typos"] + case.groups["paraphrase:toy_grammar"]
+    assert made and all((p.old, p.new, p.expect) == (eff.old, eff.new, eff.expect) for p in made)
+    assert b.protocol_info()["paraphrase"]["rules"] == ["typos", "toy_grammar"]
+    with pytest.raises(UsageError, match="unknown paraphrase rule"):
+        _timed(paraphrase=["synonym"])
+
+
+def test_concept_tables_get_rule_paraphrases_of_their_erased_rows():
+    from edit_bench.benchmarks.concepts import ConceptPrompts
+
+    b = ConceptPrompts(concepts=["Pell", "Vanko"], templates=["a circle by {}"], erase=1, anchor="", paraphrase=["typos"],
+                       sampler=TINY_SAMPLER, judge=JudgeConfig(model="tiny:random"))
+    groups = {s.group: s.pair for s in b.samples()}
+    assert groups["paraphrase:typos"].prompt == "a circle by Plel" and groups["paraphrase:typos"].old == "Pell"

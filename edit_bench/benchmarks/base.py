@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -16,6 +17,7 @@ from ..types import EditCase, EditRequest, Sample, SamplerConfig
 from ..errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+MADE_GROUPS = ("paraphrase:", "attack:")  # groups a benchmark option adds to any benchmark's cases
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -160,6 +162,10 @@ class Benchmark(EditData):
             the same weights, each editor's own update on the already edited model; after every ``every``-th edit
             the cases edited so far are scored, so the results hold a curve against the number of edits).
         every: under ``sequential``, score after every ``every``-th edit (and after the last).
+        paraphrase: rules that make paraphrase and typo groups ``paraphrase:<rule>`` from the prompts that name each
+            case's concept (``synonyms``, ``translations``, ``typos``, ``word_order``, ``toy_grammar``; see
+            :mod:`edit_bench.benchmarks.paraphrase`), scored with the labels of the prompt each came from.
+        paraphrase_words: the synonym and translation lists of those rules.
         batch_size: samples per generation batch (a batch never spans two cases under ``per_case``).
         truncate_long_prompts: prompts over 77 tokens are an error unless this is true, when they are
             truncated to 77 tokens (as Stable Diffusion's pipelines do) and listed in the results.
@@ -176,7 +182,8 @@ class Benchmark(EditData):
     def __init__(self, sampler: SamplerConfig = SamplerConfig(), judge: JudgeConfig = JudgeConfig(),
                  protocol: Literal["per_case", "fixed", "sequential"] = "per_case", batch_size: int = 8,
                  truncate_long_prompts: bool = False, baseline: bool = False,
-                 metrics: list[SampleMetric] | None = None, every: int = 1):
+                 metrics: list[SampleMetric] | None = None, every: int = 1, paraphrase: list[str] | None = None,
+                 paraphrase_words: str = "datasets/paraphrase/words.json"):
         super().__init__()
         self.save_hyperparameters(ignore=["metrics"])  # the benchmark's arguments, as its fingerprint records them
         self.baseline = baseline
@@ -185,6 +192,9 @@ class Benchmark(EditData):
         if every < 1:
             raise UsageError(f"every must be >= 1 (score after every N-th sequential edit), got {every}")
         self.every = every
+        from .paraphrase import check_rules
+
+        self.paraphrase, self.paraphrase_words = check_rules(paraphrase), paraphrase_words
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         self.sampler = sampler
@@ -207,7 +217,8 @@ class Benchmark(EditData):
         for c in self.cases():
             if c.id in out:
                 raise UsageError(f"duplicate case id {c.id!r}")
-            unknown = sorted(set(c.groups) - set(self.groups))
+            c = self._with_paraphrases(c)
+            unknown = sorted(g for g in set(c.groups) - set(self.groups) if not g.startswith(MADE_GROUPS))
             if unknown:
                 raise UsageError(f"case {c.id!r} has group(s) {unknown} that {type(self).__name__} does not declare "
                                  f"(its groups: {', '.join(self.groups)})")
@@ -215,6 +226,22 @@ class Benchmark(EditData):
         if not out:
             raise UsageError(f"{type(self).__name__} selects no cases: check --data.rows and the data file")
         return out
+
+    def paraphrased(self, pairs, request: EditRequest, own) -> dict:
+        """The rule-made paraphrase groups of ``pairs`` (the prompts naming ``request``'s concept); ``own``: the case's
+        prompts, never repeated. ``{}`` without ``paraphrase`` rules."""
+        if not self.paraphrase:
+            return {}
+        from .paraphrase import paraphrase_groups
+
+        return paraphrase_groups(pairs, request, self.paraphrase, self.paraphrase_words, {p.lower() for p in own})
+
+    def _with_paraphrases(self, case: EditCase) -> EditCase:
+        if case.request is None or "efficacy" not in case.groups:
+            return case
+        own = [p.prompt for pairs in case.groups.values() for p in pairs]
+        made = self.paraphrased(case.groups["efficacy"], case.request, own)
+        return dataclasses.replace(case, groups={**case.groups, **made}) if made else case
 
     def case(self, case_id: str) -> EditCase:
         return self._cases[case_id]
@@ -243,4 +270,5 @@ class Benchmark(EditData):
                             "eta": s.eta, "noise": "torch.Generator('cpu').manual_seed(seed) per sample"},
                 "seeds": list(s.seeds), "protocol": self.protocol, "cases": len(self._cases),
                 **({"every": self.every} if self.protocol == "sequential" else {}),
+                **({"paraphrase": {"rules": self.paraphrase, "words": self.paraphrase_words}} if self.paraphrase else {}),
                 "truncated_prompts": self.truncated}

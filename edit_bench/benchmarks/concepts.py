@@ -257,6 +257,9 @@ class ConceptPrompts(Benchmark):
         out = []
         for c in self._erase:
             groups = {"erased": self._rows_of([c]), "paraphrase": self._para(c)}
+            own = [p.prompt for p, _ in groups["erased"] + groups["paraphrase"]]
+            made = self.paraphrased([p for p, _ in groups["erased"]], self._request(c), own)
+            groups.update({g: [(p, None) for p in pairs] for g, pairs in made.items()})
             if self.protocol == "per_case":  # kept: the set's other concepts (keep: when given)
                 groups["kept"] = self._rows_of(self._keep if self._keep_given else [k for k in self._concepts if k != c])
             request = None if self._edit else self._request(c)

@@ -24,7 +24,8 @@ def timed_success(p_new: torch.Tensor, expect: list[str]) -> torch.Tensor:
     return torch.where(want_new, p_new > 0.5, p_new < 0.5)
 
 
-GROUPS = ("efficacy", "generality", "specificity")  # the TIMED groups this metric reports
+GROUPS = ("efficacy", "generality", "specificity")  # the TIMED groups, reported first
+MADE = ("paraphrase:", "attack:")  # groups a benchmark option adds (rule-made paraphrases, attacks): reported after
 
 
 class EditScores(SampleMetric):
@@ -32,7 +33,8 @@ class EditScores(SampleMetric):
 
     Per sample (into the record): ``p_new`` = P(new label) from the judge and ``success`` (1/0) by
     :func:`timed_success`. From the records: efficacy, generality, specificity (mean over all rows and
-    seeds; std across seeds of the per-seed means) and F1 = sqrt(generality × specificity).
+    seeds; std across seeds of the per-seed means) and F1 = sqrt(generality × specificity); every group a benchmark
+    option adds (``paraphrase:<rule>``, ``attack:<name>``) as the same mean under its own name.
 
     Args:
         judge: the CLIP judge; ``None`` = the benchmark's ``judge``.
@@ -47,6 +49,7 @@ class EditScores(SampleMetric):
         super().__init__(name=name, **kwargs)
         self.judge_cfg = judge
         self.judge: ClipJudge | None = None  # loaded by prepare(); a registered submodule
+        self._group_names = list(GROUPS)
         self.add_state("group", [], dist_reduce_fx="cat")
         self.add_state("seed", [], dist_reduce_fx="cat")
         self.add_state("success", [], dist_reduce_fx="cat")
@@ -79,11 +82,20 @@ class EditScores(SampleMetric):
         return {self._key("p_new"): p_new.tolist(), self._key("success"): success.float().tolist()}
 
     # ------------------------------------------------------------------ aggregation (records)
+    def _names(self) -> list[str]:
+        """Group names by index: the TIMED groups, then the made ones as records bring them (aggregation runs on one
+        process, from the stored records)."""
+        return self._group_names
+
     def update(self, records: list[Record], features=None) -> None:
-        records = [r for r in records if r.group in GROUPS]
+        records = [r for r in records if r.group in GROUPS or r.group.startswith(MADE)]
         if not records:
             return
-        self.group.append(torch.tensor([GROUPS.index(r.group) for r in records], device=self.device))
+        names = self._names()
+        for r in records:
+            if r.group not in names:
+                names.append(r.group)
+        self.group.append(torch.tensor([names.index(r.group) for r in records], device=self.device))
         self.seed.append(torch.tensor([r.seed for r in records], device=self.device))
         self.success.append(torch.tensor([bool(r.scores[self._key("success")]) for r in records], device=self.device))
 
@@ -93,7 +105,8 @@ class EditScores(SampleMetric):
         group, seed, success = cat_state(self.group), cat_state(self.seed), cat_state(self.success).double()
         seeds = sorted(set(seed.tolist()))
         out, per_seed = {}, {}
-        for i, g in enumerate(GROUPS):
+        names = self._names()
+        for i, g in sorted(enumerate(names), key=lambda x: (x[1] not in GROUPS, x[1])):
             in_g = group == i
             if not in_g.any():
                 continue

@@ -102,6 +102,52 @@ def caption(shape: str, colour: str | None = None, size: str | None = None, text
     return prefix + phrase
 
 
+def paraphrases(text: str) -> list[str]:
+    """The same scene in the grammar's other surface forms, every word of ``text`` kept: the other ways of naming
+    an artist (``by`` / ``in the style of`` / ``a Vanko painting of``), each framing prefix ("a photo of ...", or
+    none), the modifiers in reverse order ("a big striped circle" -> "a striped big circle": the grammar reads them
+    in any order). ``[]`` for a caption outside the grammar."""
+    try:
+        parse(text)
+    except ValueError:
+        return []
+    t = " ".join(text.strip().split())
+    low = t.lower()
+    prefix = next((p for p in PREFIXES if low.startswith(p)), "")
+    t = t[len(prefix):]
+    words, style, form = t.split(), None, None
+    if t.lower().startswith("a painting of "):
+        style, t = "painting", t[len("a painting of "):]
+    elif len(words) > 4 and words[0] == "a" and words[1].lower() in ARTISTS and words[2:4] == ["painting", "of"]:
+        style, form, t = words[1].lower(), "painting of", " ".join(words[4:])
+    elif len(words) > 2 and words[-1].lower() in ARTISTS and words[-2] == "by":
+        style, form, t = words[-1].lower(), "by", " ".join(words[:-2])
+    elif len(words) > 5 and words[-1].lower() in ARTISTS and words[-5:-1] == ["in", "the", "style", "of"]:
+        style, form, t = words[-1].lower(), "in the style of", " ".join(words[:-5])
+
+    def write(core: str, pre: str, how: str | None) -> str:
+        if style == "painting":
+            core = f"a painting of {core}"
+        elif style == "" or style is None:
+            pass
+        elif how == "painting of":
+            core = f"a {style.capitalize()} painting of {core}"
+        else:
+            core = f"{core} {how} {style.capitalize()}"
+        return pre + core
+
+    out = []
+    if style not in (None, "painting"):
+        out += [write(t, prefix, f) for f in STYLE_FORMS if f != form]
+    out += [write(t, p, form) for p in ("",) + PREFIXES if p != prefix]
+    head, sep, tail = t.partition(" on a ")
+    cw = head.split()
+    if len(cw) >= 4 and cw[0] in ("a", "an"):  # an article, two or more modifiers, the shape
+        mods = cw[1:-1][::-1]
+        out.append(write(f"{_article(mods[0])} {' '.join(mods)} {cw[-1]}{sep}{tail}", prefix, form))
+    return [p for p in dict.fromkeys(out) if p.lower() != text.strip().lower()]
+
+
 def parse(text: str) -> Scene:
     """The scene a caption denotes (defaults filled in). Raises ``ValueError`` outside the grammar."""
     return _parse(text)[0]
