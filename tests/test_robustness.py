@@ -127,7 +127,7 @@ def test_each_rule_rewrites_the_concept_words_as_documented():
 
 
 def test_paraphrase_groups_carry_the_labels_of_their_prompt_and_the_protocol_records_the_rules():
-    b = _timed(rows="0:1", paraphrase=["typos", "toy_grammar"])
+    b = _timed(rows="0:1", path="datasets/toy/toy_artists.csv", paraphrase=["typos", "toy_grammar"])
     case = b.case(next(iter(b._cases)))
     eff = case.groups["efficacy"][0]
     made = case.groups["paraphrase:typos"] + case.groups["paraphrase:toy_grammar"]
