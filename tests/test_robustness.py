@@ -142,5 +142,6 @@ def test_concept_tables_get_rule_paraphrases_of_their_erased_rows():
 
     b = ConceptPrompts(concepts=["Pell", "Vanko"], templates=["a circle by {}"], erase=1, anchor="", paraphrase=["typos"],
                        sampler=TINY_SAMPLER, judge=JudgeConfig(model="tiny:random"))
-    groups = {s.group: s.pair for s in b.samples()}
-    assert groups["paraphrase:typos"].prompt == "a circle by Plel" and groups["paraphrase:typos"].old == "Pell"
+    made = [s.pair for s in b.samples() if s.group == "paraphrase:typos"]
+    assert [p.prompt for p in made] == ["a circle by Plel", "a circle by Pel", "a circle by Pelll"]
+    assert {p.old for p in made} == {"Pell"}
