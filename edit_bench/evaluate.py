@@ -36,6 +36,7 @@ from .baseline_cache import BaselineCache
 from .benchmarks import Benchmark
 from .editors import Editor
 from .errors import UsageError
+from .metrics import EditScores
 from .metrics.base import MetricSet
 from .provenance import Provenance, fast_path_args, init_args
 from .rundir import RunDir, versions
@@ -138,12 +139,15 @@ def provenance(editor: Editor, bench: Benchmark, trainer: L.Trainer | None, matm
 
 
 def _batches(samples: list[Sample], mode: str, batch_size: int) -> list[list[Sample]]:
-    """Batches in order; under ``per_case`` a batch never spans two cases."""
-    if mode != "per_case":
-        return [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+    """Batches in order; under ``per_case`` a batch never spans two cases; an attacked group's samples (drawn from
+    what its attack found on their case) are batched alone, by case."""
+    def key(s: Sample):
+        attacked = s.group.startswith("attack:")
+        return (s.case_id if mode == "per_case" or attacked else None, s.group if attacked else None)
+
     out, start = [], 0
     for i in range(1, len(samples) + 1):
-        if i == len(samples) or samples[i].case_id != samples[start].case_id or i - start == batch_size:
+        if i == len(samples) or key(samples[i]) != key(samples[start]) or i - start == batch_size:
             out.append(samples[start:i])
             start = i
     return out
@@ -219,6 +223,11 @@ def load_sequential_state(editor: Editor, path: Path) -> int:
     return int(meta["edits"])
 
 
+def attack_path(run: RunDir, variant: str, attack: str, case_id: str) -> Path:
+    """Where what ``attack`` found on ``case_id``'s model of record set ``variant`` is kept."""
+    return run.path / "attacks" / variant / attack / (case_id.replace("/", "_").replace(":", "_") + ".safetensors")
+
+
 class _Batches(IterableDataset):
     """One rank's generation batches (iterable, so Lightning does not re-split them across ranks)."""
 
@@ -256,6 +265,9 @@ class _Pass(L.LightningModule):
         self.run, self.variant, self.save_images, self.cache = run, variant, save_images, cache
         self.with_baseline = the_plan.baseline and variant != "baseline"
         self._refs: dict = {}
+        self.attacks = {a.name: a for a in bench.attacks}
+        self.bench = [bench]  # a list keeps it out of the module tree
+        self._found: dict = {}
 
     def _references(self, name: str, ids: list[str]) -> torch.Tensor:
         """The baseline pass's stored references of ``ids`` for the paired metric ``name`` (read lazily by id)."""
@@ -335,9 +347,16 @@ class _Pass(L.LightningModule):
             edit_s = self.editor.activate(batch.case)
             if edit_s is not None:
                 self.run.log_edit(self.global_rank, batch.case.id, edit_s, self.variant)
+        attacked = batch.samples[0].group.startswith("attack:")
+        found = self._attacked(batch) if attacked else None  # before the clock: an attack is not generation
         self._sync()
         t0 = time.perf_counter()
-        images = self.editor.predict_step(batch)
+        if attacked:
+            cond = found.conditioning(self.editor.t2i, [s.prompt_index for s in batch.samples])
+            images = self.editor.t2i.generate([s.pair.prompt for s in batch.samples], [s.seed for s in batch.samples],
+                                              batch.sampler, conditioning=cond)
+        else:
+            images = self.editor.predict_step(batch)
         self._sync()
         generate_s = time.perf_counter() - t0
         samples = list(batch.samples)
@@ -350,6 +369,31 @@ class _Pass(L.LightningModule):
         records = [Record.from_sample(s, {k: float(v[i]) for k, v in scored.scores.items()}, share)
                    for i, s in enumerate(samples)]
         self.run.append_records(self.global_rank, records, self.variant)  # last: a record means the sample is done
+
+    def _attacked(self, batch: GenerationBatch):
+        """What the batch's attack found on its case's model as it is now: from the run when a previous batch or run
+        stored it, else attacked now and stored (:mod:`edit_bench.attacks`)."""
+        from .attacks import AdversarialPrompts
+        from .attacks.base import concept_images
+
+        s0 = batch.samples[0]
+        name = s0.group.removeprefix("attack:")
+        if (name, s0.case_id) in self._found:
+            return self._found[name, s0.case_id]
+        path = attack_path(self.run, self.variant, name, s0.case_id)
+        if path.exists():
+            found = AdversarialPrompts.load(path)
+        else:
+            attack, case, editor = self.attacks[name], self.bench[0].case(s0.case_id), self.editor
+            prompts = [p.prompt for p in case.groups["efficacy"]]
+            images = None
+            if attack.uses_images:
+                images = concept_images(editor.t2i, editor, prompts, batch.sampler, attack.image_seeds, attack.images,
+                                        case.request.source, self.batch_size)
+            found = attack.run(editor.t2i, case, prompts, images, editor)
+            found.save(path)
+        self._found[name, s0.case_id] = found
+        return found
 
     def _save_images(self, samples, images):
         from torchvision.utils import save_image
@@ -392,6 +436,7 @@ class Evaluation:
         bench.metrics.check(bench.samples())
         for m in bench.metrics:
             m.prepare(bench)  # loads the judge: a missing one fails here
+        self._check_attacks(the_plan, trainer)
         if trainer is not None:
             if editor.needs_grad and the_plan.mode != "as_is" and trainer.predict_loop.inference_mode:
                 raise UsageError(f"{type(editor).__name__} edits with gradients, which inference mode forbids: "
@@ -401,6 +446,41 @@ class Evaluation:
                                  "would train one copy per process. Train it once with `python -m edit_bench fit`, then "
                                  "evaluate its delta: --model configs/editor/unedited.yaml --model.delta OUT/edit.safetensors")
         return the_plan
+
+    def _check_attacks(self, the_plan: Plan, trainer) -> None:
+        """Attacks need an erasure to attack, gradients, the TIMED judge's success, one text encoder and their images."""
+        bench, editor = self.bench, self.editor
+        if not bench.attacks:
+            return
+        from .attacks.base import image_files
+
+        names = ", ".join(a.name for a in bench.attacks)
+        if editor.edits == "none" and editor.delta is None:
+            raise UsageError(f"attacks ({names}) try to bring back an erased concept, but {type(editor).__name__} evaluates "
+                             "the unedited model: nothing is erased. Give an editor (--model configs/editor/...yaml) or a "
+                             "delta (--model.delta), or drop the attacks")
+        if not any(s.group.startswith("attack:") for s in bench.samples()):
+            raise UsageError(f"attacks ({names}): {type(bench).__name__} has no case with a request and efficacy prompts: "
+                             "nothing is erased to attack. Select cases with requests, or drop the attacks")
+        if not any(isinstance(m, EditScores) and m.name == EditScores.default_name for m in bench.metrics):
+            raise UsageError("attacks are scored by the TIMED judge's success (EditScores): keep EditScores in the metrics")
+        if editor.t2i.family == "sdxl":
+            raise UsageError("attacks condition on token ids of one text encoder (SD-1/2); SDXL's two are not supported yet")
+        paired = [m.name for m in bench.metrics.paired]
+        if paired:
+            raise UsageError(f"metric(s) {paired} pair each image with the unedited model's, which is never attacked: drop "
+                             "them from a benchmark with attacks")
+        if trainer is not None and trainer.predict_loop.inference_mode:
+            raise UsageError("attacks optimise with gradients, which inference mode forbids: set --trainer.inference_mode "
+                             "false (the CLI's default)")
+        for a in bench.attacks:
+            a.check(bench)
+            if getattr(a, "images", None) is not None:
+                for c in bench._cases.values():
+                    folder = Path(a.images) / c.request.source if c.request else None
+                    if folder is not None and not image_files(folder):
+                        raise UsageError(f"attack {a.name}: no images of {c.request.source!r} in {folder}: put the concept's "
+                                         "PNG/JPEG files there, or leave images unset to draw them with the unedited model")
 
     def _stored(self, run: RunDir, variant: str, samples: list[Sample]) -> dict[str, Record]:
         """Stored records of this benchmark's samples; refuses records made from other prompts or labels."""
@@ -426,6 +506,8 @@ class Evaluation:
         samples = bench.samples()
         variants = the_plan.variants()
         of = {v: samples for v in variants}  # each record set's samples
+        if "baseline" in of:  # the unedited model is not attacked
+            of["baseline"] = [s for s in samples if not s.group.startswith("attack:")]
         for n in the_plan.stages:
             of[stage_variant(n)] = stage_samples(bench, n)
         before = {v: self._stored(run, v, of[v]) for v in variants}  # all checked before anything runs
@@ -536,7 +618,27 @@ class Evaluation:
             "versions": versions(),
             "config": self.config_yaml,
         }
+        if bench.attacks:
+            out["attacks"] = self._attack_results(run, final, scored[final]["records"])
         if the_plan.mode == "sequential":  # the curve: every stage's metrics against the number of edits
             out["curve"] = [{"edits": n, "samples": len(scored[stage_variant(n)]["records"]),
-                             "metrics": scored[stage_variant(n)]["metrics"]} for n in the_plan.stages]
+                             "metrics": scored[stage_variant(n)]["metrics"],
+                             **({"attacks": self._attack_results(run, stage_variant(n), scored[stage_variant(n)]["records"])}
+                                if bench.attacks else {})} for n in the_plan.stages]
+        return out
+
+    def _attack_results(self, run: RunDir, variant: str, records: list[Record]) -> dict:
+        """Each attack's success rates from the stored records, its time per attacked case and where what it found is."""
+        from .attacks import AdversarialPrompts, attack_rates
+
+        out = {}
+        efficacy = [r for r in records if r.group == "efficacy"]
+        for a in self.bench.attacks:
+            mine = [r for r in records if r.group == f"attack:{a.name}"]
+            found = {c: AdversarialPrompts.load(p) for c in dict.fromkeys(r.case for r in mine)
+                     if (p := attack_path(run, variant, a.name, c)).exists()}
+            out[a.name] = {**attack_rates(a, mine, efficacy),
+                           "seconds_per_case": (sum(f.seconds for f in found.values()) / len(found)) if found else None,
+                           "prompts": {c: f.text for c, f in found.items()},
+                           "found": str(run.path / "attacks" / variant / a.name)}
         return out

@@ -14,6 +14,7 @@ the content of every file an argument names is digested):
 - ``generation``: sampler, image size, precision, matmul precision, fast path and device type (what decides
   an image besides the model and the prompt);
 - ``metrics``: each metric's name, protocol and the identity of its models (``hf:`` models by snapshot);
+- ``attacks``: each attack's class, version and arguments, with a digest of every file they name;
 - ``code``: a hash of the package's own source (every ``.py`` file of ``edit_bench``);
 - ``versions``: Python and every library that touches pixels or scores.
 
@@ -166,6 +167,7 @@ class Provenance:
         metric_fields = [{"name": m.name, "class": class_path(m), "protocol": jsonable(m.describe()),
                           "identity": jsonable(m.identity()), "args": file_digests(jsonable(m.describe()))}
                          for m in (metrics or [])]
+        attacks = [{**jsonable(a.describe()), "files": file_digests(jsonable(a.args()))} for a in getattr(data, "attacks", [])]
         return cls(jsonable({
             "model": {"spec": t2i.identity["spec"], "id": t2i.identity["id"],
                       "delta": path_digest(delta) if delta else None},
@@ -176,6 +178,7 @@ class Provenance:
             "files": {**file_digests(editor_args, "editor."), **file_digests(data_args, "data.")},
             "generation": generation,
             "metrics": metric_fields,
+            **({"attacks": attacks} if attacks else {}),
             "code": source_hash(),
             "versions": versions(),
         }))

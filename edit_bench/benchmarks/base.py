@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from ..attacks import Attack
 from ..metrics import ClipScore, EditScores, JudgeConfig, SampleMetric
 from ..metrics.base import MetricSet
 from ..types import EditCase, EditRequest, Sample, SamplerConfig
@@ -166,6 +167,9 @@ class Benchmark(EditData):
             case's concept (``synonyms``, ``translations``, ``typos``, ``word_order``, ``toy_grammar``; see
             :mod:`edit_bench.benchmarks.paraphrase`), scored with the labels of the prompt each came from.
         paraphrase_words: the synonym and translation lists of those rules.
+        attacks: attacks run against the edited model of every case with a request before its images are drawn
+            (:mod:`edit_bench.attacks`, by ``class_path``): each adds the group ``attack:<name>`` (the case's efficacy
+            prompts under what the attack found), and ``results.json`` its success rates.
         batch_size: samples per generation batch (a batch never spans two cases under ``per_case``).
         truncate_long_prompts: prompts over 77 tokens are an error unless this is true, when they are
             truncated to 77 tokens (as Stable Diffusion's pipelines do) and listed in the results.
@@ -183,9 +187,9 @@ class Benchmark(EditData):
                  protocol: Literal["per_case", "fixed", "sequential"] = "per_case", batch_size: int = 8,
                  truncate_long_prompts: bool = False, baseline: bool = False,
                  metrics: list[SampleMetric] | None = None, every: int = 1, paraphrase: list[str] | None = None,
-                 paraphrase_words: str = "datasets/paraphrase/words.json"):
+                 paraphrase_words: str = "datasets/paraphrase/words.json", attacks: list[Attack] | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["metrics"])  # the benchmark's arguments, as its fingerprint records them
+        self.save_hyperparameters(ignore=["metrics", "attacks"])  # the fingerprint records these by their descriptions
         self.baseline = baseline
         if protocol not in ("per_case", "fixed", "sequential"):
             raise UsageError(f"protocol must be 'per_case', 'fixed' or 'sequential', got {protocol!r}")
@@ -195,6 +199,10 @@ class Benchmark(EditData):
         from .paraphrase import check_rules
 
         self.paraphrase, self.paraphrase_words = check_rules(paraphrase), paraphrase_words
+        self.attacks = list(attacks or [])
+        names = [a.name for a in self.attacks]
+        if len(set(names)) != len(names):
+            raise UsageError(f"two attacks share a name ({names}): give each its own name")
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         self.sampler = sampler
@@ -217,7 +225,7 @@ class Benchmark(EditData):
         for c in self.cases():
             if c.id in out:
                 raise UsageError(f"duplicate case id {c.id!r}")
-            c = self._with_paraphrases(c)
+            c = self._with_made_groups(c)
             unknown = sorted(g for g in set(c.groups) - set(self.groups) if not g.startswith(MADE_GROUPS))
             if unknown:
                 raise UsageError(f"case {c.id!r} has group(s) {unknown} that {type(self).__name__} does not declare "
@@ -236,11 +244,13 @@ class Benchmark(EditData):
 
         return paraphrase_groups(pairs, request, self.paraphrase, self.paraphrase_words, {p.lower() for p in own})
 
-    def _with_paraphrases(self, case: EditCase) -> EditCase:
+    def _with_made_groups(self, case: EditCase) -> EditCase:
+        """The case with its rule-made paraphrase groups and one group per attack (its efficacy prompts)."""
         if case.request is None or "efficacy" not in case.groups:
             return case
         own = [p.prompt for pairs in case.groups.values() for p in pairs]
         made = self.paraphrased(case.groups["efficacy"], case.request, own)
+        made.update({f"attack:{a.name}": case.groups["efficacy"] for a in self.attacks})
         return dataclasses.replace(case, groups={**case.groups, **made}) if made else case
 
     def case(self, case_id: str) -> EditCase:
@@ -271,4 +281,5 @@ class Benchmark(EditData):
                 "seeds": list(s.seeds), "protocol": self.protocol, "cases": len(self._cases),
                 **({"every": self.every} if self.protocol == "sequential" else {}),
                 **({"paraphrase": {"rules": self.paraphrase, "words": self.paraphrase_words}} if self.paraphrase else {}),
+                **({"attacks": [a.describe() for a in self.attacks]} if self.attacks else {}),
                 "truncated_prompts": self.truncated}

@@ -88,6 +88,9 @@ class ConceptPrompts(Benchmark):
             from ..metrics.detectors import ClipAccuracy
 
             kwargs["metrics"] = [ClipAccuracy(), ClipScore()] if (concept_column or path is None) else [ClipScore()]
+        if kwargs.get("attacks"):
+            raise UsageError("attacks run on benchmarks whose cases have efficacy prompts (TIMED's format, e.g. "
+                             "configs/benchmark/toy_artists.yaml); concept tables do not take them yet")
         super().__init__(protocol=protocol, **kwargs)
         self.path, self.concept_column, self.erase_prompt, self.anchor = path, concept_column, erase_prompt, anchor
         self.requests_path = requests

@@ -356,6 +356,33 @@ class T2IModel(nn.Module):
         h2, out2 = self._encoder_states(self.text_encoder_2, self.tokenize(prompts, 1, longest), -2)
         return Conditioning(torch.cat([h1, h2], dim=-1), out2.text_embeds)
 
+    def condition_ids(self, ids: Tensor, where: Tensor | None = None, vectors: Tensor | None = None) -> Conditioning:
+        """The conditioning of token ids ``[B, 77]`` (no tokenizer between an attack's tokens and the model), with the
+        token embeddings at the positions ``where`` (``[B, 77]`` bool) replaced by ``vectors`` (``[B, 77, D]``, read
+        at those positions; differentiable): a learned token, or a continuous prompt. An id outside the vocabulary
+        is allowed where it is replaced (a new token of textual inversion). SD-1/2 layouts (one text encoder)."""
+        if self.family == "sdxl":
+            raise UsageError("token-level conditioning (attacks) supports one text encoder (SD-1/2), not SDXL's two")
+        ids = ids.to(self.device)
+        emb = self.token_embedding("text_encoder")
+        outside = ids >= emb.num_embeddings
+        if where is None:
+            if outside.any():
+                raise UsageError(f"token ids >= {emb.num_embeddings} need vectors: give where/vectors")
+            return Conditioning(self._encoder_states(self.text_encoder, ids, None)[0])
+        where = where.to(self.device)
+        if (outside & ~where).any():
+            raise UsageError(f"token ids >= {emb.num_embeddings} must be replaced (where) by vectors")
+
+        def replace(module, inputs, out):
+            return torch.where(where[..., None], vectors.to(out.device, out.dtype), out)
+
+        handle = emb.register_forward_hook(replace)
+        try:  # a new token is looked up as id 0, then replaced (SD-1/2 condition on the states, not the pooled output)
+            return Conditioning(self._encoder_states(self.text_encoder, ids.masked_fill(outside, 0), None)[0])
+        finally:
+            handle.remove()
+
     def encode(self, prompts: list[str], longest: bool = False) -> Tensor:
         """Context ``[B, 77, D]`` that cross-attention sees (SDXL: both encoders' penultimate states); ``longest``:
         ``[B, L, D]`` up to the longest prompt's EOS (see :meth:`condition`)."""
