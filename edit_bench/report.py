@@ -247,9 +247,6 @@ def _regenerate(res: dict, ids: list[str], variant: str):
 def image_grid(runs: list[dict], k: int, path, regenerate: bool = True) -> list[str]:
     """Rows: ``k`` prompts (samples every run has, the first seed of each); columns: the unedited model, then
     each run's edited images of the same sample. Stored PNGs when the runs saved images, else regenerated."""
-    import json
-    from pathlib import Path
-
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,7 +1,6 @@
 """The erasure tables: detector metrics on real inference, the concept benchmark, and `report --table`."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -95,9 +95,9 @@ class PromptOptimisation(Attack):
                     vectors[0, 1:1 + self.k] = proj
                     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
                     x_t, target = noisy(sched, x0, noise, t)
-                    pred = t2i.noise_prediction(x_t, t.to(t2i.device), t2i.condition_ids(ids, where, vectors), size)
-                    if self.objective == "teacher":
+                    if self.objective == "teacher":  # first: it swaps the weights, which the graph below must not see
                         target = self._teacher(t2i, editor, x_t, t, prompt, size)
+                    pred = t2i.noise_prediction(x_t, t.to(t2i.device), t2i.condition_ids(ids, where, vectors), size)
                     loss = F.mse_loss(pred.float(), target.float())
                     adv.grad = torch.autograd.grad(loss, [proj])[0]
                     opt.step()

@@ -29,7 +29,7 @@ import json
 import re
 
 from ..errors import UsageError
-from ..types import EditRequest, PromptPair
+from ..types import EditRequest
 from .base import resolve_path
 
 RULES = ("synonyms", "translations", "typos", "word_order", "toy_grammar")

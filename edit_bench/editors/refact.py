@@ -31,7 +31,6 @@ from collections.abc import Sequence
 
 import torch
 
-from ..types import EditRequest
 from .base import Editor
 from .stats import DEFAULT_CORPUS, second_moment
 from ..errors import UsageError
