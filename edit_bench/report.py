@@ -111,7 +111,10 @@ def check_comparable(runs: list[dict]) -> None:
 def _label(r: dict) -> str:
     args = r.get("editor_args") or {}
     short = {k: v for k, v in args.items() if k not in ("base", "augmentations", "delta") and not isinstance(v, (dict, list))}
-    return r["editor"] + (f" ({', '.join(f'{k}={v}' for k, v in list(short.items())[:3])})" if short else "")
+    label = r["editor"] + (f" ({', '.join(f'{k}={v}' for k, v in list(short.items())[:3])})" if short else "")
+    if r.get("curve"):  # a sequential run's numbers are its last stage's: say so beside the per-case rows
+        label += f" [sequential, after {r['curve'][-1]['edits']} edits]"
+    return label
 
 
 def table_rows(runs: list[dict]) -> list[dict]:

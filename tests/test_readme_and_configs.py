@@ -104,6 +104,14 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
             args = args + ["--trainer.max_steps", "2"]
         if args[0] == "eval" and "toy_artists" in cmd and any(e in cmd for e in ("rece", "speed", "oce", "mace")):
             args = args + ["--data.sampler.seeds", "[0]"] + (["--data.rows", "0:1"] if "toy_artists.yaml" in cmd else [])
+        if args[0] == "eval" and any(f"--data.{k}" in cmd for k in ("protocol sequential", "paraphrase")) \
+                or "_attacked.yaml" in cmd:  # 4 artists x 4 seeds: same code, the first one or two, 1 seed
+            args = args + ["--data.sampler.seeds", "[0]", "--data.rows", "0:2" if "sequential" in cmd else "0:1"]
+        if "_attacked.yaml" in cmd:  # about 35 s of attacks per case: the same three attacks, a few steps each
+            args = args + ["--data.attacks", json.dumps([
+                {"class_path": "edit_bench.attacks.ConceptInversion", "init_args": {"steps": 2, "batch_size": 2, "image_seeds": [9]}},
+                {"class_path": "edit_bench.attacks.PromptOptimisation", "init_args": {"timesteps": 1, "iterations": 2}},
+                {"class_path": "edit_bench.attacks.RingABell", "init_args": {"population": 4, "generations": 2}}])]
         if "mace.yaml" in cmd and "toy_artists_erase3" in cmd:  # three artists at once: same code, two
             args = args + ["--data.rows", "0:2"]
         if "mace.yaml" in cmd:  # 50 steps per concept: same code, 2 (fit: 2 concepts x 2)
