@@ -82,7 +82,11 @@ def test_eval_results_schema_records_and_resume(tmp_path):
     assert _eval(out) == 0
     res2 = json.loads((out / "results.json").read_text())
     assert res2["samples"]["stored_before"] == 15 and res2["samples"]["new_this_run"] == 7
-    assert res2["metrics"] == res["metrics"]
+    # the judge's verdicts equal exactly; CLIP-score to float precision: the 7 redrawn images come from a batch of 7,
+    # not of 22, and CPU kernels pick their blocking (and so their summation order) by batch size
+    assert res2["metrics"].keys() == res["metrics"].keys()
+    for k, v in res["metrics"].items():
+        assert res2["metrics"][k] == (pytest.approx(v, rel=1e-5) if k.startswith("clip_score") else v), k
     assert _eval(out) == 0  # nothing left to do
     assert json.loads((out / "results.json").read_text())["samples"]["new_this_run"] == 0
 

@@ -183,7 +183,21 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 def test_config_kinds_are_known():
     kinds = {p.parent.name for p in CONFIGS}
-    assert kinds <= {"editor", "benchmark", "trainer", "experiment", "requests", "trace", "sampler"}
+    assert kinds <= {"editor", "benchmark", "trainer", "experiment", "requests", "trace", "sampler", "attack"}
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name == "attack"], ids=lambda p: p.name)
+def test_attack_configs_build(path, monkeypatch):
+    """Every published attack config builds its attack (Ring-A-Bell reads its prompt pairs), with a positive budget
+    and a version string recorded in its description."""
+    import importlib
+
+    monkeypatch.chdir(ROOT)
+    cfg = yaml.safe_load(path.read_text())
+    mod, _, name = cfg["class_path"].rpartition(".")
+    attack = getattr(importlib.import_module(mod), name)(**(cfg.get("init_args") or {}))
+    info = attack.describe()
+    assert info["name"] == attack.name and info["version"]
 
 
 def test_the_toy_sampler_lives_in_one_place():
@@ -235,7 +249,7 @@ def test_configs_parse_and_resolve(path, capsys):
 
         init = resolved["data"]["init_args"]
         cls = discover()[resolved["data"]["class_path"].rsplit(".", 1)[1]]
-        args = {k: v for k, v in init.items() if k not in ("sampler", "judge", "metrics")}  # built with their own
+        args = {k: v for k, v in init.items() if k not in ("sampler", "judge", "metrics", "attacks")}  # built with their own
         assert cls(**args).cases()
 
 
