@@ -140,7 +140,7 @@ def test_missing_models_fail_fast_with_instructions(tmp_path):
     with pytest.raises(ModelNotAvailable, match="model_index.json"):
         load_t2i(str(tmp_path))
     with pytest.raises(ModelNotAvailable, match="tiny:sd1"):
-        load_t2i("tiny:sd3")
+        load_t2i("tiny:sd4")
 
 
 @pytest.mark.parametrize("spec", ["tiny:sd1", "tiny:sdxl"])

@@ -39,6 +39,8 @@ class Editor(L.LightningModule):
             form; ``eval`` evaluates its delta.
         reference_reedits_per_seed: the method's reference script edits again for every seed (``bench``'s
             authors' loop does the same by default).
+        families: the model families the editor has a form for (``sd1``, ``sd2``, ``sdxl``; ``sd3`` and ``flux``
+            where it has an MMDiT form); another family is refused when the model loads.
 
     Args:
         base: the model spec for :func:`~edit_bench.models.load_t2i` (default: the shipped toy world).
@@ -49,6 +51,7 @@ class Editor(L.LightningModule):
     needs_grad: ClassVar[bool] = False
     trains: ClassVar[bool] = False
     reference_reedits_per_seed: ClassVar[bool] = False
+    families: ClassVar[tuple[str, ...]] = ("sd1", "sd2", "sdxl")
     delta: str | None = None  # only the identity editor evaluates a saved delta
 
     def __init__(self, base: str = "toy"):
@@ -73,6 +76,9 @@ class Editor(L.LightningModule):
         inside the command, with its own message)."""
         if "_t2i" not in self._modules:
             t2i = load_t2i(self.base)
+            if t2i.family not in self.families:
+                raise UsageError(f"{type(self).__name__} has no {t2i.family} form: it edits {', '.join(self.families)} "
+                                 f"models; on {t2i.family} use an editor that lists it in `families` (the README's model table)")
             if self.delta is not None:  # validated whole before anything changes
                 from ..models.delta import read_delta
 

@@ -22,6 +22,7 @@ class Oracle(Editor):
     """
 
     edits = "none"
+    families = ("sd1", "sd2", "sdxl", "sd3", "flux")
     multi_request = True
 
     def __init__(self, base: str = "toy"):

@@ -2,10 +2,11 @@
 
 Specs:
     ``toy``: the shipped, trained toy world (an SD-1-layout pipeline folder; see ``edit_bench.models.toy``).
-    ``tiny:sd1`` | ``tiny:sd2`` | ``tiny:sdxl``: random tiny models with the real layouts (tests only).
-    ``random:sd1`` | ``random:sd2`` | ``random:sdxl``: random models with the full-size architectures (speed and
-    memory measurements without weights; their images mean nothing).
-    a local diffusers folder (``model_index.json`` with ``unet/``, ``vae/``, ``text_encoder/`` ...).
+    ``tiny:sd1`` | ``tiny:sd2`` | ``tiny:sdxl`` | ``tiny:sd3`` | ``tiny:flux``: random tiny models with the real
+    layouts (tests only; SD3 and FLUX are :class:`~edit_bench.models.mmdit.MMDiTModel`).
+    ``random:sd1`` | ``random:sd2`` | ``random:sdxl`` | ``random:sd3`` | ``random:flux``: random models with the
+    full-size architectures (speed and memory measurements without weights; their images mean nothing).
+    a local diffusers folder (``model_index.json`` with ``unet/`` or ``transformer/``, ``vae/``, ``text_encoder/`` ...).
     a Hugging Face hub id (``CompVis/stable-diffusion-v1-4``), taken from the local cache only.
 
 Nothing is ever downloaded: a model missing locally is an immediate error that says how to get it.
@@ -37,9 +38,15 @@ def _load_folder(path: Path) -> dict:
         )
     index = json.loads(index_file.read_text())
     comps: dict = {}
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+    for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
+                 "tokenizer_2", "tokenizer_3"):
         entry = index.get(name)
-        if not entry or entry[0] is None or not (path / name).is_dir():
+        if not entry or entry[0] is None:
+            continue
+        if not (path / name).is_dir():
+            if name.startswith(("text_encoder", "tokenizer")) and "transformer" in index:
+                raise ModelNotAvailable(f"{path} names {name} ({entry[1]}) in model_index.json but has no {name}/ folder: "
+                                        f"download it beside transformer/ (e.g. `hf download REPO --include '{name}/*'`)")
             continue
         lib, cls_name = entry
         cls = getattr(importlib.import_module(lib), cls_name)
@@ -51,9 +58,10 @@ def _load_folder(path: Path) -> dict:
     comps["scheduler"] = {k: v for k, v in sched.items() if not k.startswith("_")}
     comps["scheduler_class"] = sched.get("_class_name")
     comps["force_zeros_for_empty_prompt"] = index.get("force_zeros_for_empty_prompt", False)
-    missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer") if n not in comps]
+    denoiser = "transformer" if "transformer" in index else "unet"
+    missing = [n for n in (denoiser, "vae", "text_encoder", "tokenizer") if n not in comps]
     if missing:
-        raise ModelNotAvailable(f"{path} lacks the components {missing}: is it a Stable Diffusion pipeline folder?")
+        raise ModelNotAvailable(f"{path} lacks the components {missing}: is it a Stable Diffusion, SD3 or FLUX pipeline folder?")
     return comps
 
 
@@ -95,20 +103,23 @@ def load_t2i(spec: str, dtype=None, device=None, delta: str | Path | None = None
         comps, ident = _load_folder(pipeline_dir()), folder_identity(pipeline_dir())
     elif spec.startswith("tiny:"):
         from . import tiny
-        from .tiny import FAMILIES, tiny_components
+        from .tiny import FAMILIES, MMDIT_FAMILIES, tiny_components, tiny_mmdit_components
 
         family = spec.split(":", 1)[1]
-        if family not in FAMILIES:
-            raise ModelNotAvailable(f"unknown tiny model {spec!r}: use tiny:sd1, tiny:sd2 or tiny:sdxl")
-        comps, ident = tiny_components(family), f"{spec}@code:{source_identity(tiny.__file__)}"
+        if family not in FAMILIES + MMDIT_FAMILIES:
+            raise ModelNotAvailable(f"unknown tiny model {spec!r}: use tiny:sd1, tiny:sd2, tiny:sdxl, tiny:sd3 or tiny:flux")
+        comps = tiny_components(family) if family in FAMILIES else tiny_mmdit_components(family)
+        ident = f"{spec}@code:{source_identity(tiny.__file__)}"
     elif spec.startswith("random:"):
         from . import tiny
-        from .tiny import FAMILIES, random_components
+        from .tiny import FAMILIES, MMDIT_FAMILIES, random_components, random_mmdit_components
 
         family = spec.split(":", 1)[1]
-        if family not in FAMILIES:
-            raise ModelNotAvailable(f"unknown random model {spec!r}: use random:sd1, random:sd2 or random:sdxl")
-        comps, ident = random_components(family), f"{spec}@code:{source_identity(tiny.__file__)}"
+        if family not in FAMILIES + MMDIT_FAMILIES:
+            raise ModelNotAvailable(f"unknown random model {spec!r}: use random:sd1, random:sd2, random:sdxl, "
+                                    "random:sd3 or random:flux")
+        comps = random_components(family) if family in FAMILIES else random_mmdit_components(family)
+        ident = f"{spec}@code:{source_identity(tiny.__file__)}"
     elif Path(spec).expanduser().exists():
         path = Path(spec).expanduser()
         comps = _load_folder(path)
@@ -120,10 +131,16 @@ def load_t2i(spec: str, dtype=None, device=None, delta: str | Path | None = None
     else:
         raise ModelNotAvailable(
             f"model {spec!r} is not available: it is neither a local folder nor a hub id of the form "
-            "'org/name'. Use tiny:sd1|sd2|sdxl, random:sd1|sd2|sdxl, a local diffusers folder, or a cached hub id."
+            "'org/name'. Use tiny:sd1|sd2|sdxl|sd3|flux, random:sd1|sd2|sdxl|sd3|flux, a local diffusers folder, "
+            "or a cached hub id."
         )
     # float32 unless asked otherwise (folders may hold fp16 weights); Lightning's precision casts later
-    t2i = T2IModel(comps, spec).eval().to(device=device, dtype=dtype or torch.float32)
+    if "transformer" in comps:  # SD3 / FLUX
+        from .mmdit import MMDiTModel
+
+        t2i = MMDiTModel(comps, spec).eval().to(device=device, dtype=dtype or torch.float32)
+    else:
+        t2i = T2IModel(comps, spec).eval().to(device=device, dtype=dtype or torch.float32)
     t2i.identity = {"spec": spec, "id": ident}
     if delta is not None:
         from .delta import apply_delta

@@ -22,6 +22,7 @@ SCHEDULERS = {
     "euler_a": "EulerAncestralDiscreteScheduler",
     "dpm": "DPMSolverMultistepScheduler",
     "ddpm": "DDPMScheduler",
+    "flow_euler": "FlowMatchEulerDiscreteScheduler",  # flow matching: SD3 and FLUX only (models/mmdit.py)
 }
 
 
@@ -404,6 +405,9 @@ class T2IModel(nn.Module):
         """Fail on a sampler this model cannot run (unknown scheduler, a size that is not a multiple)."""
         if sampler.scheduler not in SCHEDULERS:
             raise UsageError(f"unknown scheduler {sampler.scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+        if sampler.scheduler == "flow_euler" and self.family in ("sd1", "sd2", "sdxl"):
+            raise UsageError(f"scheduler 'flow_euler' (flow matching) runs SD3 and FLUX models, not this {self.family} "
+                             "model: use pndm, ddim, lms, euler, euler_a, dpm or ddpm")
         size, mult = sampler.size or self.native_size, self.size_multiple()
         if size <= 0 or size % mult:
             raise UsageError(f"sampler.size {size} must be a positive multiple of {mult} for this {self.family} model")

@@ -153,3 +153,104 @@ def random_components(family: str) -> dict:
             unet = UNet2DConditionModel(sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
                                         use_linear_projection=True)
         return dict(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=dict(SD_SCHEDULER), scheduler_class="PNDMScheduler")
+
+
+MMDIT_FAMILIES = ("sd3", "flux")
+# The pipelines' FlowMatchEulerDiscreteScheduler settings (SD3-medium's scheduler_config.json; FLUX.1-dev's).
+SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                      base_image_seq_len=256, max_image_seq_len=4096)
+
+
+def _t5(vocab: int, d_model: int, layers: int, heads: int, d_ff: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab, d_model=d_model, d_kv=d_model // heads, d_ff=d_ff, num_layers=layers,
+                                   num_heads=heads, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+                                   pad_token_id=0, eos_token_id=1))
+
+
+def tiny_mmdit_components(family: str) -> dict:
+    """Random components of a tiny SD3 or FLUX pipeline: the real layouts (SD3: CLIP-L, CLIP-G, T5 and a joint
+    transformer; FLUX: CLIP-L, T5, double- and single-stream blocks, guidance embedding), the text encoders at their
+    real depths (12, 32, 24 layers), the transformers cut to 2 (SD3) and 1 + 2 (FLUX) blocks. T5's tokenizer is
+    not available offline: the CLIP tokenizer stands in for it (the pipelines only call it for ids)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
+
+    from .tokenizer import clip_tokenizer
+
+    if family not in MMDIT_FAMILIES:
+        raise ValueError(f"unknown tiny MMDiT family {family!r}: use one of {', '.join(MMDIT_FAMILIES)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tok = clip_tokenizer()
+        latent = 4
+        vae = AutoencoderKL(block_out_channels=[8, 16], norm_num_groups=4, latent_channels=latent, sample_size=32,
+                            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                            use_quant_conv=False, use_post_quant_conv=False,
+                            scaling_factor=1.5305 if family == "sd3" else 0.3611,
+                            shift_factor=0.0609 if family == "sd3" else 0.1159)
+        if family == "sd3":
+            te1 = _text_encoder(tok, 16, "quick_gelu", 12, projection=16)
+            te2 = _text_encoder(tok, 16, "gelu", 32, projection=16)
+            t5 = _t5(len(tok), 32, 24, 4, 64)
+            transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=latent, out_channels=latent,
+                                                num_layers=2, attention_head_dim=8, num_attention_heads=2,
+                                                joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+                                                pos_embed_max_size=32)
+            return dict(transformer=transformer, vae=vae, text_encoder=te1, text_encoder_2=te2, text_encoder_3=t5,
+                        tokenizer=tok, tokenizer_2=clip_tokenizer(), tokenizer_3=clip_tokenizer(),
+                        scheduler=dict(SD3_SCHEDULER), scheduler_class="FlowMatchEulerDiscreteScheduler", max_sequence_length=32)
+        te1 = _text_encoder(tok, 16, "quick_gelu", 12)
+        t5 = _t5(len(tok), 32, 24, 4, 64)
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=4 * latent, num_layers=1, num_single_layers=2,
+                                             attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                             pooled_projection_dim=16, guidance_embeds=True, axes_dims_rope=(4, 4, 8))
+        return dict(transformer=transformer, vae=vae, text_encoder=te1, text_encoder_2=t5, tokenizer=tok,
+                    tokenizer_2=clip_tokenizer(), scheduler=dict(FLUX_SCHEDULER),
+                    scheduler_class="FlowMatchEulerDiscreteScheduler", max_sequence_length=32)
+
+
+def random_mmdit_components(family: str) -> dict:
+    """Random components with the **full-size** architectures of SD3-medium (a 2.0 B-parameter transformer of 24
+    joint blocks; CLIP-L, OpenCLIP bigG, T5-XXL's encoder) and FLUX.1-dev (11.9 B: 19 double- and 38 single-stream
+    blocks, guidance embedding; CLIP-L, T5-XXL's encoder), built under a fixed seed, for speed and memory without
+    weights. In float32 FLUX alone is 48 GB: build it under ``torch.device("meta")`` to count, on a GPU host to run.
+    The CLIP tokenizer stands in for T5's (not available offline); it changes ids, not cost."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .tokenizer import clip_tokenizer
+
+    if family not in MMDIT_FAMILIES:
+        raise ValueError(f"unknown random MMDiT family {family!r}: use one of {', '.join(MMDIT_FAMILIES)}")
+
+    def clip(tok, hidden, layers, heads, act, projection=None):  # FLUX reads CLIP-L's pooled state, SD3 its projection
+        cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                             num_attention_heads=heads, max_position_embeddings=77, hidden_act=act,
+                             projection_dim=projection or hidden, bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        return CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tok = clip_tokenizer()
+        vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=16,
+                            sample_size=1024, down_block_types=["DownEncoderBlock2D"] * 4,
+                            up_block_types=["UpDecoderBlock2D"] * 4, use_quant_conv=False, use_post_quant_conv=False,
+                            scaling_factor=1.5305 if family == "sd3" else 0.3611,
+                            shift_factor=0.0609 if family == "sd3" else 0.1159)
+        t5 = _t5(32128, 4096, 24, 64, 10240)  # T5-XXL v1.1's encoder (4.76 B)
+        clip_l = clip(tok, 768, 12, 12, "quick_gelu", 768 if family == "sd3" else None)
+        if family == "sd3":
+            transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+                                                attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                                                caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=192)
+            return dict(transformer=transformer, vae=vae, text_encoder=clip_l, text_encoder_2=clip(tok, 1280, 32, 20, "gelu", 1280),
+                        text_encoder_3=t5, tokenizer=tok, tokenizer_2=clip_tokenizer(), tokenizer_3=clip_tokenizer(),
+                        scheduler=dict(SD3_SCHEDULER), scheduler_class="FlowMatchEulerDiscreteScheduler")
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                                             attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                                             pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+        return dict(transformer=transformer, vae=vae, text_encoder=clip_l, text_encoder_2=t5, tokenizer=tok,
+                    tokenizer_2=clip_tokenizer(), scheduler=dict(FLUX_SCHEDULER), scheduler_class="FlowMatchEulerDiscreteScheduler")
