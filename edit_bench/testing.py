@@ -25,7 +25,7 @@ from .types import EditRequest
 
 REQUESTS = (EditRequest("A banana", "A blue banana"), EditRequest("A bear", "A polar bear"))
 LAYOUTS = ("tiny:sd1", "tiny:sd2", "tiny:sdxl")
-_COMPONENT = {"none": None, "cross_attn_kv": ("unet.",), "text_encoder": ("text_encoder.", "text_encoder_2."),
+_COMPONENT = {"none": None, "cross_attn_kv": ("unet.", "transformer."),  # MMDiT: the text side's projections "text_encoder": ("text_encoder.", "text_encoder_2."),
               "unet": ("unet.",)}
 
 
@@ -72,13 +72,14 @@ def check_edit(editor: Editor, requests: Sequence[EditRequest] = REQUESTS, workd
     assert not moved, f"{name}.restore() is not bitwise: {moved[:3]}"
 
 
-def check_editor(cls: type[Editor], layouts: Sequence[str] = LAYOUTS, **kwargs) -> None:
-    """Every contract check of ``cls`` on each tiny layout (``kwargs`` go to its constructor).
+def check_editor(cls: type[Editor], layouts: Sequence[str] | None = None, **kwargs) -> None:
+    """Every contract check of ``cls`` on each tiny layout (default: one per family in ``cls.families``, so an
+    editor with an MMDiT form is checked on ``tiny:sd3`` and ``tiny:flux`` too; ``kwargs`` go to its constructor).
 
     Raises ``AssertionError`` naming the broken promise.
     """
     check_capabilities(cls)
-    for spec in layouts:
+    for spec in layouts or [f"tiny:{f}" for f in cls.families]:
         check_edit(cls(base=spec, **kwargs))
 
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         except AssertionError as e:
             print(f"{name}: FAILED: {e}", file=sys.stderr)
             return 1
-        print(f"{name}: every contract check passed on {', '.join(LAYOUTS)}")
+        print(f"{name}: every contract check passed on {', '.join(f'tiny:{f}' for f in cls.families)}")
     return 0
 
 

@@ -89,3 +89,33 @@ def test_the_unedited_model_evaluates_on_flux(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["model_id"].startswith("tiny:flux@") and res["metrics"]["efficacy"]["n"] == 1
     assert res["protocol"]["sampler"]["scheduler"] == "flow_euler"
+
+
+def test_uce_on_flux_equals_the_authors_closed_form():
+    """UCE's FLUX form (the authors' trainscripts/uce_flux_edit.py): on context_embedder and the pooled projection,
+    keys at the T5 position attention_mask.sum() - 2, W' = (lam W + sum v* c^T + sum W p p^T)(lam I + sum c c^T +
+    sum p p^T)^-1 with their defaults (lam 0.5, scales 1), here by explicit inverse in float64 (values without the
+    layers' bias, the one difference, see UCE._edit_mmdit)."""
+    from edit_bench.editors.uce import UCE
+    from edit_bench.types import EditRequest
+
+    ed = UCE(base="tiny:flux", preserve=["a dog"])
+    t2i = ed.t2i
+    W0 = {k: v.detach().double().clone() for k, v in ed.edited_parameters().items()}
+    ed.apply_edit([EditRequest("a cat", "")])
+    prompts = ["a cat", "", "a dog"]
+    c = t2i.condition(prompts)
+
+    def last(p):
+        mask = t2i.tokenizers[1]([p], padding="max_length", max_length=t2i.t5_length, truncation=True,
+                                 return_tensors="pt").attention_mask
+        return int(mask.sum()) - 2
+
+    emb = {p: (c.context[i, last(p)].double()[:, None], c.pooled[i].double()[:, None]) for i, p in enumerate(prompts)}
+    for j, (name, W) in enumerate(W0.items()):
+        ce, cg, cp = emb["a cat"][j], emb[""][j], emb["a dog"][j]
+        mat1 = 0.5 * W + (W @ cg) @ ce.T + (W @ cp) @ cp.T
+        mat2 = 0.5 * torch.eye(W.shape[1], dtype=torch.float64) + ce @ ce.T + cp @ cp.T
+        theirs = mat1 @ torch.inverse(mat2)
+        moved = (theirs - W).abs().max()
+        assert moved > 1e-2 and (ed.edited_parameters()[name].double() - theirs).abs().max() < 1e-5 * moved, name

@@ -44,6 +44,8 @@ class RECE(UCE):
         base: see :class:`~edit_bench.editors.base.Editor`.
     """
 
+    families = ("sd1", "sd2", "sdxl")  # UCE has an MMDiT form; RECE's adversarial rounds have none
+
     def __init__(self, epochs: int = 3, gamma: float = 0.1, adv_lam: float = 0.1, adv_erase_scale: float = 1.0,
                  adv_preserve_scale: float = 0.1, lam: float = 0.5, erase_scale: float = 1.0,
                  preserve_scale: float | None = None, tokens: Literal["last_to_end", "last"] = "last_to_end",

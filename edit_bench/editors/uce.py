@@ -31,8 +31,11 @@ import torch
 
 from ..types import EditRequest, SamplerConfig
 from .base import Editor
-from .ridge import ridge_update_
+from .ridge import RidgeSystem, ridge_update_
 from ..errors import UsageError
+
+MMDIT = ("sd3", "flux")
+MMDIT_SITES = ("context_embedder", "time_text_embed.text_embedder.linear_1")  # the text side's input projections
 
 # Prompt expansion (``--add_prompts`` / ``--expand_prompts``) of both published scripts.
 TEMPLATES = {
@@ -109,6 +112,7 @@ class UCE(Editor):
 
     edits = "cross_attn_kv"
     multi_request = True
+    families = ("sd1", "sd2", "sdxl", "sd3", "flux")
 
     def __init__(self, lam: float = 0.5, erase_scale: float = 1.0, preserve_scale: float | None = None,
                  technique: Literal["replace", "tensor"] = "replace",
@@ -133,6 +137,9 @@ class UCE(Editor):
         self._debias_log: list[dict] = []
 
     def edited_parameters(self):
+        if self.t2i.family in MMDIT:  # the text side's two input projections (see _edit_mmdit)
+            t = self.t2i.transformer
+            return {f"transformer.{n}.weight": t.get_submodule(n).weight for n in MMDIT_SITES}
         return self.cross_attn_kv(None, self.with_to_k)
 
     # ------------------------------------------------------------------ keys and values
@@ -184,6 +191,8 @@ class UCE(Editor):
 
     @torch.no_grad()
     def edit(self, requests, preserve=()):
+        if self.t2i.family in MMDIT:
+            return self._edit_mmdit(requests, preserve)
         if self.debias is not None:
             return self._debias(requests, preserve)
         C_e, C_g, C_q, n_keep = self.keys_values(requests, preserve)
@@ -199,6 +208,44 @@ class UCE(Editor):
             return torch.cat([V_e, W @ C_q], 1)
 
         self.conditions.append(ridge_update_(list(self.edited_parameters().values()), K, values, self.lam, weights=w.to(K.device)))
+
+    # ------------------------------------------------------------------ SD3 / FLUX
+    def _edit_mmdit(self, requests, preserve) -> None:
+        """UCE's MMDiT form (the authors' FLUX script, ``trainscripts/uce_flux_edit.py``): the same closed form on
+        ``context_embedder`` (keys: the prompt's last-token state in ``context``, :meth:`MMDiTModel.last_token_positions`)
+        and on the pooled text projection ``time_text_embed.text_embedder.linear_1`` (keys: the pooled embedding);
+        guide values from the unedited weights, every preserve prompt kept (``preserve_scale`` default 1, theirs).
+        Values are ``W c`` without the layers' bias; the authors' script puts the bias in (``W c + b``), so its
+        edited layer adds the bias twice to what it maps: ``values_with_bias`` is not offered, said here."""
+        if self.debias is not None or self.technique != "replace" or self.tokens != "last_to_end" or not self.with_to_k:
+            raise UsageError(f"UCE on {self.t2i.family} has one form (the authors' FLUX script): debias, technique, "
+                             "tokens and with_to_k are SD-1/2/XL options; leave them at their defaults")
+        pairs = self.concept_pairs(requests)
+        concepts = {c.strip().lower() for c, _, _ in pairs}
+        keep = [q for q in dict.fromkeys([*self.preserve, *preserve]) if q.strip().lower() not in concepts]
+        prompts = list(dict.fromkeys([p for c, g, _ in pairs for p in (c, g)] + keep))
+        cond = self.t2i.condition(prompts)
+        at = {p: i for i, p in enumerate(prompts)}
+        pos = {p: self.t2i.last_token_positions(p) for p in prompts}  # SD3: two (CLIP's, T5's); FLUX: one
+
+        def ctx_keys(ps):  # [D, N]: each prompt's last-token states
+            rows = [cond.context[at[p], pos[p]] for p in ps]
+            return (torch.cat(rows) if rows else cond.context.new_zeros(0, cond.context.shape[-1])).double().T
+
+        def pool_keys(ps):  # [P, N]: each prompt's pooled embedding
+            return (torch.stack([cond.pooled[at[p]] for p in ps]) if ps else cond.pooled.new_zeros(0, cond.pooled.shape[-1])).double().T
+
+        erase, guide = [c for c, _, _ in pairs], [g for _, g, _ in pairs]
+        if self.t2i.family == "sd3":  # a concept's two positions pair with its guide's two
+            assert all(len(pos[c]) == len(pos[g]) for c, g in zip(erase, guide))
+        s_p = 1.0 if self.preserve_scale is None else self.preserve_scale
+        for p, keys in zip(self.edited_parameters().values(), (ctx_keys, pool_keys)):
+            K_e, K_g, K_q = keys(erase), keys(guide), keys(keep)
+            W = p.detach().double()
+            w = torch.cat([torch.full((K_e.shape[1],), float(self.erase_scale)), torch.full((K_q.shape[1],), float(s_p))])
+            system = RidgeSystem(torch.cat([K_e, K_q], 1), self.lam, w.to(W.device, W.dtype))
+            p.copy_(system.solve(p.detach(), torch.cat([W @ K_g, W @ K_q], 1)))
+            self.conditions.append(system.condition)
 
     # ------------------------------------------------------------------ debiasing
     def debias_prompts(self, requests) -> list[tuple[str, list[str]]]:

@@ -162,6 +162,21 @@ class MMDiTModel(T2IModel):
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return Conditioning(torch.cat([clip, t5.to(clip.dtype)], dim=-2), torch.cat([out1[0], out2[0]], dim=-1))
 
+    def last_token_positions(self, prompt: str) -> list[int]:
+        """Where a prompt's last token sits in ``context``, as UCE's and OCE's FLUX code reads it: the T5 tokenizer's
+        ``attention_mask.sum() - 2`` (the token before EOS; for ``""`` that is -1: the last padding position, as
+        theirs). SD3's context is CLIP's 77 positions then T5's: both of its last tokens."""
+        def last(tok, length):
+            mask = tok([prompt], padding="max_length", max_length=length, truncation=True, return_tensors="pt").attention_mask
+            return int(mask.sum()) - 2
+
+        _, t5_tok = self._t5()
+        if self.family == "flux":
+            return [last(t5_tok, self.t5_length) % self.t5_length]
+        clip_len = int(self.tokenizers[0].model_max_length)
+        t5 = [clip_len + last(t5_tok, self.t5_length) % self.t5_length] if t5_tok is not None else []
+        return [last(self.tokenizers[0], clip_len) % clip_len] + t5
+
     def condition_ids(self, ids, where=None, vectors=None):
         raise UsageError(f"token-level conditioning (attacks) supports one text encoder (SD-1/2), not {self.family}'s")
 
