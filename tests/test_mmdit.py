@@ -119,3 +119,25 @@ def test_uce_on_flux_equals_the_authors_closed_form():
         theirs = mat1 @ torch.inverse(mat2)
         moved = (theirs - W).abs().max()
         assert moved > 1e-2 and (ed.edited_parameters()[name].double() - theirs).abs().max() < 1e-5 * moved, name
+
+
+def test_oce_on_flux_rotates_context_embedder_with_the_t5_prior(tmp_path):
+    """OCE's FLUX form: K0 is E[h h^T] over the positions T5's attention mask holds; the edit is a rotation of
+    context_embedder (norms of its outputs kept)."""
+    from edit_bench.editors.oce import OCE
+    from edit_bench.editors.stats import context_moment, read_corpus
+    from edit_bench.types import EditRequest
+
+    ed = OCE(base="tiny:flux", corpus_samples=20, stats_dir=str(tmp_path))
+    t2i = ed.t2i
+    K0, n, _ = context_moment(t2i, ed.corpus, 20, "tokens", str(tmp_path))
+    texts = read_corpus(ed.corpus, 20)
+    h = t2i.encode(texts).double()[t2i.context_token_mask(texts)]
+    assert n == h.shape[0] < 20 * t2i.t5_length
+    torch.testing.assert_close(K0.double(), h.T @ h / n, rtol=1e-5, atol=1e-7)
+    W0 = t2i.transformer.context_embedder.weight.detach().clone()
+    ed.apply_edit([EditRequest("a cat", "a dog")])
+    W = t2i.transformer.context_embedder.weight.detach()
+    assert not torch.equal(W, W0)
+    x = torch.randn(W.shape[1], 5, dtype=torch.float64)
+    torch.testing.assert_close((W.double() @ x).norm(dim=0), (W0.double() @ x).norm(dim=0), rtol=1e-5, atol=0)

@@ -12,6 +12,10 @@ embeddings of the erased concepts ``e_i``, their guides ``g_j`` and the preserve
 come from a reduced QR of the distinct normalised outputs: OCE pads the guides to the number of concepts by
 repeating them, which leaves the QR's extra columns arbitrary; the duplicates are dropped here, so ``E*`` spans
 exactly the guides.
+
+On SD3 and FLUX (OCE's ``oce_flux.py``) the same rotation edits ``transformer.context_embedder``, the keys are the
+T5 state at ``attention_mask.sum() - 2`` (:meth:`~edit_bench.models.mmdit.MMDiTModel.last_token_positions`; SD3
+adds CLIP's last token) and ``K0`` averages the context over every position a tokenizer's mask holds.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class OCE(Editor):
 
     edits = "cross_attn_kv"
     multi_request = True
+    families = ("sd1", "sd2", "sdxl", "sd3", "flux")  # SD3 / FLUX: context_embedder (OCE's oce_flux.py)
 
     def __init__(self, erase_scale: float = 1.0, global_scale: float = 0.5, concept_scale: float = 0.3, lam: float = 1.5,
                  expand: Literal["art", "object"] | None = None, preserve: Sequence[str] = (), corpus: str | None = None,
@@ -79,6 +84,8 @@ class OCE(Editor):
         self._info: dict = {}
 
     def edited_parameters(self):
+        if self.t2i.family in ("sd3", "flux"):  # OCE's FLUX form rotates the text side's input projection
+            return {"transformer.context_embedder.weight": self.t2i.transformer.context_embedder.weight}
         return self.cross_attn_kv(None, with_to_k=False)
 
     def pairs(self, requests) -> tuple[list[str], list[str]]:
@@ -97,6 +104,9 @@ class OCE(Editor):
         return [p for p in e + g if p]
 
     def _last(self, prompts: list[str]) -> torch.Tensor:
+        if self.t2i.family in ("sd3", "flux"):  # the T5 state at attention_mask.sum() - 2 (SD3: CLIP's last token too)
+            ctx = self.t2i.encode(prompts).double()
+            return torch.cat([ctx[j, self.t2i.last_token_positions(p)] for j, p in enumerate(prompts)]).T
         emb = self.t2i.encode(prompts, longest=True).double()  # the last subject token only: no padding needed
         return torch.stack([emb[j, self.t2i.token_index(p) if p.strip() else 0] for j, p in enumerate(prompts)]).T
 

@@ -180,14 +180,17 @@ def _compute_context(t2i, texts, positions, batch_size, path, corpus) -> None:
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             chunk = texts[i:i + batch_size]
-            if positions == "tokens":  # BOS..EOS only: encoded to the batch's longest caption (the same states)
+            if positions == "tokens" and hasattr(t2i, "context_token_mask"):  # SD3 / FLUX: each tokenizer's mask
+                h = t2i.encode(chunk).double()
+                h = h[t2i.context_token_mask(chunk).to(h.device)]
+            elif positions == "tokens":  # BOS..EOS only: encoded to the batch's longest caption (the same states)
                 h = t2i.encode(chunk, longest=True).double()
                 ids = t2i.tokenize(chunk, 0, longest=True)
                 eos = (ids == tok.eos_token_id).int().argmax(1)
                 keep = torch.arange(ids.shape[1])[None] <= eos[:, None]
                 h = h[keep.to(h.device)]
             else:
-                h = t2i.encode(chunk).double().reshape(-1, t2i.context_dim)  # all 77 positions
+                h = t2i.encode(chunk).double().reshape(-1, t2i.context_dim)  # all positions (77 on SD-1/2/XL)
             total = h.T @ h if total is None else total + h.T @ h
             n += h.shape[0]
     tensors = {"C": (total / n).cpu().contiguous(), "n_tokens": torch.tensor(n)}

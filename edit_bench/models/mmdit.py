@@ -177,6 +177,20 @@ class MMDiTModel(T2IModel):
         t5 = [clip_len + last(t5_tok, self.t5_length) % self.t5_length] if t5_tok is not None else []
         return [last(self.tokenizers[0], clip_len) % clip_len] + t5
 
+    def context_token_mask(self, prompts: list[str]) -> Tensor:
+        """``[B, L]`` bool: the positions of ``context`` that hold a prompt's tokens (each tokenizer's attention mask,
+        EOS included, padding not): the positions a corpus prior such as OCE's ``K0`` averages over."""
+        _, t5_tok = self._t5()
+
+        def mask(tok, length):
+            return tok(list(prompts), padding="max_length", max_length=length, truncation=True,
+                       return_tensors="pt").attention_mask.bool()
+
+        t5 = mask(t5_tok, self.t5_length) if t5_tok is not None else torch.zeros(len(prompts), self.t5_length, dtype=torch.bool)
+        if self.family == "flux":
+            return t5
+        return torch.cat([mask(self.tokenizers[0], int(self.tokenizers[0].model_max_length)), t5], dim=1)
+
     def condition_ids(self, ids, where=None, vectors=None):
         raise UsageError(f"token-level conditioning (attacks) supports one text encoder (SD-1/2), not {self.family}'s")
 
