@@ -17,6 +17,8 @@ counts as edit; "judge" is every metric's work on the images (scores, stored fea
 
 from __future__ import annotations
 
+import inspect
+
 import contextlib
 import io
 import json
@@ -126,8 +128,11 @@ def authors_loop(editor, bench, device: torch.device, reedit_per_seed: bool) -> 
 
     def one(sample: Sample, variant: str):
         g = torch.Generator("cpu").manual_seed(int(sample.seed))
+        extra = {"eta": s.eta} if "eta" in inspect.signature(pipe.__call__).parameters else {}  # SD3/FLUX: no eta
+        if hasattr(t2i, "t5_length"):  # SD3/FLUX: the model's T5 length (the pipelines' default otherwise)
+            extra["max_sequence_length"] = t2i.t5_length
         img = pipe(sample.pair.prompt, num_inference_steps=s.steps, guidance_scale=s.guidance, height=size, width=size,
-                   generator=g, eta=s.eta, output_type="pt").images.float().to(device)
+                   generator=g, output_type="pt", **extra).images.float().to(device)
         scores = {}
         for m in metrics:
             scores.update({k: float(v[0]) for k, v in m.score(img, [sample]).items()})
