@@ -144,7 +144,7 @@ class SamplerConfig:
 
     Args:
         scheduler: ``pndm`` (the SD pipeline default, TIME/ReFACT), ``ddim``, ``lms`` (ESD/UCE),
-            ``euler``, ``euler_a`` or ``dpm``.
+            ``euler``, ``euler_a``, ``dpm``, ``ddpm``, or ``flow_euler`` (flow matching: SD3 and FLUX only).
         steps: denoising steps.
         guidance: classifier-free guidance scale, >= 1 (1: no guidance, the conditional prediction alone, as
             diffusers runs every scale <= 1).

@@ -186,6 +186,14 @@ def test_config_kinds_are_known():
     assert kinds <= {"editor", "benchmark", "trainer", "experiment", "requests", "trace", "sampler", "attack"}
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name == "sampler"], ids=lambda p: p.name)
+def test_sampler_configs_build(path):
+    from edit_bench.types import SamplerConfig
+
+    s = SamplerConfig(**yaml.safe_load(path.read_text()))
+    assert s.steps >= 1 and s.seeds
+
+
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name == "attack"], ids=lambda p: p.name)
 def test_attack_configs_build(path, monkeypatch):
     """Every published attack config builds its attack (Ring-A-Bell reads its prompt pairs), with a positive budget
