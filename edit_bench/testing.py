@@ -26,7 +26,7 @@ from .types import EditRequest
 REQUESTS = (EditRequest("A banana", "A blue banana"), EditRequest("A bear", "A polar bear"))
 LAYOUTS = ("tiny:sd1", "tiny:sd2", "tiny:sdxl")
 _COMPONENT = {"none": None, "cross_attn_kv": ("unet.", "transformer."),  # MMDiT: the text side's projections "text_encoder": ("text_encoder.", "text_encoder_2."),
-              "unet": ("unet.",)}
+              "unet": ("unet.", "transformer.")}  # the denoiser: a UNet, or an MMDiT's transformer
 
 
 def check_capabilities(cls: type[Editor]) -> None:

@@ -141,3 +141,22 @@ def test_oce_on_flux_rotates_context_embedder_with_the_t5_prior(tmp_path):
     assert not torch.equal(W, W0)
     x = torch.randn(W.shape[1], 5, dtype=torch.float64)
     torch.testing.assert_close((W.double() @ x).norm(dim=0), (W0.double() @ x).norm(dim=0), rtol=1e-5, atol=0)
+
+
+def test_esd_on_flux_trains_the_text_side_of_the_joint_attention():
+    """ESD on an MMDiT (recipe current): ESD-x is the joint attention's text side, x_t comes from the model's own
+    flow-matching sampler, and the paper recipe (CompVis's DDIM grid) is refused."""
+    from edit_bench.editors.esd import ESD, mmdit_parameter_set
+    from edit_bench.types import EditRequest
+
+    ed = ESD(recipe="current", steps=2, sample_steps=4, lr=1e-3, base="tiny:flux")
+    names = set(ed.edited_parameters())
+    assert {n.split(".")[-2] for n in names} == {"add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}, names
+    assert all(".attn." in n for n in names) and not any(n.startswith("transformer.single_transformer_blocks") for n in names)
+    strict = mmdit_parameter_set(ed.t2i.transformer, "esd-x-strict")
+    assert {n.split(".")[-2] for n in strict} == {"add_k_proj", "add_v_proj"}
+    before = {n: p.detach().clone() for n, p in ed.edited_parameters().items()}
+    ed.apply_edit([EditRequest("a cat", "")])
+    assert any(not torch.equal(p, before[n]) for n, p in ed.edited_parameters().items())
+    with pytest.raises(UsageError, match="recipe paper.*flow matching.*recipe current"):
+        ESD(base="tiny:sd3").edited_parameters()

@@ -28,6 +28,11 @@ How x_t and t are drawn, per recipe, each as its authors' code does:
 θ is never a second UNet: the editor keeps a copy of the trained tensors only (its snapshot) and evaluates
 θ with ``torch.func.functional_call`` on the same module.
 
+On SD3 and FLUX (no published ESD code) ESD runs recipe ``current`` with the model's own flow-matching sampler
+(FLUX: the start guidance goes to its guidance embedding) and the same target in the velocity the transformer
+predicts (a fixed affine function of ε at a given x_t and t, so the reversed direction is the same); the joint
+attention's text side plays cross-attention's part (:func:`mmdit_parameter_set`).
+
 Parameter sets (``params``), by name through the adapter, each under the recipe whose code defines it:
 
 - ``paper`` (``train_method`` of ``train-esd.py``, every parameter whose CompVis name matches): ``xattn``
@@ -88,6 +93,30 @@ def parameter_set(unet: torch.nn.Module, params: str) -> dict[str, torch.nn.Para
     raise UsageError(f"unknown ESD parameter set {params!r}: use one of {', '.join(PARAMS['paper'] + PARAMS['current'])}")
 
 
+TEXT_SIDE = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")  # the joint attention's text-stream projections
+
+
+def mmdit_parameter_set(transformer: torch.nn.Module, params: str) -> dict[str, torch.nn.Parameter]:
+    """ESD's trained parameters of an SD3 / FLUX transformer (recipe ``current``'s sets, re-expressed): the joint
+    attention's text side (``add_q/k/v_proj``, ``to_add_out``: where the text enters the image stream) plays
+    cross-attention's part. ``esd-x``: the Linear modules of the text side; ``esd-x-strict``: ``add_k_proj`` /
+    ``add_v_proj``; ``esd-u``: every other Linear/Conv2d module; ``esd-all``: all of them. FLUX's single-stream
+    blocks have no text-only projections: they are ESD-u's."""
+    if params not in PARAMS["current"]:
+        raise UsageError(f"ESD parameter set {params!r} is not defined on an MMDiT: use --model.init_args.recipe current "
+                         f"with params one of {', '.join(PARAMS['current'])}")
+    out = {}
+    for mod_name, mod in transformer.named_modules():
+        if type(mod).__name__ not in _LAYERS:
+            continue
+        leaf = mod_name.rsplit(".", 1)[-1]
+        x = ".attn." in f".{mod_name}." and leaf in TEXT_SIDE
+        keep = {"esd-x": x, "esd-u": not x, "esd-all": True, "esd-x-strict": leaf in ("add_k_proj", "add_v_proj")}[params]
+        if keep:
+            out.update({f"{mod_name}.{n}": p for n, p in mod.named_parameters()})
+    return out
+
+
 class ESD(FineTuner):
     """ESD fine-tuning editor.
 
@@ -140,7 +169,15 @@ class ESD(FineTuner):
         self.start_guidance, self.sample_steps, self.size = start_guidance, sample_steps, size
 
     # ------------------------------------------------------------------ what is trained
+    families = ("sd1", "sd2", "sdxl", "sd3", "flux")  # SD3 / FLUX: recipe current, the text side as ESD-x
+
     def edited_parameters(self):
+        if self.t2i.family in ("sd3", "flux"):
+            if self.recipe != "current":
+                raise UsageError(f"ESD recipe paper samples on CompVis's DDIM grid, which a {self.t2i.family} model "
+                                 "(flow matching) has not: use --model.init_args.recipe current")
+            sets = mmdit_parameter_set(self.t2i.transformer, self.params)
+            return {f"transformer.{n}": p for n, p in sets.items()}
         out = {f"unet.{n}": p for n, p in parameter_set(self.t2i.unet, self.params).items()}
         if not out:
             raise UsageError(f"ESD parameter set {self.params!r} selects no parameter of this {self.t2i.family} UNet")
@@ -155,7 +192,7 @@ class ESD(FineTuner):
         device, original = self.t2i.device, self.snapshot()  # a sequential edit's original is the edited model
         cached = getattr(self, "_frozen_on", (None, None))
         if cached[0] != device or cached[1] is not original:
-            self._frozen_on = (device, original, {n.removeprefix("unet."): v.to(device) for n, v in original.items()})
+            self._frozen_on = (device, original, {n.partition(".")[2]: v.to(device) for n, v in original.items()})
         return self._frozen_on[2]
 
     def theta_prediction(self, x, t, cond):
@@ -171,9 +208,10 @@ class ESD(FineTuner):
 
             sched = DDIMScheduler.from_config(t2i.scheduler_config, timestep_spacing="leading", steps_offset=1,
                                               set_alpha_to_one=False, clip_sample=False, thresholding=False)
+            sched.set_timesteps(self.sample_steps, device=t2i.device)
         else:
             sched = t2i.make_scheduler(t2i.default_scheduler)
-        sched.set_timesteps(self.sample_steps, device=t2i.device)
+            t2i.set_timesteps(sched, self.sample_steps, t2i.latent_shape(self.size or t2i.native_size)[1], t2i.device)
         return sched
 
     def sampling_plan(self, gen: torch.Generator) -> tuple[int, int, int]:
@@ -196,22 +234,19 @@ class ESD(FineTuner):
         and the training timestep ``[1]``."""
         t2i = self.t2i
         size = self.size or t2i.native_size
-        h = size // t2i.vae_scale_factor
+        c, h = t2i.latent_shape(size)
         sched = self.sampler()
         first, n, t = self.sampling_plan(gen)
-        x = torch.randn((1, t2i.unet.config.in_channels, h, h), generator=gen).to(t2i.device) * sched.init_noise_sigma
-        both = type(cond).cat([uncond, cond])
+        # flow matching (SD3/FLUX) starts from unit noise and scales no input
+        scale = getattr(sched, "scale_model_input", lambda x, s: x)
+        x = torch.randn((1, c, h, h), generator=gen).to(t2i.device) * getattr(sched, "init_noise_sigma", 1.0)
+        theta = self._frozen() if self.recipe == "current" else None  # θ samples (current), θ* (paper-era)
         for s in sched.timesteps[first:first + n]:
-            x2 = sched.scale_model_input(torch.cat([x, x]), s)
-            if self.recipe == "current":  # θ samples
-                eps = self.theta_prediction(x2, s, both).float()
-            else:  # paper-era: θ* samples
-                eps = t2i.noise_prediction(x2, s, both, size).float()
-            eps_u, eps_c = eps.chunk(2)
-            x = sched.step(eps_u + self.start_guidance * (eps_c - eps_u), s, x).prev_sample
+            guided = t2i.guided_prediction(scale(x, s), s, cond, uncond, self.start_guidance, size, theta)
+            x = sched.step(guided, s, x).prev_sample
         if self.recipe == "current":
             t_k = sched.timesteps[n]
-            return sched.scale_model_input(x, t_k), t_k.reshape(1).to(t2i.device)
+            return scale(x, t_k), t_k.reshape(1).to(t2i.device)
         return x, torch.tensor([t], device=t2i.device)
 
     def loss(self, concept: str, gen: torch.Generator) -> torch.Tensor:

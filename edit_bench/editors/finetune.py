@@ -102,7 +102,7 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         return [sample_generator(self.seed, step, first + j) for j in range(self.batch_size)]
 
     def _set_checkpointing(self, on: bool) -> None:
-        unet = self.t2i.unet
+        unet = self.t2i.denoiser
         if on:
             unet.enable_gradient_checkpointing()
         elif getattr(unet, "is_gradient_checkpointing", False):

@@ -193,6 +193,11 @@ class T2IModel(nn.Module):
         return self.tokenizers[0]
 
     @property
+    def denoiser(self) -> nn.Module:
+        """The network that predicts the noise (here the UNet; an MMDiT's transformer)."""
+        return self.unet
+
+    @property
     def context_dim(self) -> int:
         return int(self.unet.config.cross_attention_dim)
 
@@ -420,6 +425,22 @@ class T2IModel(nn.Module):
             raise UsageError(f"this model's own scheduler {self.scheduler_class!r} is not one edit_bench runs "
                              f"({', '.join(SCHEDULERS.values())}): name a scheduler explicitly")
         return names[self.scheduler_class]
+
+    def latent_shape(self, size: int) -> tuple[int, int]:
+        """(channels, side) of the latents the denoiser sees at image side ``size``."""
+        return int(self.unet.config.in_channels), size // self.vae_scale_factor
+
+    def set_timesteps(self, sched, steps: int, h: int, device=None) -> None:
+        """Set ``sched``'s timesteps as the model's pipeline does (``h``: the latent side, used by flow models)."""
+        sched.set_timesteps(steps, device=device)
+
+    def guided_prediction(self, x: Tensor, t, cond: Conditioning, uncond: Conditioning, guidance: float,
+                          size: int | None = None, unet_parameters: dict[str, Tensor] | None = None) -> Tensor:
+        """The guided prediction a sampler steps with at ``guidance``: classifier-free guidance, both halves in one
+        batched forward (float32)."""
+        eps = self.noise_prediction(torch.cat([x, x]), t, Conditioning.cat([uncond, cond]), size, unet_parameters).float()
+        eps_u, eps_c = eps.chunk(2)
+        return eps_u + guidance * (eps_c - eps_u)
 
     def make_scheduler(self, name: str):
         import diffusers

@@ -290,6 +290,13 @@ class MMDiTModel(T2IModel):
             latents = sched.step(v.float(), t, latents).prev_sample
         return self.decode(latents)
 
+    def guided_prediction(self, x, t, cond, uncond, guidance, size=None, unet_parameters=None):
+        """SD3: classifier-free guidance; FLUX: one forward with ``guidance`` in the guidance embedding (FLUX-schnell,
+        which has none: the conditional prediction)."""
+        if self.family == "sd3":
+            return super().guided_prediction(x, t, cond, uncond, guidance, size, unet_parameters)
+        return self.noise_prediction(x, t, cond, size, unet_parameters, guidance=guidance).float()
+
     @staticmethod
     def _pack(x: Tensor) -> Tensor:
         b, c, h, w = x.shape
