@@ -160,3 +160,18 @@ def test_esd_on_flux_trains_the_text_side_of_the_joint_attention():
     assert any(not torch.equal(p, before[n]) for n, p in ed.edited_parameters().items())
     with pytest.raises(UsageError, match="recipe paper.*flow matching.*recipe current"):
         ESD(base="tiny:sd3").edited_parameters()
+
+
+def test_a_transformer_of_another_family_is_named_and_refused():
+    """A folder whose transformer is neither SD3's nor FLUX's (here a PixArt-style Transformer2DModel) is refused
+    with its class named, before anything runs."""
+    from diffusers import Transformer2DModel
+
+    from edit_bench.models.mmdit import MMDiTModel
+
+    comps = load_t2i("tiny:sd3")
+    parts = {k: getattr(comps, k) for k in ("vae", "text_encoder", "text_encoder_2")}
+    other = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, sample_size=8, num_layers=1,
+                               cross_attention_dim=16, norm_num_groups=4)
+    with pytest.raises(UsageError, match="unsupported transformer Transformer2DModel.*SD3Transformer2DModel.*FluxTransformer2DModel"):
+        MMDiTModel({**parts, "transformer": other, "tokenizer": comps.tokenizers[0], "scheduler": {}}, "x")
