@@ -283,6 +283,9 @@ def main(args: list[str] | None = None):
 
     editors, benchmarks = discover_editors(), discover_benchmarks()
     _check_class_args(sys.argv[1:] if args is None else list(args), {"--model": editors, "--data": benchmarks})
+    from .loggers import check_logger_args
+
+    check_logger_args(sys.argv[1:] if args is None else list(args))
     warnings.filterwarnings("ignore", message=".*transfer_batch_to_device.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")  # one batch list per rank

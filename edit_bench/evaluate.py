@@ -548,6 +548,9 @@ class Evaluation:
         results = self._results(the_plan, prov, run, scored, before, edits_before, wall, resumed)
         if cache is not None:
             results["samples"]["baseline_cache"] = {**cached, "path": str(cache.path)}
+        from .loggers import log_eval
+
+        results["loggers"] = log_eval(trainer, run.path, results)
         path = run.write_json("results.json", results)
         from .report import format_table
 

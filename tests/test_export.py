@@ -79,3 +79,30 @@ def test_export_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, capsy
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err, (args, err)
     assert not any(p.name.startswith((".o", "o")) for p in tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_eval_logs_its_numbers_to_csv_by_default_and_a_missing_logger_is_one_line(tmp_path, capsys):
+    import csv
+
+    out = tmp_path / "seq"
+    assert run_cli(["eval", "--model", "configs/editor/time.yaml", "--model.base", "tiny:sd1", "--data",
+                    "configs/benchmark/timed_tiny.yaml", "--data.rows", "0:2", "--data.protocol", "sequential",
+                    "--out_dir", out]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["loggers"] == ["CSVLogger"]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    by_step = {int(r["step"]): r for r in rows if r.get("efficacy")}
+    assert sorted(by_step) == [c["edits"] for c in res["curve"]] == [1, 2]
+    for c in res["curve"]:
+        assert float(by_step[c["edits"]]["efficacy"]) == pytest.approx(c["metrics"]["efficacy"]["mean"])
+    assert "editor: TIME" in (out / "hparams.yaml").read_text()
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:  # installed here: nothing missing to report
+        return
+    capsys.readouterr()
+    missing = tmp_path / "tb"
+    code = run_cli(["eval", "--model", "configs/editor/time.yaml", "--model.base", "tiny:sd1", "--data",
+                    "configs/benchmark/timed_tiny.yaml", "--trainer.logger", "WandbLogger", "--out_dir", missing])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs the package wandb, which is not installed" in err and not missing.exists()
