@@ -80,6 +80,10 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
                 + ([args[args.index("--table") + 1] + ".md"] if "--table" in args else [])
             assert all((out / f).is_file() for f in written), cmd
             continue
+        if args[0] == "export":
+            assert run_cli(args, cwd=tmp_path) == 0, cmd
+            assert (tmp_path / args[args.index("--out") + 1] / "model_index.json").is_file(), cmd
+            continue
         if args[0] == "bench":  # minutes on the toy world, a GPU for random:sd1: same code, 11 samples, 2 steps, CPU
             args = [{"random:sd1": "tiny:sd1", "ViT-bigG-14": "tiny:random", "gpu": "cpu", "16-mixed": "32-true"}.get(a, a)
                     for a in args] + ["--data.rows", "0:1", "--data.sampler.seeds", "[0]", "--data.sampler.steps", "2"]
@@ -131,6 +135,13 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch):
         out = tmp_path / args[args.index("--out_dir") + 1]
         expect = {"eval": "results.json", "fit": "edit.safetensors", "trace": "trace.json"}[args[0]]
         assert (out / expect).is_file() and (args[0] != "trace" or (out / "trace.png").is_file()), cmd
+    # "Use the edited model": its Python, in plain diffusers, on the folder `export` wrote
+    use = README.split("## Use the edited model", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", use, flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "README: Use the edited model", "exec"), scope)
+    assert scope["image"].size == (32, 32)
     res = json.loads((tmp_path / "runs/quickstart/results.json").read_text())
     assert res["editor"] == "TIME" and res["model"] == "toy" and res["baseline"] is not None
     # the main job reproduces the README's toy_timed rows (unedited and TIME), to the two decimals printed there
