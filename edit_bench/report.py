@@ -334,7 +334,14 @@ def main(argv=None) -> None:
     p.add_argument("--table", help="also lay the runs out as a published table, ours beside the paper's (e.g. "
                                    "mace_table1, mace_table2, esd_table2, mace_table3; toy_objects, toy_artists, toy_entities)")
     p.add_argument("--published", help="a published-values file instead of the shipped ones (edit_bench/published/)")
+    p.add_argument("--logger", choices=sorted(GRID_LOGGERS), help="also send the table and the image grid to this "
+                                                                     "Lightning logger (its package installed)")
+    p.add_argument("--logger_dir", default=None, help="the logger's save_dir (default: --out)")
     a = p.parse_args(argv)
+    if a.logger:
+        from .loggers import check_logger_args
+
+        check_logger_args(["--trainer.logger", GRID_LOGGERS[a.logger]])
     runs = [load_run(r) for r in a.runs]
     check_comparable(runs)
     table = None
@@ -357,5 +364,45 @@ def main(argv=None) -> None:
         image_grid([r for r in runs if r["benchmark"] == runs[0]["benchmark"]], a.grid, out / "grid.png",
                    regenerate=not a.no_regenerate)
         written.append("grid.png")
+    if a.logger:
+        written.append(log_report(a.logger, a.logger_dir or str(out), markdown_table(rows), out / "grid.png" if a.grid else None))
     print(table if table is not None else markdown_table(rows))
     print("edit_bench report: " + ", ".join(str(out / w) for w in written))
+
+
+GRID_LOGGERS = {"tensorboard": "TensorBoardLogger", "wandb": "WandbLogger", "mlflow": "MLFlowLogger"}
+
+
+def log_report(kind: str, save_dir: str, table_md: str, grid) -> str:
+    """Send the report's table (as text) and its grid (as an image) to a Lightning logger; returns where it went."""
+    from pathlib import Path
+
+    import numpy as np
+    from lightning.pytorch import loggers
+
+    lg = getattr(loggers, GRID_LOGGERS[kind])(save_dir=save_dir)
+    if kind == "tensorboard":
+        lg.experiment.add_text("report/table", table_md)
+        if grid is not None:
+            import matplotlib.image as mpimg
+
+            lg.experiment.add_image("report/grid", np.asarray(mpimg.imread(grid))[..., :3], dataformats="HWC")
+        lg.experiment.flush()
+        where = lg.log_dir
+    elif kind == "wandb":
+        lg.log_text(key="report/table", columns=["markdown"], data=[[table_md]])
+        if grid is not None:
+            lg.log_image(key="report/grid", images=[str(grid)])
+        where = f"wandb run {lg.experiment.id}"
+    else:  # mlflow: files of the run
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "table.md"
+            path.write_text(table_md)
+            lg.experiment.log_artifact(lg.run_id, str(path), "report")
+        if grid is not None:
+            lg.experiment.log_artifact(lg.run_id, str(grid), "report")
+        where = f"mlflow run {lg.run_id}"
+    lg.finalize("success")
+    return f"{kind}: {where}"

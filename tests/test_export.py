@@ -106,3 +106,18 @@ def test_eval_logs_its_numbers_to_csv_by_default_and_a_missing_logger_is_one_lin
                     "configs/benchmark/timed_tiny.yaml", "--trainer.logger", "WandbLogger", "--out_dir", missing])
     err = capsys.readouterr().err
     assert code == 2 and "needs the package wandb, which is not installed" in err and not missing.exists()
+
+
+def test_report_sends_its_table_and_grid_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert run_cli(["eval", "--model", "configs/editor/time.yaml", "--model.base", "tiny:sd1", "--data",
+                    "configs/benchmark/timed_tiny.yaml", "--data.rows", "0:1", "--out_dir", run]) == 0
+    assert run_cli(["report", run, "--out", tmp_path / "rep", "--grid", "2", "--logger", "tensorboard",
+                    "--logger_dir", tmp_path / "tb"]) == 0
+    events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "tensors": 0}).Reload()
+    assert acc.Tags()["images"] == ["report/grid"] and "report/table/text_summary" in acc.Tags()["tensors"]
