@@ -25,8 +25,10 @@ from .types import EditRequest
 
 REQUESTS = (EditRequest("A banana", "A blue banana"), EditRequest("A bear", "A polar bear"))
 LAYOUTS = ("tiny:sd1", "tiny:sd2", "tiny:sdxl")
-_COMPONENT = {"none": None, "cross_attn_kv": ("unet.", "transformer."),  # MMDiT: the text side's projections "text_encoder": ("text_encoder.", "text_encoder_2."),
-              "unet": ("unet.", "transformer.")}  # the denoiser: a UNet, or an MMDiT's transformer
+# The component each ``edits`` value may change; on an MMDiT the transformer holds both the text side's projections
+# (cross_attn_kv) and the rest of the denoiser (unet).
+_COMPONENT = {"none": None, "cross_attn_kv": ("unet.", "transformer."), "text_encoder": ("text_encoder.", "text_encoder_2."),
+              "unet": ("unet.", "transformer.")}
 
 
 def check_capabilities(cls: type[Editor]) -> None:
