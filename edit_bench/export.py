@@ -96,10 +96,10 @@ def model_card(meta: dict, edit_info: dict | None, t2i, runs: list[str], delta_n
     hub = base if base.count("/") == 1 and not base.startswith((".", "/", "~")) else None
     if hub or Path(base).expanduser().is_dir():
         where = hub or str(Path(base).expanduser().resolve())
-    elif base == "toy":
+    elif base in ("toy", "toy-mmdit"):
         from .models.toy import pipeline_dir
 
-        where = str(pipeline_dir())
+        where = str(pipeline_dir(base))
     else:  # tiny:/random: built by edit_bench's code, no folder of their own
         where = "THE_BASE_MODEL_FOLDER"
     head = ["---", "library_name: diffusers", "pipeline_tag: text-to-image",

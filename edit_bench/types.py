@@ -173,14 +173,20 @@ class SamplerConfig:
                              "the same here and there; use 1 for no guidance")
 
 
-@dataclass(frozen=True)
 class GenerationBatch:
     """What an editor's ``predict_step`` generates: samples of one case under that case's edit (``case`` set,
-    per-case protocol), or samples of any cases from the model as it is (``case=None``)."""
+    per-case protocol), or samples of any cases from the model as it is (``case=None``).
 
-    samples: tuple[Sample, ...]
-    sampler: SamplerConfig
-    case: EditCase | None = None
+    Deliberately not a dataclass: Lightning's ``*-true`` precisions convert a batch's tensors by rebuilding every
+    dataclass inside it, which frozen ones (a Sample, a case) refuse; a batch holds prompts and seeds, no tensor."""
+
+    __slots__ = ("samples", "sampler", "case")
+
+    def __init__(self, samples: tuple[Sample, ...], sampler: SamplerConfig, case: EditCase | None = None):
+        self.samples, self.sampler, self.case = tuple(samples), sampler, case
+
+    def __repr__(self) -> str:
+        return f"GenerationBatch({len(self.samples)} samples, case={getattr(self.case, 'id', None)!r})"
 
     def __len__(self):
         return len(self.samples)

@@ -32,6 +32,41 @@ def test_generate_equals_the_diffusers_pipeline(spec):
                   latents=latents, output_type="pt", max_sequence_length=m.t5_length).images
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
     assert not torch.allclose(ours[0], ours[1], atol=1e-3)
+    # a batch repeating its prompts (a case's seeds) encodes each once, to the same conditioning
+    calls = []
+    m.condition = lambda ps, _f=m.condition: calls.append(list(ps)) or _f(ps)
+    again = m.condition_batch(["a cat", "a red rose", "a cat"])
+    assert calls == [["a cat", "a red rose"]]
+    full = type(m).condition(m, ["a cat", "a red rose", "a cat"])
+    torch.testing.assert_close(again.context, full.context, atol=1e-6, rtol=0)
+    torch.testing.assert_close(again.pooled, full.pooled, atol=1e-6, rtol=0)
+
+
+def test_a_flux_without_guidance_embedding_samples_with_true_cfg_as_the_pipeline():
+    """A FLUX transformer without guidance embedding (schnell's layout; the toy MMDiT's) takes ``guidance`` as
+    FluxPipeline's ``true_cfg_scale`` with the empty negative prompt: equal to the pipeline, and unlike the
+    conditional prediction alone."""
+    from diffusers import FluxTransformer2DModel
+
+    from edit_bench.models.mmdit import MMDiTModel
+    from edit_bench.models.tiny import tiny_mmdit_components
+
+    comps = tiny_mmdit_components("flux")
+    torch.manual_seed(1)
+    comps["transformer"] = FluxTransformer2DModel(**{**comps["transformer"].config, "guidance_embeds": False})
+    m = MMDiTModel(comps, "tiny:flux").eval()
+    assert not m.guidance_embeds and m.true_cfg
+    prompts = ["a red rose", "a cat"]
+    ours = m.generate(prompts, [3, 4], FLOW)
+    c, h = m.latent_shape(32)
+    latents = torch.stack([torch.randn((c, h, h), generator=torch.Generator("cpu").manual_seed(s)) for s in (3, 4)])
+    pipe = m.diffusers_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(prompts, negative_prompt=[""] * 2, true_cfg_scale=4.0, height=32, width=32, num_inference_steps=3,
+                  latents=pipe._pack_latents(latents, 2, c, h, h), output_type="pt", max_sequence_length=m.t5_length).images
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    unguided = m.generate(prompts, [3, 4], SamplerConfig(scheduler="flow_euler", steps=3, guidance=1.0, size=32, seeds=[3, 4]))
+    assert not torch.allclose(ours, unguided, atol=1e-3)
 
 
 def test_a_saved_flux_folder_loads_to_the_same_images_and_a_missing_t5_is_named(tmp_path):
@@ -40,7 +75,9 @@ def test_a_saved_flux_folder_loads_to_the_same_images_and_a_missing_t5_is_named(
     m2 = load_t2i(str(tmp_path / "flux"))
     assert m2.family == "flux" and m2.guidance_embeds
     sampler = SamplerConfig(scheduler="flow_euler", steps=2, guidance=3.5, size=32, seeds=[0])
-    assert m2.t5_length == 512  # FluxPipeline's max_sequence_length; the tiny model reads 32 (T5 attends to its padding)
+    # FluxPipeline's max_sequence_length (512) or the T5-role tokenizer's limit where shorter: the CLIP tokenizer
+    # standing in for T5 here stops at 77 (the tiny model itself reads 32: T5 attends to its padding)
+    assert m2.t5_length == 77
     m2.t5_length = m.t5_length
     torch.testing.assert_close(m2.generate(["a cat"], [0], sampler), m.generate(["a cat"], [0], sampler), atol=1e-5, rtol=0)
     import shutil
@@ -143,6 +180,26 @@ def test_oce_on_flux_rotates_context_embedder_with_the_t5_prior(tmp_path):
     torch.testing.assert_close((W.double() @ x).norm(dim=0), (W0.double() @ x).norm(dim=0), rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("spec", ["tiny:sd3", "tiny:flux"])
+def test_the_adapter_names_the_editable_text_sites(spec):
+    """The text side's sites by role (no editor names a module path): the input projections of the sequence and the
+    pooled embedding, and the joint attention's text projections of every double-stream block; a role the family
+    lacks is one line."""
+    m = load_t2i(spec)
+    inputs = m.text_inputs()
+    assert list(inputs) == ["transformer.context_embedder", "transformer.time_text_embed.text_embedder.linear_1"]
+    assert inputs["transformer.context_embedder"].in_features == m.context_dim
+    assert next(iter(m.text_inputs(("pooled",)).values())).in_features == m.condition(["a cat"]).pooled.shape[-1]
+    blocks = len(m.transformer.transformer_blocks)
+    kv = m.joint_text_projections(("k", "v"))
+    assert len(kv) == 2 * blocks and all(n.startswith("transformer.transformer_blocks.") for n in kv)
+    assert len(m.joint_text_projections()) == 4 * blocks - (1 if spec == "tiny:sd3" else 0)  # SD3's last block: no to_add_out
+    with pytest.raises(UsageError, match="no text input 'clip' on a .* use sequence or pooled"):
+        m.text_inputs(("clip",))
+    with pytest.raises(UsageError, match="no joint-attention text projection 'x'"):
+        m.joint_text_projections(("x",))
+
+
 def test_esd_on_flux_trains_the_text_side_of_the_joint_attention():
     """ESD on an MMDiT (recipe current): ESD-x is the joint attention's text side, x_t comes from the model's own
     flow-matching sampler, and the paper recipe (CompVis's DDIM grid) is refused."""
@@ -153,7 +210,7 @@ def test_esd_on_flux_trains_the_text_side_of_the_joint_attention():
     names = set(ed.edited_parameters())
     assert {n.split(".")[-2] for n in names} == {"add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}, names
     assert all(".attn." in n for n in names) and not any(n.startswith("transformer.single_transformer_blocks") for n in names)
-    strict = mmdit_parameter_set(ed.t2i.transformer, "esd-x-strict")
+    strict = mmdit_parameter_set(ed.t2i, "esd-x-strict")
     assert {n.split(".")[-2] for n in strict} == {"add_k_proj", "add_v_proj"}
     before = {n: p.detach().clone() for n, p in ed.edited_parameters().items()}
     ed.apply_edit([EditRequest("a cat", "")])
@@ -175,3 +232,15 @@ def test_a_transformer_of_another_family_is_named_and_refused():
                                cross_attention_dim=16, norm_num_groups=4)
     with pytest.raises(UsageError, match="unsupported transformer Transformer2DModel.*SD3Transformer2DModel.*FluxTransformer2DModel"):
         MMDiTModel({**parts, "transformer": other, "tokenizer": comps.tokenizers[0], "scheduler": {}}, "x")
+
+
+def test_an_mmdit_evaluates_with_its_weights_in_bf16(tmp_path):
+    """``--trainer.precision bf16-true`` (configs/trainer/gpu_bf16_true.yaml: FLUX on a GPU) runs the whole eval with
+    the weights in bf16 (a batch is not a dataclass Lightning's input conversion would rebuild)."""
+    out = tmp_path / "run"
+    code = run_cli(["eval", "--model", "configs/editor/uce.yaml", "--model.base", "tiny:flux", "--data",
+                    "configs/benchmark/timed_tiny.yaml", "--data.sampler.scheduler", "flow_euler", "--data.rows", "0:1",
+                    "--trainer.precision", "bf16-true", "--out_dir", str(out)])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocol"]["precision"] == "bf16-true" and res["metrics"]["efficacy"]["n"] > 0

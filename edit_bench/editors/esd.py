@@ -93,27 +93,22 @@ def parameter_set(unet: torch.nn.Module, params: str) -> dict[str, torch.nn.Para
     raise UsageError(f"unknown ESD parameter set {params!r}: use one of {', '.join(PARAMS['paper'] + PARAMS['current'])}")
 
 
-TEXT_SIDE = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")  # the joint attention's text-stream projections
-
-
-def mmdit_parameter_set(transformer: torch.nn.Module, params: str) -> dict[str, torch.nn.Parameter]:
-    """ESD's trained parameters of an SD3 / FLUX transformer (recipe ``current``'s sets, re-expressed): the joint
-    attention's text side (``add_q/k/v_proj``, ``to_add_out``: where the text enters the image stream) plays
-    cross-attention's part. ``esd-x``: the Linear modules of the text side; ``esd-x-strict``: ``add_k_proj`` /
-    ``add_v_proj``; ``esd-u``: every other Linear/Conv2d module; ``esd-all``: all of them. FLUX's single-stream
-    blocks have no text-only projections: they are ESD-u's."""
+def mmdit_parameter_set(t2i, params: str) -> dict[str, torch.nn.Parameter]:
+    """ESD's trained parameters of an SD3 / FLUX transformer (recipe ``current``'s sets, re-expressed), by full name:
+    the joint attention's text side (:meth:`MMDiTModel.joint_text_projections`: where the text enters the image
+    stream) plays cross-attention's part. ``esd-x``: all four text projections (q, k, v, out); ``esd-x-strict``: k
+    and v; ``esd-u``: every other Linear/Conv2d module; ``esd-all``: all of them. FLUX's single-stream blocks have no
+    text-only projections: they are ESD-u's."""
     if params not in PARAMS["current"]:
         raise UsageError(f"ESD parameter set {params!r} is not defined on an MMDiT: use --model.init_args.recipe current "
                          f"with params one of {', '.join(PARAMS['current'])}")
+    text = t2i.joint_text_projections(("k", "v") if params == "esd-x-strict" else ("q", "k", "v", "out"))
     out = {}
-    for mod_name, mod in transformer.named_modules():
-        if type(mod).__name__ not in _LAYERS:
-            continue
-        leaf = mod_name.rsplit(".", 1)[-1]
-        x = ".attn." in f".{mod_name}." and leaf in TEXT_SIDE
-        keep = {"esd-x": x, "esd-u": not x, "esd-all": True, "esd-x-strict": leaf in ("add_k_proj", "add_v_proj")}[params]
-        if keep:
-            out.update({f"{mod_name}.{n}": p for n, p in mod.named_parameters()})
+    for mod_name, mod in t2i.transformer.named_modules():
+        name = f"transformer.{mod_name}"
+        if type(mod).__name__ in _LAYERS and {"esd-x": name in text, "esd-x-strict": name in text,
+                                               "esd-u": name not in text, "esd-all": True}[params]:
+            out.update({f"{name}.{n}": p for n, p in mod.named_parameters()})
     return out
 
 
@@ -176,8 +171,7 @@ class ESD(FineTuner):
             if self.recipe != "current":
                 raise UsageError(f"ESD recipe paper samples on CompVis's DDIM grid, which a {self.t2i.family} model "
                                  "(flow matching) has not: use --model.init_args.recipe current")
-            sets = mmdit_parameter_set(self.t2i.transformer, self.params)
-            return {f"transformer.{n}": p for n, p in sets.items()}
+            return mmdit_parameter_set(self.t2i, self.params)
         out = {f"unet.{n}": p for n, p in parameter_set(self.t2i.unet, self.params).items()}
         if not out:
             raise UsageError(f"ESD parameter set {self.params!r} selects no parameter of this {self.t2i.family} UNet")

@@ -76,7 +76,7 @@ class OCE(Editor):
             raise UsageError(f"expand must be null, 'art' or 'object', got {expand!r}")
         self.erase_scale, self.global_scale, self.concept_scale, self.lam = erase_scale, global_scale, concept_scale, lam
         self.expand, self.preserve = expand, tuple(preserve)
-        self.corpus = corpus or (TOY_CORPUS if base == "toy" else DEFAULT_CORPUS)
+        self.corpus = corpus or (TOY_CORPUS if base in ("toy", "toy-mmdit") else DEFAULT_CORPUS)
         self.corpus_samples, self.stats_dir = corpus_samples, stats_dir
         if sign not in ("kabsch", "last_column"):
             raise UsageError(f"sign must be 'kabsch' or 'last_column' (OCE's code), got {sign!r}")
@@ -85,7 +85,7 @@ class OCE(Editor):
 
     def edited_parameters(self):
         if self.t2i.family in ("sd3", "flux"):  # OCE's FLUX form rotates the text side's input projection
-            return {"transformer.context_embedder.weight": self.t2i.transformer.context_embedder.weight}
+            return {f"{n}.weight": m.weight for n, m in self.t2i.text_inputs(("sequence",)).items()}
         return self.cross_attn_kv(None, with_to_k=False)
 
     def pairs(self, requests) -> tuple[list[str], list[str]]:

@@ -35,7 +35,6 @@ from .ridge import RidgeSystem, ridge_update_
 from ..errors import UsageError
 
 MMDIT = ("sd3", "flux")
-MMDIT_SITES = ("context_embedder", "time_text_embed.text_embedder.linear_1")  # the text side's input projections
 
 # Prompt expansion (``--add_prompts`` / ``--expand_prompts``) of both published scripts.
 TEMPLATES = {
@@ -138,8 +137,7 @@ class UCE(Editor):
 
     def edited_parameters(self):
         if self.t2i.family in MMDIT:  # the text side's two input projections (see _edit_mmdit)
-            t = self.t2i.transformer
-            return {f"transformer.{n}.weight": t.get_submodule(n).weight for n in MMDIT_SITES}
+            return {f"{n}.weight": m.weight for n, m in self.t2i.text_inputs(("sequence", "pooled")).items()}
         return self.cross_attn_kv(None, self.with_to_k)
 
     # ------------------------------------------------------------------ keys and values

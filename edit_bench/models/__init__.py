@@ -2,6 +2,7 @@
 
 Specs:
     ``toy``: the shipped, trained toy world (an SD-1-layout pipeline folder; see ``edit_bench.models.toy``).
+    ``toy-mmdit``: the same world with a FLUX-layout transformer (a ``FluxPipeline`` folder).
     ``tiny:sd1`` | ``tiny:sd2`` | ``tiny:sdxl`` | ``tiny:sd3`` | ``tiny:flux``: random tiny models with the real
     layouts (tests only; SD3 and FLUX are :class:`~edit_bench.models.mmdit.MMDiTModel`).
     ``random:sd1`` | ``random:sd2`` | ``random:sdxl`` | ``random:sd3`` | ``random:flux``: random models with the
@@ -97,10 +98,10 @@ def load_t2i(spec: str, dtype=None, device=None, delta: str | Path | None = None
 
     if not isinstance(spec, str) or not spec:
         raise ModelNotAvailable(f"model spec must be a non-empty string, got {spec!r}")
-    if spec == "toy":
+    if spec in ("toy", "toy-mmdit"):
         from .toy import pipeline_dir
 
-        comps, ident = _load_folder(pipeline_dir()), folder_identity(pipeline_dir())
+        comps, ident = _load_folder(pipeline_dir(spec)), folder_identity(pipeline_dir(spec))
     elif spec.startswith("tiny:"):
         from . import tiny
         from .tiny import FAMILIES, MMDIT_FAMILIES, tiny_components, tiny_mmdit_components
@@ -131,7 +132,7 @@ def load_t2i(spec: str, dtype=None, device=None, delta: str | Path | None = None
     else:
         raise ModelNotAvailable(
             f"model {spec!r} is not available: it is neither a local folder nor a hub id of the form "
-            "'org/name'. Use tiny:sd1|sd2|sdxl|sd3|flux, random:sd1|sd2|sdxl|sd3|flux, a local diffusers folder, "
+            "'org/name'. Use toy, toy-mmdit, tiny:sd1|sd2|sdxl|sd3|flux, random:sd1|sd2|sdxl|sd3|flux, a local diffusers folder, "
             "or a cached hub id."
         )
     # float32 unless asked otherwise (folders may hold fp16 weights); Lightning's precision casts later

@@ -8,7 +8,8 @@ What differs from the UNet families, and where each piece follows diffusers' pip
   = CLIP-L's EOS state. A missing T5 (SD3 allows it) conditions on zeros, as the pipeline does.
 - sampling: the flow-matching Euler scheduler (``flow_euler``; the only one these models run). SD3 applies
   classifier-free guidance with the empty prompt; FLUX-dev feeds the guidance value to its guidance embedding
-  (no second forward), FLUX-schnell has none. FLUX's image-sequence-length shift (``mu``) is the pipeline's.
+  (no second forward); a FLUX without one (schnell's layout, the toy MMDiT) takes it as FluxPipeline's
+  ``true_cfg_scale`` with the empty negative prompt (``guidance`` 1 or less: the conditional prediction alone). FLUX's image-sequence-length shift (``mu``) is the pipeline's.
 - latents are kept as images ``[B, C, h, w]``; FLUX's 2x2 packing happens inside :meth:`noise_prediction`.
 
 The editable sites (``context_embedder``, the joint attention's text projections ``add_k_proj``/``add_v_proj``)
@@ -26,6 +27,11 @@ from .adapter import Conditioning, T2IModel
 
 FLOW = "flow_euler"  # the scheduler name of FlowMatchEulerDiscreteScheduler in a benchmark's sampler
 T5_LENGTH = {"sd3": 256, "flux": 512}  # the pipelines' default max_sequence_length
+# The editable text sites, by role (the same module paths in SD3's and FLUX's transformers): where the text enters the
+# transformer (the sequence's ``context_embedder``, the pooled embedding's projection) and the joint attention's
+# text-stream projections of every double-stream block (FLUX's single-stream blocks have none).
+TEXT_INPUTS = {"sequence": "context_embedder", "pooled": "time_text_embed.text_embedder.linear_1"}
+TEXT_PROJECTIONS = {"q": "add_q_proj", "k": "add_k_proj", "v": "add_v_proj", "out": "to_add_out"}
 
 
 def _calculate_shift(seq_len: int, cfg: dict) -> float:
@@ -58,7 +64,12 @@ class MMDiTModel(T2IModel):
         self.scheduler_class = components.get("scheduler_class")
         self.force_zeros_for_empty_prompt = False
         self.family = self.detect_family()
-        self.t5_length = int(components.get("max_sequence_length") or T5_LENGTH[self.family])
+        _, t5_tok = self._t5()
+        # the pipelines' default sequence length, or the T5-role tokenizer's own limit where that is shorter (the toy
+        # MMDiT's encoder has 32 positions)
+        limit = int(getattr(t5_tok, "model_max_length", 0) or 0) if t5_tok is not None else 0
+        default = min(T5_LENGTH[self.family], limit) if 0 < limit else T5_LENGTH[self.family]
+        self.t5_length = int(components.get("max_sequence_length") or default)
         self.requires_grad_(False)
 
     # ----------------------------------------------------------------- structure
@@ -120,6 +131,27 @@ class MMDiTModel(T2IModel):
         enc = self.text_encoder_2 if self.family == "flux" else self.text_encoder_3
         return enc, (self.tokenizers[i] if len(self.tokenizers) > i else None)
 
+    def text_inputs(self, roles=("sequence", "pooled")) -> dict[str, nn.Linear]:
+        """The transformer's text input projections by full name (``transformer.context_embedder``, ...), for
+        ``roles`` among ``sequence`` (the token states, ``context``) and ``pooled`` (the pooled embedding, added to the
+        timestep's)."""
+        bad = [r for r in roles if r not in TEXT_INPUTS]
+        if bad:
+            raise UsageError(f"no text input {bad[0]!r} on a {self.family} transformer: use {' or '.join(TEXT_INPUTS)}")
+        return {f"transformer.{TEXT_INPUTS[r]}": self.transformer.get_submodule(TEXT_INPUTS[r]) for r in roles}
+
+    def joint_text_projections(self, roles=tuple(TEXT_PROJECTIONS)) -> dict[str, nn.Module]:
+        """The joint attention's text-stream projections by full name (``transformer.transformer_blocks.0.attn.add_k_proj``,
+        ...), for ``roles`` among ``q``, ``k``, ``v`` (the text's query/key/value in the joint attention: what
+        cross-attention's ``to_q``/``to_k``/``to_v`` of the text are) and ``out`` (the text stream's output)."""
+        bad = [r for r in roles if r not in TEXT_PROJECTIONS]
+        if bad:
+            raise UsageError(f"no joint-attention text projection {bad[0]!r} on a {self.family} transformer: "
+                             f"use {', '.join(TEXT_PROJECTIONS)}")
+        leaves = {TEXT_PROJECTIONS[r] for r in roles}
+        return {f"transformer.{n}": m for n, m in self.transformer.named_modules()
+                if ".attn." in f".{n}." and n.rsplit(".", 1)[-1] in leaves}
+
     def cross_attn(self, select=None):
         raise UsageError(f"this {self.family} model has joint attention, not cross-attention sites: the editor needs "
                          "its MMDiT form (the joint attention's text projections add_k_proj/add_v_proj)")
@@ -161,6 +193,16 @@ class MMDiTModel(T2IModel):
         t5 = self._t5_states(prompts)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return Conditioning(torch.cat([clip, t5.to(clip.dtype)], dim=-2), torch.cat([out1[0], out2[0]], dim=-1))
+
+    def condition_batch(self, prompts: list[str]) -> Conditioning:
+        """:meth:`condition` of a generation batch with each distinct prompt encoded once (a case's samples repeat
+        its prompts once per seed; FLUX's and SD3's T5-XXL is 4.8 B parameters, a third of FLUX's forward cost)."""
+        uniq = list(dict.fromkeys(prompts))
+        if len(uniq) == len(prompts):
+            return self.condition(prompts)
+        c = self.condition(uniq)
+        idx = torch.tensor([uniq.index(p) for p in prompts], device=c.context.device)
+        return Conditioning(c.context[idx], c.pooled[idx])
 
     def last_token_positions(self, prompt: str) -> list[int]:
         """Where a prompt's last token sits in ``context``, as UCE's and OCE's FLUX code reads it: the T5 tokenizer's
@@ -267,8 +309,8 @@ class MMDiTModel(T2IModel):
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], sampler, conditioning: Conditioning | None = None) -> Tensor:
         """Images ``[B, 3, H, W]`` in [0, 1]; each sample's noise from its own ``torch.Generator("cpu")``, as in
-        :meth:`T2IModel.generate`. SD3: batched classifier-free guidance where ``guidance > 1``; FLUX: the guidance
-        value goes to the guidance embedding (FLUX-dev) and there is one forward per step."""
+        :meth:`T2IModel.generate`. SD3 and a FLUX without guidance embedding: batched classifier-free guidance where
+        ``guidance > 1``; FLUX-dev: the guidance value goes to the guidance embedding and there is one forward per step."""
         if len(prompts) != len(seeds):
             raise UsageError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         self.check_sampler(sampler)
@@ -278,8 +320,8 @@ class MMDiTModel(T2IModel):
         latents = torch.stack([torch.randn((c, h, h), generator=g, dtype=torch.float32) for g in gens]).to(self.device)
         sched = self.make_scheduler(sampler.scheduler)
         self.set_timesteps(sched, sampler.steps, h, self.device)
-        cond = conditioning if conditioning is not None else self.condition(prompts)
-        cfg = self.family == "sd3" and sampler.guidance > 1
+        cond = conditioning if conditioning is not None else self.condition_batch(prompts)
+        cfg = self.true_cfg and sampler.guidance > 1
         both = Conditioning.cat([self.unconditional(n), cond]) if cfg else cond
         for t in sched.timesteps:
             x = torch.cat([latents, latents]) if cfg else latents
@@ -290,10 +332,17 @@ class MMDiTModel(T2IModel):
             latents = sched.step(v.float(), t, latents).prev_sample
         return self.decode(latents)
 
+    @property
+    def true_cfg(self) -> bool:
+        """Whether ``guidance`` is classifier-free guidance with the empty prompt (SD3; a FLUX without a guidance
+        embedding, where it is FluxPipeline's ``true_cfg_scale`` with ``negative_prompt=""``) rather than the value fed
+        to FLUX-dev's guidance embedding."""
+        return self.family == "sd3" or not self.guidance_embeds
+
     def guided_prediction(self, x, t, cond, uncond, guidance, size=None, unet_parameters=None):
-        """SD3: classifier-free guidance; FLUX: one forward with ``guidance`` in the guidance embedding (FLUX-schnell,
-        which has none: the conditional prediction)."""
-        if self.family == "sd3":
+        """SD3 and a FLUX without guidance embedding: classifier-free guidance; FLUX-dev: one forward with ``guidance``
+        in the guidance embedding."""
+        if self.true_cfg:
             return super().guided_prediction(x, t, cond, uncond, guidance, size, unet_parameters)
         return self.noise_prediction(x, t, cond, size, unet_parameters, guidance=guidance).float()
 

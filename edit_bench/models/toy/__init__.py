@@ -1,7 +1,7 @@
 """The toy world: a trained tiny text-to-image model and CLIP judge of a synthetic shapes world.
 
 ``load_t2i("toy")`` loads the shipped pipeline folder through the same code path as a real Stable
-Diffusion folder; a benchmark's ``judge: {model: toy}`` loads the shipped open_clip folder. ``world``
+Diffusion folder, ``load_t2i("toy-mmdit")`` the same world's FLUX-layout pipeline; a benchmark's ``judge: {model: toy}`` loads the shipped open_clip folder. ``world``
 defines the world (renderer, captions, defaults, analyser); ``train`` trains both models;
 ``quality`` measures them against the renderer's ground truth; ``cases`` writes the toy benchmarks.
 """
@@ -18,12 +18,20 @@ WEIGHTS = Path(__file__).parent / "weights"
 _HOW = "train them with `python -m edit_bench.models.toy.train` (see the README, 'The toy world')"
 
 
-def pipeline_dir() -> Path:
-    d = WEIGHTS / "pipeline"
+# the toy MMDiT's sampler: the same but for the flow-matching scheduler (configs/sampler/toy_mmdit.yaml)
+MMDIT_SAMPLER = SamplerConfig(scheduler="flow_euler", steps=20, guidance=4.0, size=32, seeds=[0, 1, 2, 3])
+
+# model specs of the shipped worlds -> their folders under WEIGHTS
+SPECS = {"toy": "pipeline", "toy-mmdit": "pipeline_mmdit"}
+
+
+def pipeline_dir(spec: str = "toy") -> Path:
+    d = WEIGHTS / SPECS[spec]
     if not (d / "model_index.json").is_file():
         from .. import ModelNotAvailable
 
-        raise ModelNotAvailable(f"the toy world's pipeline is missing from {d}: {_HOW}")
+        stage = " --stages mmdit" if spec == "toy-mmdit" else ""
+        raise ModelNotAvailable(f"the toy world's {spec} pipeline is missing from {d}: {_HOW}{stage}")
     return d
 
 

@@ -93,15 +93,18 @@ def measure_styles(model, judge, generate, rng: random.Random, n: int) -> dict:
 
 
 @torch.no_grad()
-def measure(n: int = 240, steps: int = SAMPLER.steps, guidance: float = SAMPLER.guidance, scheduler: str = SAMPLER.scheduler,
+def measure(n: int = 240, steps: int = SAMPLER.steps, guidance: float = SAMPLER.guidance, scheduler: str | None = None,
             seed: int = 1234, model: str = "toy", judge: str = "toy", styles: bool = False) -> dict:
-    """The quality table. ``model``/``judge``: another toy pipeline folder and ``local-dir:`` judge (a retrain
-    before it ships); ``styles``: also measure the styles (v4)."""
+    """The quality table. ``model``/``judge``: ``toy-mmdit``, another toy pipeline folder and ``local-dir:`` judge (a
+    retrain before it ships); ``scheduler``: the toy sampler's (DDIM) where ``None``, flow matching for an MMDiT;
+    ``styles``: also measure the styles (v4)."""
     from ...metrics import ClipJudge, JudgeConfig
     from .. import load_t2i
 
     rng = random.Random(seed)
-    model = load_t2i(model)
+    spec, model = model, load_t2i(model)
+    if scheduler is None:
+        scheduler = SAMPLER.scheduler if model.family in ("sd1", "sd2", "sdxl") else model.default_scheduler
     judge = ClipJudge(JudgeConfig(model=judge))
     sampler = SamplerConfig(scheduler=scheduler, steps=steps, guidance=guidance, size=SAMPLER.size, seeds=[0])
 
@@ -133,7 +136,7 @@ def measure(n: int = 240, steps: int = SAMPLER.steps, guidance: float = SAMPLER.
     readable = [i for i, r in enumerate(read) if r.colour and r.shape]
     ana = world.analyse(rendered)
     out = {
-        "protocol": {"n": n, "scheduler": scheduler, "steps": steps, "guidance": guidance, "seed": seed},
+        "protocol": {"model": spec, "n": n, "scheduler": scheduler, "steps": steps, "guidance": guidance, "seed": seed},
         "generated_explicit": {"colour": sum(r.colour == s.colour for r, s in zip(read, scenes)) / n,
                                "shape": sum(r.shape == s.shape for r, s in zip(read, scenes)) / n,
                                "background": sum(r.background == s.background for r, s in zip(read, scenes)) / n,
@@ -158,7 +161,8 @@ def measure(n: int = 240, steps: int = SAMPLER.steps, guidance: float = SAMPLER.
 
 @torch.no_grad()
 def edited_pixels(editor_yaml: str, steps: int = SAMPLER.steps, guidance: float = SAMPLER.guidance,
-                  scheduler: str = SAMPLER.scheduler, seeds=tuple(SAMPLER.seeds), path: str = "datasets/toy/toy_timed.csv") -> dict:
+                  scheduler: str = SAMPLER.scheduler, seeds=tuple(SAMPLER.seeds), path: str = "datasets/toy/toy_timed.csv",
+                  model: str = "toy") -> dict:
     """Apply each toy TIMED case with the editor of ``editor_yaml`` and read its efficacy / generality
     images: does the pixel analyser see the target colour (and shape)? Also the judge's verdict."""
     import importlib
@@ -170,7 +174,7 @@ def edited_pixels(editor_yaml: str, steps: int = SAMPLER.steps, guidance: float 
 
     cfg = yaml.safe_load(Path(editor_yaml).read_text())
     mod, _, name = cfg["class_path"].rpartition(".")
-    editor = getattr(importlib.import_module(mod), name)(**(cfg.get("init_args") or {}), base="toy")
+    editor = getattr(importlib.import_module(mod), name)(**{**(cfg.get("init_args") or {}), "base": model})
     judge = ClipJudge(JudgeConfig(model="toy"))
     sampler = SamplerConfig(scheduler=scheduler, steps=steps, guidance=guidance, size=SAMPLER.size, seeds=list(seeds))
     out = {}
@@ -200,16 +204,16 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=240)
     p.add_argument("--steps", type=int, default=SAMPLER.steps)
     p.add_argument("--guidance", type=float, default=SAMPLER.guidance)
-    p.add_argument("--scheduler", default=SAMPLER.scheduler)
+    p.add_argument("--scheduler", default=None, help=f"default: {SAMPLER.scheduler} (flow_euler for toy-mmdit)")
     p.add_argument("--editor", default=None, help="also read an editor's toy TIMED edits from the pixels")
     p.add_argument("--out", default=None)
-    p.add_argument("--model", default="toy", help="a toy pipeline folder (a retrain before it ships)")
+    p.add_argument("--model", default="toy", help="toy, toy-mmdit, or a toy pipeline folder (a retrain before it ships)")
     p.add_argument("--judge", default="toy", help="its judge, e.g. local-dir:OUT/judge")
     p.add_argument("--styles", action="store_true", help="also measure the styles (toy world v4)")
     a = p.parse_args(argv)
     res = measure(a.n, a.steps, a.guidance, a.scheduler, model=a.model, judge=a.judge, styles=a.styles)
     if a.editor:
-        res["edited_pixels"] = edited_pixels(a.editor, a.steps, a.guidance, a.scheduler)
+        res["edited_pixels"] = edited_pixels(a.editor, a.steps, a.guidance, res["protocol"]["scheduler"], model=a.model)
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:

@@ -45,6 +45,14 @@ UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, bl
             norm_num_groups=16, attention_head_dim=4, cross_attention_dim=64,
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+# The toy MMDiT (``--model.base toy-mmdit``): FLUX.1's layout (double-stream joint blocks, then single-stream blocks,
+# 2x2-packed latents, RoPE over (text, row, column) ids, a pooled-text embedding added to the timestep's) at toy size,
+# without FLUX-dev's guidance embedding (that is distilled from a guided teacher): it is sampled with classifier-free
+# guidance on the empty prompt, FluxPipeline's ``true_cfg_scale``. 2.3 M parameters (the SD-1 toy UNet: 3.3 M).
+MMDIT = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=32, num_attention_heads=4,
+             joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False, axes_dims_rope=(8, 12, 12))
+# its text sequence: the toy captions are at most 13 tokens with BOS/EOS; FLUX's T5 takes 512, the toy encoder 32
+MMDIT_TEXT_LENGTH = 32
 VAE = dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=32, layers_per_block=1,
            block_out_channels=(16, 32, 64), norm_num_groups=8,
            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
@@ -197,14 +205,17 @@ class TextStage(L.LightningModule):
         return [opt], [{"scheduler": _cosine(opt, 100, self.steps), "interval": "step"}]
 
 
-def encode_captions(text, tok, caps: list[str], batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen encoder's states ``[n, 77, D]`` of ``caps`` and their padding masks ``[n, 77]`` (the
-    positions after the first end-of-text token)."""
-    ids = tok(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+def encode_captions(text, tok, caps: list[str], batch: int = 512, length: int = 77,
+                    pooled: bool = False) -> tuple[torch.Tensor, ...]:
+    """The frozen encoder's states ``[n, length, D]`` of ``caps`` and their padding masks ``[n, length]`` (the
+    positions after the first end-of-text token); with ``pooled``, also the pooled (EOS) states ``[n, D]``."""
+    ids = tok(caps, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
-        states = torch.cat([text(ids[i:i + batch])[0] for i in range(0, len(ids), batch)])
+        outs = [text(ids[i:i + batch]) for i in range(0, len(ids), batch)]
+    states = torch.cat([o[0] for o in outs])
     eos = (ids == tok.eos_token_id).int().argmax(1)
-    return states, torch.arange(ids.shape[1])[None] > eos[:, None]
+    pad = torch.arange(ids.shape[1])[None] > eos[:, None]
+    return (states, pad, torch.cat([o.pooler_output for o in outs])) if pooled else (states, pad)
 
 
 def swap_padding(ctx: torch.Tensor, pad: torch.Tensor, clean: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -212,6 +223,46 @@ def swap_padding(ctx: torch.Tensor, pad: torch.Tensor, clean: torch.Tensor, perm
     else the empty caption's states ``clean`` ``[77, D]``; word, BOS and EOS states are kept."""
     other = torch.where(pad[perm][..., None], ctx[perm], clean.expand_as(ctx))
     return torch.where(pad[..., None], other, ctx)
+
+
+class MMDiTStage(L.LightningModule):
+    """The FLUX-layout transformer (``MMDIT``) on the same frozen text states, trained by flow matching as FLUX and
+    SD3 are: ``x_t = (1 - s) x_0 + s e`` with ``s`` logit-normal (SD3's ``sigmoid(N(0, 1))``), the transformer predicting
+    the velocity ``e - x_0`` from ``x_t``, ``s`` (its timestep, 0..1), the sequence states and the pooled (EOS) state.
+    The sequence's padding is swapped between captions as in :class:`T2IStage`; the pooled state is the caption's own."""
+
+    def __init__(self, context: torch.Tensor, pad: torch.Tensor, clean: torch.Tensor, pooled: torch.Tensor, steps: int,
+                 lr: float = 5e-4):
+        super().__init__()
+        from diffusers import FluxTransformer2DModel
+
+        self.context, self.pad, self.clean, self.pooled = context, pad, clean, pooled  # not parameters
+        self.transformer = FluxTransformer2DModel(**MMDIT)
+        self.steps, self.lr = steps, lr
+
+    def training_step(self, batch, _):
+        from ..mmdit import MMDiTModel
+
+        z, idx = batch
+        idx = idx.cpu()
+        ctx = swap_padding(self.context[idx], self.pad[idx], self.clean, torch.randperm(len(idx))).to(z.device)
+        s = torch.sigmoid(torch.randn(z.shape[0], device=z.device))
+        eps = torch.randn_like(z)
+        x = (1 - s[:, None, None, None]) * z + s[:, None, None, None] * eps
+        h = z.shape[-1] // 2
+        ids = torch.zeros(h, h, 3)
+        ids[..., 1] += torch.arange(h)[:, None]
+        ids[..., 2] += torch.arange(h)[None, :]
+        pred = self.transformer(hidden_states=MMDiTModel._pack(x), timestep=s, pooled_projections=self.pooled[idx].to(z.device),
+                                encoder_hidden_states=ctx, txt_ids=torch.zeros(ctx.shape[1], 3, device=z.device),
+                                img_ids=ids.reshape(-1, 3).to(z.device), return_dict=False)[0]
+        loss = F.mse_loss(MMDiTModel._unpack(pred, *z.shape[-2:]), eps - z)
+        self.log("flow", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.transformer.parameters(), lr=self.lr, weight_decay=0.01)
+        return [opt], [{"scheduler": _cosine(opt, 200, self.steps), "interval": "step"}]
 
 
 class T2IStage(L.LightningModule):
@@ -308,6 +359,42 @@ def _trainer(steps: int, accelerator: str) -> L.Trainer:
                      log_every_n_steps=50)
 
 
+def train_mmdit(out: Path, caps: list[str], imgs: torch.Tensor, tok, a) -> dict:
+    """The toy MMDiT on the text encoder and VAE of the SD-1 toy: written as a ``FluxPipeline`` folder
+    ``out/pipeline_mmdit`` whose two text encoders (CLIP-L's role: the pooled EOS state; T5's role: the sequence) are
+    both the toy encoder, and whose VAE carries FLUX's latent ``shift_factor``/``scaling_factor`` measured on the data."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import CLIPTextModel
+
+    from ..tiny import FLUX_SCHEDULER
+    from ..tokenizer import clip_tokenizer
+
+    src = lambda stage, comp: out / stage if (out / stage).is_dir() else out / "pipeline" / comp  # noqa: E731
+    vae = AutoencoderKL.from_pretrained(src("stage_vae", "vae"), torch_dtype=torch.float32).eval()
+    text = CLIPTextModel.from_pretrained(src("stage_text", "text_encoder"), torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        z = torch.cat([vae.encode(imgs[i:i + 512].float() / 127.5 - 1).latent_dist.mean for i in range(0, len(imgs), 512)])
+    shift = float(z.mean())
+    scale = float(1 / (z - shift).std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    z = (z - shift) * scale
+    uniq = sorted(set(caps) | {""})
+    where = {c: i for i, c in enumerate(uniq)}
+    context, pad, pooled = encode_captions(text, tok, uniq, length=MMDIT_TEXT_LENGTH, pooled=True)
+    idx = torch.tensor([where[c] for c in caps])
+    L.seed_everything(a.seed + 3, workers=True)
+    stage = MMDiTStage(context, pad, context[where[""]], pooled, a.mmdit_steps)
+    _trainer(a.mmdit_steps, a.accelerator).fit(stage, DataLoader(TensorDataset(z, idx), batch_size=a.batch,
+                                                                shuffle=True, drop_last=True))
+    tok2 = clip_tokenizer()
+    tok2.model_max_length = MMDIT_TEXT_LENGTH  # the loader reads the sequence length from the T5-role tokenizer
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=vae, text_encoder=text,
+                        tokenizer=tok, text_encoder_2=text, tokenizer_2=tok2, transformer=stage.transformer.eval())
+    pipe.to(torch.float16).save_pretrained(out / "pipeline_mmdit")
+    return {"seed": a.seed, "steps": a.mmdit_steps, "batch": a.batch, "n": a.n, "styles": a.styles,
+            "shift_factor": shift, "scaling_factor": scale, "final_flow_loss": float(stage.trainer.callback_metrics["flow"])}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(Path(__file__).parent / "weights"))
@@ -317,9 +404,12 @@ def main(argv=None):
     p.add_argument("--vae_steps", type=int, default=2500)
     p.add_argument("--t2i_steps", type=int, default=4500)
     p.add_argument("--judge_steps", type=int, default=3000)
+    p.add_argument("--mmdit_steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--accelerator", default="auto")
-    p.add_argument("--stages", default="text,vae,t2i,judge")
+    p.add_argument("--stages", default="text,vae,t2i,judge",
+                   help="comma-separated; `mmdit` trains the toy MMDiT (toy-mmdit) on the text encoder and VAE of a "
+                        "finished run (stage_text/ and stage_vae/, else the shipped pipeline/)")
     p.add_argument("--styles", type=float, default=0.35,
                    help="fraction of captions that name a style (0 and --vae_steps 800: the v3 world, which drew none)")
     a = p.parse_args(argv)
@@ -332,7 +422,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(a.seed, workers=True)
     stages, log = a.stages.split(","), {"seed": a.seed, "args": vars(a)}
-    if "vae" in stages or "t2i" in stages:  # the judge renders its own batches
+    if "vae" in stages or "t2i" in stages or "mmdit" in stages:  # the judge renders its own batches
         t0 = time.time()
         caps, imgs = make_data(a.n, a.seed, a.styles)
         log["data_s"] = time.time() - t0
@@ -381,6 +471,10 @@ def main(argv=None):
                                        feature_extractor=None, requires_safety_checker=False)
         pipe.to(torch.float16).save_pretrained(pipe_dir)
         log["t2i_s"] = time.time() - t0
+    if "mmdit" in stages:
+        t0 = time.time()
+        log["mmdit"] = train_mmdit(out, caps, imgs, tok, a)
+        log["mmdit"]["mmdit_s"] = time.time() - t0
     if "judge" in stages:
         from safetensors.torch import save_file
 
@@ -396,6 +490,8 @@ def main(argv=None):
         (jdir / "open_clip_config.json").write_text(json.dumps(cfg, indent=1))
         save_file({k: v.half().contiguous() for k, v in judge.clip.state_dict().items()}, str(jdir / "open_clip_model.safetensors"))
         log["judge_s"] = time.time() - t0
+    if set(stages) == {"mmdit"}:  # the SD-1 stages' record stays as it is
+        log = {"mmdit": {**log["mmdit"], "data_s": log["data_s"]}}
     prev = json.loads((out / "train_log.json").read_text()) if (out / "train_log.json").exists() else {}
     (out / "train_log.json").write_text(json.dumps({**prev, **log}, indent=1))
     print(json.dumps(log, indent=1))
