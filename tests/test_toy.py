@@ -251,3 +251,61 @@ def test_artist_erasure_baseline_draws_the_style_the_judge_sees(tmp_path):
     b, m = res["baseline"], res["metrics"]
     assert b["efficacy"]["mean"] <= 0.25 and b["generality"]["mean"] <= 0.25 and b["specificity"]["mean"] >= 0.75, b
     assert m["efficacy"]["mean"] >= b["efficacy"]["mean"] + 0.5, m
+
+
+# ---------------------------------------------------------------------- the toy MMDiT (toy-mmdit)
+MMDIT_SAMPLER = dict(scheduler="flow_euler", steps=20, guidance=4.0, size=32)
+
+
+def test_the_toy_mmdit_is_a_flux_folder_and_generates_as_flux_pipeline():
+    """toy-mmdit loads as a FLUX model (no guidance embedding; the toy encoder in both text roles, 32 sequence
+    positions) and generates what diffusers' FluxPipeline generates from the same folder (true CFG on "")."""
+    from diffusers import FluxPipeline
+
+    from edit_bench.models import load_t2i
+    from edit_bench.models.toy import MMDIT_SAMPLER as SHIPPED, pipeline_dir
+    from edit_bench.types import SamplerConfig
+
+    m = load_t2i("toy-mmdit")
+    assert m.family == "flux" and not m.guidance_embeds and m.t5_length == 32 and m.native_size == 32
+    assert {**MMDIT_SAMPLER, "seeds": [0, 1, 2, 3]} == {k: getattr(SHIPPED, k) for k in (*MMDIT_SAMPLER, "seeds")}
+    s = SamplerConfig(**{**MMDIT_SAMPLER, "steps": 6, "seeds": [0]})
+    prompts = ["a circle", "a blue square by Pell"]
+    ours = m.generate(prompts, [0, 1], s)
+    assert torch.equal(ours, m.generate(prompts, [0, 1], s))
+    pipe = FluxPipeline.from_pretrained(pipeline_dir("toy-mmdit"), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    c, h = m.latent_shape(32)
+    latents = torch.stack([torch.randn((c, h, h), generator=torch.Generator("cpu").manual_seed(i)) for i in (0, 1)])
+    theirs = pipe(prompts, negative_prompt=[""] * 2, true_cfg_scale=4.0, height=32, width=32, num_inference_steps=6,
+                  latents=pipe._pack_latents(latents, 2, c, h, h), output_type="pt", max_sequence_length=32).images
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_the_toy_mmdit_draws_what_it_is_told_from_the_sequence():
+    """The toy MMDiT draws the named colour and shape, and reads them from the caption's token states (the
+    sequence FLUX takes from T5), not only from the pooled state: with the empty caption's pooled state it still
+    draws most of them, and with every padding state replaced by the empty caption's as well."""
+    from edit_bench.models import load_t2i
+    from edit_bench.models.adapter import Conditioning
+    from edit_bench.types import SamplerConfig
+
+    m = load_t2i("toy-mmdit")
+    colours, shapes = list(world.COLOURS), list(world.SHAPES)
+    want = [(colours[i % len(colours)], shapes[i % len(shapes)]) for i in range(12)]
+    prompts = [world.caption(sh, colour=c) for c, sh in want]
+    cond, empty = m.condition(prompts), m.condition([""])
+    ids = m.tokenizers[1](prompts, padding="max_length", max_length=m.t5_length, truncation=True, return_tensors="pt").input_ids
+    eos = (ids == m.tokenizers[1].eos_token_id).int().argmax(1)
+    pad = torch.arange(m.t5_length)[None] > eos[:, None]
+    no_pooled = Conditioning(cond.context, empty.pooled.expand_as(cond.pooled))
+    no_padding = Conditioning(torch.where(pad[..., None], empty.context.expand_as(cond.context), cond.context), empty.pooled.expand_as(cond.pooled))
+    s = SamplerConfig(**MMDIT_SAMPLER, seeds=[0])
+
+    def drawn(c):
+        read = world.analyse(m.generate(prompts, list(range(12)), s, conditioning=c))
+        return sum(r.colour == w[0] for r, w in zip(read, want)), sum(r.shape == w[1] for r, w in zip(read, want))
+
+    own = drawn(cond)
+    assert own[0] >= 10 and own[1] >= 9, own
+    assert min(drawn(no_pooled)[0], drawn(no_padding)[0]) >= 8

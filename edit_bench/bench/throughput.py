@@ -131,6 +131,8 @@ def authors_loop(editor, bench, device: torch.device, reedit_per_seed: bool) -> 
         extra = {"eta": s.eta} if "eta" in inspect.signature(pipe.__call__).parameters else {}  # SD3/FLUX: no eta
         if hasattr(t2i, "t5_length"):  # SD3/FLUX: the model's T5 length (the pipelines' default otherwise)
             extra["max_sequence_length"] = t2i.t5_length
+        if t2i.family == "flux" and t2i.true_cfg:  # a FLUX without guidance embedding: true CFG on "" (as eval)
+            extra.update(true_cfg_scale=s.guidance, negative_prompt="")
         img = pipe(sample.pair.prompt, num_inference_steps=s.steps, guidance_scale=s.guidance, height=size, width=size,
                    generator=g, output_type="pt", **extra).images.float().to(device)
         scores = {}

@@ -229,16 +229,20 @@ class MMDiTStage(L.LightningModule):
     """The FLUX-layout transformer (``MMDIT``) on the same frozen text states, trained by flow matching as FLUX and
     SD3 are: ``x_t = (1 - s) x_0 + s e`` with ``s`` logit-normal (SD3's ``sigmoid(N(0, 1))``), the transformer predicting
     the velocity ``e - x_0`` from ``x_t``, ``s`` (its timestep, 0..1), the sequence states and the pooled (EOS) state.
-    The sequence's padding is swapped between captions as in :class:`T2IStage`; the pooled state is the caption's own."""
+    The sequence's padding is swapped between captions as in :class:`T2IStage`. The pooled state is the caption's own,
+    replaced by the empty caption's for a fraction ``pooled_dropout`` of the samples: the toy encoder's EOS state holds
+    the whole caption in 64 numbers (its probes read every attribute there), so a transformer always given it could
+    ignore the sequence; FLUX draws its content from T5's sequence, CLIP's pooled vector adding global cues."""
 
     def __init__(self, context: torch.Tensor, pad: torch.Tensor, clean: torch.Tensor, pooled: torch.Tensor, steps: int,
-                 lr: float = 5e-4):
+                 lr: float = 5e-4, pooled_dropout: float = 0.5):
         super().__init__()
         from diffusers import FluxTransformer2DModel
 
         self.context, self.pad, self.clean, self.pooled = context, pad, clean, pooled  # not parameters
         self.transformer = FluxTransformer2DModel(**MMDIT)
-        self.steps, self.lr = steps, lr
+        self.steps, self.lr, self.pooled_dropout = steps, lr, pooled_dropout
+        self.empty = None  # the empty caption's pooled state (set by train_mmdit)
 
     def training_step(self, batch, _):
         from ..mmdit import MMDiTModel
@@ -253,7 +257,10 @@ class MMDiTStage(L.LightningModule):
         ids = torch.zeros(h, h, 3)
         ids[..., 1] += torch.arange(h)[:, None]
         ids[..., 2] += torch.arange(h)[None, :]
-        pred = self.transformer(hidden_states=MMDiTModel._pack(x), timestep=s, pooled_projections=self.pooled[idx].to(z.device),
+        pooled = self.pooled[idx]
+        drop = torch.rand(len(idx)) < self.pooled_dropout
+        pooled = torch.where(drop[:, None], self.empty.expand_as(pooled), pooled)
+        pred = self.transformer(hidden_states=MMDiTModel._pack(x), timestep=s, pooled_projections=pooled.to(z.device),
                                 encoder_hidden_states=ctx, txt_ids=torch.zeros(ctx.shape[1], 3, device=z.device),
                                 img_ids=ids.reshape(-1, 3).to(z.device), return_dict=False)[0]
         loss = F.mse_loss(MMDiTModel._unpack(pred, *z.shape[-2:]), eps - z)
@@ -384,6 +391,7 @@ def train_mmdit(out: Path, caps: list[str], imgs: torch.Tensor, tok, a) -> dict:
     idx = torch.tensor([where[c] for c in caps])
     L.seed_everything(a.seed + 3, workers=True)
     stage = MMDiTStage(context, pad, context[where[""]], pooled, a.mmdit_steps)
+    stage.empty = pooled[where[""]]
     _trainer(a.mmdit_steps, a.accelerator).fit(stage, DataLoader(TensorDataset(z, idx), batch_size=a.batch,
                                                                 shuffle=True, drop_last=True))
     tok2 = clip_tokenizer()
@@ -392,7 +400,7 @@ def train_mmdit(out: Path, caps: list[str], imgs: torch.Tensor, tok, a) -> dict:
                         tokenizer=tok, text_encoder_2=text, tokenizer_2=tok2, transformer=stage.transformer.eval())
     pipe.to(torch.float16).save_pretrained(out / "pipeline_mmdit")
     return {"seed": a.seed, "steps": a.mmdit_steps, "batch": a.batch, "n": a.n, "styles": a.styles,
-            "shift_factor": shift, "scaling_factor": scale, "final_flow_loss": float(stage.trainer.callback_metrics["flow"])}
+            "pooled_dropout": stage.pooled_dropout, "shift_factor": shift, "scaling_factor": scale, "final_flow_loss": float(stage.trainer.callback_metrics["flow"])}
 
 
 def main(argv=None):
