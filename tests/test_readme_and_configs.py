@@ -81,10 +81,15 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch, half):
             from edit_bench.models import load_t2i
             from edit_bench.models.toy import train
 
-            out = tmp_path / "retrained"
+            out = tmp_path / "retrained"  # the toy MMDiT's stage reads the text encoder and VAE the SD-1 run wrote there
             train.main(args + ["--out", str(out), "--n", "256", "--text_steps", "2", "--vae_steps", "2", "--t2i_steps", "2",
-                               "--judge_steps", "2", "--batch", "16", "--accelerator", "cpu"])
-            assert load_t2i(str(out / "pipeline")).family == "sd1" and (out / "judge/open_clip_config.json").is_file()
+                               "--judge_steps", "2", "--mmdit_steps", "2", "--batch", "16", "--accelerator", "cpu"])
+            if "mmdit" in args:
+                log = json.loads((out / "train_log.json").read_text())
+                assert load_t2i(str(out / "pipeline_mmdit")).family == "flux" and log["mmdit"]["steps"] == 2
+                assert log["args"]["stages"] == "text,vae,t2i,judge"  # the SD-1 run's record is kept
+            else:
+                assert load_t2i(str(out / "pipeline")).family == "sd1" and (out / "judge/open_clip_config.json").is_file()
             continue
         if module == "edit_bench.models.toy.quality":
             from edit_bench.models.toy import quality
@@ -108,14 +113,17 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch, half):
             assert (tmp_path / args[args.index("--out") + 1] / "model_index.json").is_file(), cmd
             continue
         if args[0] == "bench":  # minutes on the toy world, a GPU for random:sd1: same code, 11 samples, 2 steps, CPU
-            args = [{"random:sd1": "tiny:sd1", "ViT-bigG-14": "tiny:random", "gpu": "cpu", "16-mixed": "32-true"}.get(a, a)
+            args = [{"random:sd1": "tiny:sd1", "random:flux": "tiny:flux", "ViT-bigG-14": "tiny:random", "gpu": "cpu",
+                     "16-mixed": "32-true", "bf16-true": "32-true"}.get(a, a)
                     for a in args] + ["--data.rows", "0:1", "--data.sampler.seeds", "[0]", "--data.sampler.steps", "2"]
-            if "tiny:sd1" in args:
+            if "tiny:sd1" in args or "tiny:flux" in args:
                 args += ["--data.sampler.size", "32"]
             assert run_cli(args, cwd=tmp_path) == 0, cmd
             out = json.loads((tmp_path / args[args.index("--out") + 1]).read_text())
             assert out["images"] == 22 and out["loops"]["authors"]["images_per_s"] > 0, cmd
             continue
+        if args[0] in ("eval", "bench") and "toy-mmdit" in cmd:  # the toy MMDiT's tables: same code, one case, one seed
+            args = args + ["--data.rows", "0:1", "--data.sampler.seeds", "[0]"]
         if "toy_captions.yaml" in cmd:  # 200 captions: same code, 12
             args = args + ["--data.n", "12"]
         if args[0] == "eval" and any(b in cmd for b in ("toy_erasure.yaml", "toy_entities.yaml", "toy_objects.yaml")):
