@@ -284,8 +284,9 @@ def test_the_toy_mmdit_is_a_flux_folder_and_generates_as_flux_pipeline():
 
 def test_the_toy_mmdit_draws_what_it_is_told_from_the_sequence():
     """The toy MMDiT draws the named colour and shape, and reads them from the caption's token states (the
-    sequence FLUX takes from T5), not only from the pooled state: with the empty caption's pooled state it still
-    draws most of them, and with every padding state replaced by the empty caption's as well."""
+    sequence FLUX takes from T5), as FLUX does, not from the pooled state: with the empty caption's pooled state it
+    still draws them (measured 12 / 12 colours), and with every padding state replaced by the empty caption's as
+    well (12 / 12); the pooled state alone, with the empty caption's sequence, draws few (5 / 12)."""
     from edit_bench.models import load_t2i
     from edit_bench.models.adapter import Conditioning
     from edit_bench.types import SamplerConfig
@@ -307,5 +308,6 @@ def test_the_toy_mmdit_draws_what_it_is_told_from_the_sequence():
         return sum(r.colour == w[0] for r, w in zip(read, want)), sum(r.shape == w[1] for r, w in zip(read, want))
 
     own = drawn(cond)
-    assert own[0] >= 10 and own[1] >= 9, own
-    assert min(drawn(no_pooled)[0], drawn(no_padding)[0]) >= 8
+    assert own[0] >= 11 and own[1] >= 10, own
+    assert min(drawn(no_pooled)[0], drawn(no_padding)[0]) >= 10
+    assert drawn(Conditioning(empty.context.expand_as(cond.context), cond.pooled))[0] <= 8
