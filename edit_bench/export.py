@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import UsageError
+from .models.toy import SPECS as TOY_SPECS
 
 DELTA_FILE = "edit_delta.safetensors"
 
@@ -96,7 +97,7 @@ def model_card(meta: dict, edit_info: dict | None, t2i, runs: list[str], delta_n
     hub = base if base.count("/") == 1 and not base.startswith((".", "/", "~")) else None
     if hub or Path(base).expanduser().is_dir():
         where = hub or str(Path(base).expanduser().resolve())
-    elif base in ("toy", "toy-mmdit"):
+    elif base in TOY_SPECS:
         from .models.toy import pipeline_dir
 
         where = str(pipeline_dir(base))

@@ -54,6 +54,7 @@ from .base import Editor
 from .finetune import FineTuner
 from .ridge import RidgeSystem
 from .stats import DEFAULT_CORPUS, context_moment
+from ..models.toy import SPECS as TOY_SPECS
 
 TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture of {}", "a painting of {}", "a drawing of {}",
              "a rendering of {}", "a close-up of {}", "a snapshot of {}", "an illustration of {}")
@@ -167,7 +168,7 @@ class MaceCFR(_Closed, Editor):
         _check(templates, lam, preserve_scale, domain_scale)
         self.templates, self.lam, self.preserve_scale, self.domain_scale = tuple(templates), lam, preserve_scale, domain_scale
         self.preserve, self.with_to_k = tuple(preserve), with_to_k
-        self.corpus = corpus or (TOY_CORPUS if base in ("toy", "toy-mmdit") else DEFAULT_CORPUS)
+        self.corpus = corpus or (TOY_CORPUS if base in TOY_SPECS else DEFAULT_CORPUS)
         self.corpus_samples, self.stats_dir = corpus_samples, stats_dir
 
     def edited_parameters(self):
@@ -269,7 +270,7 @@ class MACE(_Closed, FineTuner):
         self.fuse_preserve_scale = fuse_preserve_scale
         self.templates, self.lam, self.preserve_scale, self.domain_scale = tuple(templates), lam, preserve_scale, domain_scale
         self.preserve, self.with_to_k = tuple(preserve), with_to_k
-        self.corpus = corpus or (TOY_CORPUS if base in ("toy", "toy-mmdit") else DEFAULT_CORPUS)
+        self.corpus = corpus or (TOY_CORPUS if base in TOY_SPECS else DEFAULT_CORPUS)
         self.corpus_samples, self.stats_dir = corpus_samples, stats_dir
         self._concepts: list[dict] = []
 

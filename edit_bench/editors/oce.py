@@ -28,6 +28,7 @@ import torch
 from ..errors import UsageError
 from .base import Editor
 from .ridge import procrustes_rotation
+from ..models.toy import SPECS as TOY_SPECS
 from .stats import DEFAULT_CORPUS, context_moment
 from .uce import TEMPLATES
 
@@ -76,7 +77,7 @@ class OCE(Editor):
             raise UsageError(f"expand must be null, 'art' or 'object', got {expand!r}")
         self.erase_scale, self.global_scale, self.concept_scale, self.lam = erase_scale, global_scale, concept_scale, lam
         self.expand, self.preserve = expand, tuple(preserve)
-        self.corpus = corpus or (TOY_CORPUS if base in ("toy", "toy-mmdit") else DEFAULT_CORPUS)
+        self.corpus = corpus or (TOY_CORPUS if base in TOY_SPECS else DEFAULT_CORPUS)
         self.corpus_samples, self.stats_dir = corpus_samples, stats_dir
         if sign not in ("kabsch", "last_column"):
             raise UsageError(f"sign must be 'kabsch' or 'last_column' (OCE's code), got {sign!r}")

@@ -98,7 +98,9 @@ def load_t2i(spec: str, dtype=None, device=None, delta: str | Path | None = None
 
     if not isinstance(spec, str) or not spec:
         raise ModelNotAvailable(f"model spec must be a non-empty string, got {spec!r}")
-    if spec in ("toy", "toy-mmdit"):
+    from .toy import SPECS as TOY_SPECS
+
+    if spec in TOY_SPECS:
         from .toy import pipeline_dir
 
         comps, ident = _load_folder(pipeline_dir(spec)), folder_identity(pipeline_dir(spec))

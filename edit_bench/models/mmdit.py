@@ -352,6 +352,14 @@ class MMDiTModel(T2IModel):
         return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
 
     @staticmethod
+    def _image_ids(h: int, w: int) -> Tensor:
+        """FLUX's RoPE position ids ``[h/2 * w/2, 3]`` of packed latents ``h x w``: (0, row, column) per token."""
+        ids = torch.zeros(h // 2, w // 2, 3)
+        ids[..., 1] += torch.arange(h // 2)[:, None]
+        ids[..., 2] += torch.arange(w // 2)[None, :]
+        return ids.reshape(-1, 3)
+
+    @staticmethod
     def _unpack(x: Tensor, h: int, w: int) -> Tensor:
         b, _, c4 = x.shape
         return x.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, h, w)
@@ -368,14 +376,11 @@ class MMDiTModel(T2IModel):
         ctx, pooled = cond.context.to(self.dtype), cond.pooled.to(self.dtype)
         if self.family == "flux":
             _, _, h, w = x.shape
-            ids = torch.zeros(h // 2, w // 2, 3)
-            ids[..., 1] += torch.arange(h // 2)[:, None]
-            ids[..., 2] += torch.arange(w // 2)[None, :]
             g = torch.full([b], 3.5 if guidance is None else float(guidance), device=x.device, dtype=torch.float32)
             kwargs = dict(hidden_states=self._pack(x), timestep=t.expand(b).to(x.dtype) / 1000,
                           guidance=g if self.guidance_embeds else None, pooled_projections=pooled,
                           encoder_hidden_states=ctx, txt_ids=torch.zeros(ctx.shape[1], 3, device=x.device, dtype=x.dtype),
-                          img_ids=ids.reshape(-1, 3).to(x.device, x.dtype), return_dict=False)
+                          img_ids=self._image_ids(h, w).to(x.device, x.dtype), return_dict=False)
         else:
             kwargs = dict(hidden_states=x, timestep=t.expand(b), encoder_hidden_states=ctx, pooled_projections=pooled,
                           return_dict=False)

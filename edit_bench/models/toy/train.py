@@ -234,15 +234,15 @@ class MMDiTStage(L.LightningModule):
     the whole caption in 64 numbers (its probes read every attribute there), so a transformer always given it could
     ignore the sequence; FLUX draws its content from T5's sequence, CLIP's pooled vector adding global cues."""
 
-    def __init__(self, context: torch.Tensor, pad: torch.Tensor, clean: torch.Tensor, pooled: torch.Tensor, steps: int,
-                 lr: float = 5e-4, pooled_dropout: float = 0.5):
+    def __init__(self, context: torch.Tensor, pad: torch.Tensor, clean: torch.Tensor, pooled: torch.Tensor,
+                 empty: torch.Tensor, steps: int, lr: float = 5e-4, pooled_dropout: float = 0.5):
         super().__init__()
         from diffusers import FluxTransformer2DModel
 
-        self.context, self.pad, self.clean, self.pooled = context, pad, clean, pooled  # not parameters
+        # not parameters; ``empty``: the empty caption's pooled state
+        self.context, self.pad, self.clean, self.pooled, self.empty = context, pad, clean, pooled, empty
         self.transformer = FluxTransformer2DModel(**MMDIT)
         self.steps, self.lr, self.pooled_dropout = steps, lr, pooled_dropout
-        self.empty = None  # the empty caption's pooled state (set by train_mmdit)
 
     def training_step(self, batch, _):
         from ..mmdit import MMDiTModel
@@ -253,16 +253,12 @@ class MMDiTStage(L.LightningModule):
         s = torch.sigmoid(torch.randn(z.shape[0], device=z.device))
         eps = torch.randn_like(z)
         x = (1 - s[:, None, None, None]) * z + s[:, None, None, None] * eps
-        h = z.shape[-1] // 2
-        ids = torch.zeros(h, h, 3)
-        ids[..., 1] += torch.arange(h)[:, None]
-        ids[..., 2] += torch.arange(h)[None, :]
         pooled = self.pooled[idx]
         drop = torch.rand(len(idx)) < self.pooled_dropout
         pooled = torch.where(drop[:, None], self.empty.expand_as(pooled), pooled)
         pred = self.transformer(hidden_states=MMDiTModel._pack(x), timestep=s, pooled_projections=pooled.to(z.device),
                                 encoder_hidden_states=ctx, txt_ids=torch.zeros(ctx.shape[1], 3, device=z.device),
-                                img_ids=ids.reshape(-1, 3).to(z.device), return_dict=False)[0]
+                                img_ids=MMDiTModel._image_ids(*z.shape[-2:]).to(z.device), return_dict=False)[0]
         loss = F.mse_loss(MMDiTModel._unpack(pred, *z.shape[-2:]), eps - z)
         self.log("flow", loss, prog_bar=True)
         return loss
@@ -390,8 +386,7 @@ def train_mmdit(out: Path, caps: list[str], imgs: torch.Tensor, tok, a) -> dict:
     context, pad, pooled = encode_captions(text, tok, uniq, length=MMDIT_TEXT_LENGTH, pooled=True)
     idx = torch.tensor([where[c] for c in caps])
     L.seed_everything(a.seed + 3, workers=True)
-    stage = MMDiTStage(context, pad, context[where[""]], pooled, a.mmdit_steps)
-    stage.empty = pooled[where[""]]
+    stage = MMDiTStage(context, pad, context[where[""]], pooled, pooled[where[""]], a.mmdit_steps)
     _trainer(a.mmdit_steps, a.accelerator).fit(stage, DataLoader(TensorDataset(z, idx), batch_size=a.batch,
                                                                 shuffle=True, drop_last=True))
     tok2 = clip_tokenizer()
