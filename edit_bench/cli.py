@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,7 @@ from .editors import Editor
 from .editors import discover as discover_editors
 from .errors import UsageError
 from .evaluate import Evaluation
-from .provenance import Provenance, init_args
+from .provenance import Provenance, init_args, set_numerics
 from .rundir import RunDir, versions
 
 
@@ -29,9 +30,11 @@ class EditTrainer(L.Trainer):
     """A Trainer with the ``eval`` command, and a ``fit`` that also applies closed-form editors.
 
     Args:
-        matmul_precision: ``torch.set_float32_matmul_precision``: ``highest`` (true float32, the default),
-            ``high`` (TF32 on recent GPUs: faster, ~1e-3 relative error) or ``medium``. Recorded in the
-            protocol of every result.
+        matmul_precision: the float32 precision of matrix products *and* cuDNN convolutions: ``highest`` (true
+            float32 everywhere, the default: ``torch.set_float32_matmul_precision("highest")`` and
+            ``torch.backends.cudnn.allow_tf32 = False``, since PyTorch leaves convolutions, i.e. every ResNet block and
+            the VAE, in TF32 otherwise), ``high`` (TF32 on recent GPUs: faster, ~1e-3 relative error) or ``medium``.
+            Recorded in the protocol of every result with the flags actually in force.
         log_every_n_steps: Lightning's; default 1 here (the loss of every training step in ``metrics.csv``).
         checkpoint_every: ``fit`` of a trained editor keeps ``OUT_DIR/checkpoints/last.ckpt`` (the trained
             tensors and the optimizer) every this many steps; rerunning an interrupted ``fit`` resumes from it.
@@ -74,9 +77,9 @@ class EditTrainer(L.Trainer):
         self.channels_last, self.compile_unet = bool(channels_last), compile_unet or None
 
     def _numerics(self) -> None:
-        """Set the process-wide float32 matmul precision this trainer's command runs under (when it runs, not when
-        a trainer is built)."""
-        torch.set_float32_matmul_precision(self.matmul_precision)
+        """Set the process-wide float32 precision of matmuls and cuDNN convolutions this trainer's command runs under
+        (when it runs, not when a trainer is built)."""
+        set_numerics(self.matmul_precision)
 
     def eval(self, model: Editor, datamodule: EditData | None = None, out_dir: str = "runs/eval",
              save_images: bool = False, baseline_cache: bool = True) -> dict | None:
@@ -121,6 +124,8 @@ class EditTrainer(L.Trainer):
         if model.trains:
             prov = prov.with_training({"max_steps": self.max_steps, "max_epochs": self.max_epochs,
                                        "accumulate_grad_batches": self.accumulate_grad_batches,
+                                       "gradient_clip_val": self.gradient_clip_val,
+                                       "gradient_clip_algorithm": self.gradient_clip_algorithm,
                                        "world_size": self.world_size, "strategy": type(self.strategy).__name__})
         return prov.fit()
 
@@ -138,6 +143,7 @@ class EditTrainer(L.Trainer):
         self._numerics()
         if model.edits == "none":
             raise UsageError(f"{type(model).__name__} changes nothing: fit needs an editor (--model configs/editor/...yaml)")
+        model.check_inputs()
         requests, preserve = datamodule.requests(), datamodule.preserve()
         if model.trains and self.max_steps == 0:
             raise UsageError(f"{type(model).__name__} trains: --trainer.max_steps must be >= 1 (or -1 with --trainer.max_epochs)")
@@ -148,6 +154,10 @@ class EditTrainer(L.Trainer):
         if model.trains:
             model.check_fit(requests, self.max_steps)
         run = RunDir(out_dir, "fit", self.fit_fingerprint(model, datamodule))
+        with run.owned() if self.is_global_zero else contextlib.nullcontext():  # rank 0 owns the run directory
+            return self._fit(model, run, requests, preserve, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+
+    def _fit(self, model: Editor, run: RunDir, requests, preserve, train_dataloaders, val_dataloaders, datamodule, ckpt_path):
         if run.resumes() and (run.path / "edit.safetensors").is_file():
             print(f"edit_bench fit: {run.path}/edit.safetensors already holds this config's edit; nothing to do")
             return None
@@ -174,15 +184,15 @@ class EditTrainer(L.Trainer):
                   f"delta of {len(changed)} tensors -> {path}")
         return None
 
-
     def _train(self, model: Editor, run: RunDir, train_dataloaders, val_dataloaders, datamodule, ckpt_path):
         """Lightning's fit loop, logging the loss to OUT_DIR/metrics.csv (unless a logger is given) and keeping
         OUT_DIR/checkpoints/last.ckpt; an interrupted run resumes from it."""
         from lightning.pytorch.callbacks import ModelCheckpoint
-        from lightning.pytorch.loggers import CSVLogger
+
+        from .loggers import append_only_csv
 
         if self.logger is None:
-            self.logger = CSVLogger(run.path, name="", version="")
+            self.logger = append_only_csv(run.path)  # a resumed fit keeps every step logged before the interruption
         ckpt = ModelCheckpoint(dirpath=run.path / "checkpoints", save_last=True, save_top_k=0,
                                every_n_train_steps=self.checkpoint_every)
         last = run.path / "checkpoints" / "last.ckpt"

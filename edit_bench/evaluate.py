@@ -22,6 +22,7 @@ The protocol (one place, :func:`plan`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from .editors import Editor
 from .errors import UsageError
 from .metrics import EditScores
 from .metrics.base import MetricSet
-from .provenance import Provenance, fast_path_args, init_args
+from .provenance import Provenance, fast_path_args, init_args, set_numerics
 from .rundir import RunDir, versions
 from .types import GenerationBatch, Record, Sample
 
@@ -195,31 +196,47 @@ def _first_of_each(samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
 
 
 def save_sequential_state(editor: Editor, path: Path, edits: int) -> None:
-    """Keep the values of the edited parameters that differ from the model as loaded, after ``edits`` edits
-    (atomically: a crash leaves the previous state)."""
+    """Keep the values of the edited parameters that differ from the editor's origin (the model as loaded), after
+    ``edits`` edits, with the model's identity and the editor's class (atomically: a crash leaves the previous state).
+    Relative to the origin, never to a resume point: a second resume starts from the origin plus this file."""
     from safetensors.torch import save_file
 
     from .io import write_atomic
+    from .provenance import class_path
 
-    original = editor.snapshot()
-    tensors = {n: p.detach().cpu().contiguous() for n, p in editor.edited_parameters().items()
-               if not torch.equal(p.detach().cpu(), original[n].cpu())}
-    meta = {"edits": str(edits), "model_id": str(editor.t2i.identity["id"])}
+    params = editor.edited_parameters()
+    origin = editor.origin()
+    tensors = {n: p.detach().cpu().contiguous() for n, p in params.items() if not torch.equal(p.detach().cpu(), origin[n].cpu())}
+    meta = {"edits": str(edits), "model_id": str(editor.t2i.identity["id"]), "editor": class_path(editor)}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 @torch.no_grad()
 def load_sequential_state(editor: Editor, path: Path) -> int:
-    """Put the stored sequential state into the (restored) model; returns its number of edits."""
+    """Put the stored sequential state into the model (restored to its origin first); returns its number of edits.
+    A file of another model or editor is refused whole, before any tensor changes."""
     from safetensors import safe_open
 
+    from .provenance import class_path
+
     params = editor.edited_parameters()
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        for name in f.keys():
-            if name not in params:
-                raise RuntimeError(f"{path} holds {name}, which {type(editor).__name__} does not edit")
-            params[name].copy_(f.get_tensor(name))
+    fix = f"delete {path} (and the run's after-* record sets) to start the sequence over, or choose a new --out_dir"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta, names = f.metadata() or {}, list(f.keys())
+            model, mine = meta.get("model_id"), str(editor.t2i.identity["id"])
+            if model != mine:
+                raise UsageError(f"{path} holds a sequential state of model {model}, not of this run's {mine}: {fix}")
+            if meta.get("editor", class_path(editor)) != class_path(editor):
+                raise UsageError(f"{path} holds a sequential state made by {meta['editor']}, not {class_path(editor)}: {fix}")
+            unknown = [n for n in names if n not in params or tuple(f.get_slice(n).get_shape()) != tuple(params[n].shape)]
+            if unknown:
+                raise UsageError(f"{path} holds {unknown[0]}, which {type(editor).__name__} does not edit on this model: {fix}")
+            editor.restore()
+            for name in names:
+                params[name].copy_(f.get_tensor(name))
+    except (OSError, ValueError, KeyError) as e:  # a file that is not a safetensors state
+        raise UsageError(f"{path} is not a readable sequential state ({e}): {fix}") from None
     return int(meta["edits"])
 
 
@@ -315,8 +332,10 @@ class _Pass(L.LightningModule):
             self.editor.as_loaded()
 
     def _reach_stage(self) -> None:
-        """The model after ``stage`` sequential edits: the run's stored state (the weights after the last edit made,
-        bit for bit), then the edits still missing, each on the weights the previous one left."""
+        """The model after ``stage`` sequential edits: the editor's origin plus the run's stored state (the weights after
+        the last edit made, bit for bit), then the edits still missing, each on the weights the previous one left. The
+        state is saved after every edit (relative to the origin), and a stop requested by SIGTERM/SIGINT is honoured
+        between edits, so a preemption loses at most the edit in flight."""
         editor, path = self.editor, self.run.path / SEQUENTIAL_STATE
         editor.restore()
         done = load_sequential_state(editor, path) if path.exists() else 0
@@ -324,11 +343,12 @@ class _Pass(L.LightningModule):
             raise RuntimeError(f"{path} holds the model after {done} edits, but stage {self.stage} has samples left")
         self.trainer.strategy.barrier()  # every rank has read the state before rank 0 replaces it
         for i in range(done, self.stage):
+            signals.check(f"{self.run.path}: the model after {i} edits is kept in {path.name}; rerun the same command to resume")
             request, preserve = self.sequence[i]
             dt = self.editor.apply_edit([request], preserve, on_current=True)
             self.run.log_edit(self.global_rank, f"edit {i + 1}: {request.source} -> {request.target}", dt, self.variant)
-        if self.stage > done and self.global_rank == 0:
-            save_sequential_state(editor, path, self.stage)
+            if self.global_rank == 0:
+                save_sequential_state(editor, path, i + 1)
 
     def on_predict_end(self) -> None:
         # what the editor has to say about the edits this rank made (the main process never sees a spawned rank's)
@@ -428,6 +448,7 @@ class Evaluation:
     def validate(self, trainer: L.Trainer | None = None) -> Plan:
         """Everything that can fail on bad input fails here, before the run directory exists."""
         editor, bench = self.editor, self.bench
+        editor.check_inputs()  # a missing corpus or anchor folder fails here, not after the baseline was drawn
         t2i = editor.t2i  # loads the model (and a delta, validated whole)
         the_plan = plan(editor, bench)
         bench.check_prompts(t2i, editor.derived_prompts(bench.requests()) if the_plan.mode != "as_is" else [])
@@ -499,9 +520,15 @@ class Evaluation:
         """Run the evaluation with ``trainer`` (its precision, devices and strategy); returns the results on
         rank 0 (``None`` elsewhere). SIGTERM/SIGINT stop it after the batch in flight (:mod:`edit_bench.signals`)."""
         the_plan = self.validate(trainer)
-        editor, bench = self.editor, self.bench
-        prov = provenance(editor, bench, trainer, matmul_precision)
+        set_numerics(matmul_precision)  # matmuls and convolutions, also when called from Python without the CLI
+        prov = provenance(self.editor, self.bench, trainer, matmul_precision)
         run = RunDir(self.out_dir, "eval", prov.run())
+        # rank 0 (the launching process) owns the directory for the run's life; the other ranks write under its lock
+        with run.owned() if trainer.is_global_zero else contextlib.nullcontext():
+            return self._run(trainer, the_plan, prov, run)
+
+    def _run(self, trainer: L.Trainer, the_plan: Plan, prov: Provenance, run: RunDir) -> dict | None:
+        editor, bench = self.editor, self.bench
         resumed = run.resumes()
         samples = bench.samples()
         variants = the_plan.variants()
@@ -604,6 +631,7 @@ class Evaluation:
             "protocol": {**bench.protocol_info(), "protocol": the_plan.mode, "size": gen["size"],
                          "metrics": [m.describe() for m in bench.metrics], "not_scored": the_plan.not_scored,
                          "precision": gen["precision"], "matmul_precision": gen["matmul_precision"], "device": gen["device"],
+                         "device_name": gen["device_name"], "numerics": gen["numerics"],
                          "fast_path": {**gen["fast_path"], "attention": editor.t2i.attention_processors()}},
             "provenance": prov.run(),
             "timing": {

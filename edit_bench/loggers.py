@@ -65,3 +65,37 @@ def log_eval(trainer, run_path, results: dict) -> list[str]:
         lg.save()
         lg.finalize("success")
     return [type(lg).__name__ for lg in loggers]
+
+
+def append_only_csv(run_path):
+    """Lightning's CSV logger writing ``metrics.csv`` into a run directory without ever deleting it.
+
+    Lightning's writer removes ``metrics.csv`` whenever its folder is not empty, which a resumed ``fit``'s run directory
+    never is: the loss of every step before the interruption would be lost. This one keeps the file, takes its header
+    as the known columns and appends. After a hard kill (no checkpoint at the last steps) the steps since the last
+    checkpoint are trained and logged again: their rows then appear twice, with the same values (every step draws its
+    samples from its own seeded generators), and the later row is the one the delta holds."""
+    import csv
+    import os
+
+    from lightning.fabric.loggers.logger import rank_zero_experiment
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class _Writer(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:  # never delete what an earlier attempt wrote
+            if os.path.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as f:
+                    header = next(csv.reader(f), [])
+                self.metrics_keys = sorted(header)
+
+    class _Logger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                os.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = _Writer(log_dir=self.log_dir)
+            return self._experiment
+
+    return _Logger(run_path, name="", version="")

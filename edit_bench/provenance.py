@@ -43,12 +43,15 @@ RESUMABLE = ("batch_size",)
 # Every library that touches pixels or scores (and the ones that run the loops).
 LIBRARIES = ("edit_bench", "torch", "torchvision", "lightning", "diffusers", "transformers", "tokenizers",
              "open_clip_torch", "torchmetrics", "numpy", "scipy", "Pillow", "clean-fid", "lpips", "safetensors",
-             "accelerate", "peft")
+             "accelerate", "peft", "onnxruntime", "opencv-python", "opencv-python-headless")  # the last three: NudeNet's
 
 
 def versions() -> dict:
-    """Versions of Python and the libraries that shape the numbers (``None``: not installed)."""
+    """Versions of Python, the libraries that shape the numbers (``None``: not installed) and, where a GPU is used,
+    the CUDA and cuDNN versions torch runs with."""
     import importlib.metadata as md
+
+    import torch
 
     out = {"python": platform.python_version()}
     for pkg in LIBRARIES:
@@ -56,7 +59,43 @@ def versions() -> dict:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out[pkg] = None
+    cuda = torch.cuda.is_available()
+    out["cuda"] = torch.version.cuda if cuda else None
+    out["cudnn"] = torch.backends.cudnn.version() if cuda else None
     return out
+
+
+def set_numerics(matmul_precision: str) -> None:
+    """``highest``: float32 matmuls and convolutions; ``high``/``medium``: TF32 where the GPU has it (PyTorch's legacy
+    flags only: mixing them with the per-backend ``fp32_precision`` API is an error in PyTorch)."""
+    import torch
+
+    torch.set_float32_matmul_precision(matmul_precision)
+    torch.backends.cudnn.allow_tf32 = matmul_precision != "highest"
+
+
+def numerics() -> dict:
+    """The float32 flags in force now (what ``matmul_precision`` set, read back rather than assumed)."""
+    import torch
+
+    out = {"float32_matmul_precision": torch.get_float32_matmul_precision(),
+           "cuda_matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
+    try:
+        out["cudnn_tf32"] = torch.backends.cudnn.allow_tf32
+    except RuntimeError:  # the per-backend API was mixed with the legacy one: record each flag
+        out["cudnn_tf32"] = {"conv": torch.backends.cudnn.conv.fp32_precision, "rnn": torch.backends.cudnn.rnn.fp32_precision}
+    out["cudnn_deterministic"] = torch.backends.cudnn.deterministic
+    out["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    return out
+
+
+def device_name(device) -> str | None:
+    """The accelerator's model (``NVIDIA H100 80GB HBM3``), or ``None`` on the CPU."""
+    import torch
+
+    if device is None or getattr(device, "type", device) != "cuda":
+        return None
+    return torch.cuda.get_device_name(device)
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,6 +157,23 @@ def file_digests(args, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def not_inputs(component) -> tuple[str, ...]:
+    """The constructor arguments a component declares as caches or outputs (``files`` role other than ``input``):
+    written by the run, they decide no image or score and are left out of the provenance."""
+    return tuple(k for k, role in (getattr(type(component), "files", None) or {}).items() if role != "input")
+
+
+def input_digests(component, args: dict, prefix: str) -> dict[str, str]:
+    """Digests of the files a component reads: every path-valued argument (undeclared ones count as inputs) and the
+    further inputs it names (``input_files()``: e.g. images an anchor listing names outside its folder)."""
+    out = file_digests(args, prefix)
+    extra = component.input_files() if hasattr(component, "input_files") else {}
+    for k, v in extra.items():
+        if f"{prefix}{k}" not in out and (p := _resolve(v)) is not None:
+            out[f"{prefix}{k}"] = path_digest(p)
+    return out
+
+
 def jsonable(x):
     """``x`` as plain JSON data (dataclasses and objects by their fields, anything else by ``str``)."""
     return json.loads(json.dumps(x, sort_keys=True,
@@ -151,8 +207,8 @@ class Provenance:
               sampler=None, size: int | None = None) -> "Provenance":
         """The provenance of ``editor`` on ``data`` (a benchmark or a requests module) under ``trainer``."""
         t2i = editor.t2i
-        editor_args = init_args(editor)
-        data_args = init_args(data, drop=(*RESUMABLE, "metrics"))
+        editor_args = init_args(editor, drop=not_inputs(editor))
+        data_args = init_args(data, drop=(*RESUMABLE, "metrics", *not_inputs(data)))
         delta = getattr(editor, "delta", None)
         requests = data.requests() if data is not None else []
         generation = {
@@ -160,6 +216,8 @@ class Provenance:
             "matmul_precision": matmul_precision,
             "fast_path": fast_path_args(trainer) if trainer is not None else None,
             "device": trainer.strategy.root_device.type if trainer is not None else None,
+            "device_name": device_name(trainer.strategy.root_device) if trainer is not None else None,
+            "numerics": numerics(),
         }
         if sampler is not None:
             generation["sampler"] = jsonable(sampler)
@@ -175,7 +233,7 @@ class Provenance:
             "data": {"class_path": class_path(data), "init_args": data_args} if data is not None else None,
             "requests": [asdict(r) for r in requests],
             "preserve": list(data.preserve()) if data is not None else [],
-            "files": {**file_digests(editor_args, "editor."), **file_digests(data_args, "data.")},
+            "files": {**input_digests(editor, editor_args, "editor."), **input_digests(data, data_args, "data.")},
             "generation": generation,
             "metrics": metric_fields,
             **({"attacks": attacks} if attacks else {}),
@@ -196,7 +254,7 @@ class Provenance:
         f = {k: self.fields[k] for k in keep if k in self.fields}
         f["files"] = {k: v for k, v in self.fields["files"].items() if k.startswith("editor.")}
         g = self.fields["generation"]
-        f["generation"] = {k: g[k] for k in ("precision", "matmul_precision", "device")}
+        f["generation"] = {k: g[k] for k in ("precision", "matmul_precision", "device", "device_name", "numerics")}
         return f
 
     def baseline(self) -> dict:

@@ -2,6 +2,7 @@
 
 Layout::
 
+    DIR/.lock                      who owns the run while it runs (host, pid, command): one run at a time
     DIR/run.json                   what produced the run: command, config fingerprint, library versions
     DIR/config.yaml                the resolved config
     DIR/samples/rank{R}.jsonl      one Record per sample id, appended batch by batch by rank R
@@ -15,8 +16,11 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -78,6 +82,52 @@ class RunDir:
         """Where records go: ``samples/`` for the evaluated model, ``baseline/`` for the unedited one."""
         return self.path / variant
 
+    # ------------------------------------------------------------------ ownership
+    LOCK = ".lock"
+
+    @contextlib.contextmanager
+    def owned(self):
+        """Hold the run directory for the block: ``DIR/.lock`` is created exclusively (``O_EXCL``) naming this process,
+        and removed on exit. A live holder is refused in one line; a holder that is gone (its process no longer runs on
+        this host: a SIGKILL, a crash, a preempted node's restarted job) is taken over. A folder this call created is
+        removed again when nothing else was written into it (a refused run leaves nothing behind)."""
+        created = not self.path.exists()
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"--out_dir {self.path} is a file; give a directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / self.LOCK
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
+              "command": self.command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_holder(lock)
+                if _alive(holder):
+                    where = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
+                    raise UsageError(
+                        f"--out_dir {self.path} is in use by {where} (`{(holder or {}).get('command', '?')}` since "
+                        f"{(holder or {}).get('since', '?')}): wait for it to end, or choose another --out_dir; if that "
+                        f"process is gone from another machine, delete {lock}") from None
+                print(f"edit_bench: taking over {lock}: its holder (pid {(holder or {}).get('pid')} on "
+                      f"{(holder or {}).get('host')}) is no longer running")
+                lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            break
+        else:
+            raise UsageError(f"--out_dir {self.path}: could not take {lock} (another run keeps taking it): choose another --out_dir")
+        try:
+            yield self
+        finally:
+            with contextlib.suppress(OSError):
+                if _read_holder(lock) == me:
+                    lock.unlink()
+            if created:
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()  # only when empty
+
     def resumes(self) -> bool:
         """Whether this directory already holds a run of the same fingerprint; raises if it holds anything
         else. Touches nothing."""
@@ -87,7 +137,7 @@ class RunDir:
             raise UsageError(f"--out_dir {self.path} is a file; give a directory")
         run_file = self.path / "run.json"
         if not run_file.is_file():
-            if any(self.path.iterdir()):
+            if any(f.name != self.LOCK for f in self.path.iterdir()):
                 raise UsageError(f"--out_dir {self.path} exists and is not an edit_bench run directory; choose a new --out_dir")
             return False
         try:
@@ -149,6 +199,54 @@ class RunDir:
 
     def write_json(self, name: str, obj: dict) -> Path:
         return write_atomic(self.path / name, json.dumps(obj, indent=1, default=str))
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for the holder."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _read_holder(lock: Path) -> dict | None:
+    """The lock's holder; ``{}`` for a lock left unreadable for over 10 s (its writer died mid-write: stale)."""
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        try:
+            return {} if time.time() - lock.stat().st_mtime > 10 else None
+        except OSError:
+            return None
+
+
+def _alive(holder: dict | None) -> bool:
+    """Whether a lock's holder still runs. Another host's process cannot be seen from here: it counts as alive. A lock
+    being written right now (unreadable for an instant) counts as alive."""
+    if holder is None:
+        return True
+    if not holder:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = int(holder.get("pid", -1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    start = holder.get("start")
+    return start is None or _process_start(pid) in (None, start)
+
+
+def holder(path: str | Path) -> dict | None:
+    """The live holder of a run directory's lock, or ``None`` when no run owns it."""
+    lock = Path(path) / RunDir.LOCK
+    if not lock.exists():
+        return None
+    h = _read_holder(lock)
+    return h if _alive(h) else None
 
 
 class FeatureIndex:

@@ -45,7 +45,7 @@ def test_on_current_edits_the_edited_weights_and_restore_returns_to_the_loaded_m
     alone = {n: p.detach().clone() for n, p in ed.edited_parameters().items()}
     assert any(not torch.equal(after_two[n], after_one[n]) for n in loaded)
     assert any(not torch.allclose(after_two[n], alone[n], atol=1e-6) for n in loaded)
-    assert all(torch.equal(ed._snapshot[n], loaded[n]) for n in loaded)  # the snapshot is still the loaded model
+    assert all(torch.equal(ed.origin()[n], loaded[n]) for n in loaded)  # the origin is still the loaded model
     ed.restore()
     assert all(torch.equal(p, loaded[n]) for n, p in ed.edited_parameters().items())
 

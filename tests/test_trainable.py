@@ -10,6 +10,7 @@ import torch
 from edit_bench.benchmarks.requests import EditRequests
 from edit_bench.cli import EditTrainer
 from edit_bench.editors import Editor
+from edit_bench.editors.esd import ESD
 from edit_bench.errors import UsageError
 
 
@@ -137,6 +138,39 @@ def test_an_interrupted_fit_resumes_from_its_checkpoint_to_the_same_delta(tmp_pa
     assert "loss" in rows[0].split(",") and len(rows) == 5  # header + one row per step
     edit = json.loads((tmp_path / "whole/edit.json").read_text())
     assert edit["timing"]["peak_rss_mb"] > 0
+    # the resumed run keeps the loss of every step: the steps before the interruption in metrics.csv and in edit.json
+    import csv
+
+    def losses(name):
+        with open(tmp_path / name / "metrics.csv", newline="") as f:
+            return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")}
+
+    assert sorted(losses("cut")) == sorted(losses("whole")) == [0, 1, 2, 3]
+    for step, v in losses("whole").items():
+        assert losses("cut")[step] == pytest.approx(v, rel=1e-6, abs=1e-9)
+
+
+class InterruptedESD(FailsOnce, ESD):
+    pass
+
+
+def test_a_resumed_fine_tuner_keeps_its_whole_loss_curve_in_edit_json(tmp_path):
+    data = EditRequests(requests=[{"source": "A banana", "target": ""}])
+
+    def trainer():
+        return EditTrainer(max_steps=4, checkpoint_every=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, enable_model_summary=False)
+
+    kw = {"base": "tiny:sd1", "sample_steps": 4, "lr": 1e-3}
+    trainer().fit(ESD(**kw), datamodule=data, out_dir=tmp_path / "whole")
+    InterruptedESD.failed = False
+    with pytest.raises(RuntimeError, match="interrupted"):
+        trainer().fit(InterruptedESD(**kw), datamodule=data, out_dir=tmp_path / "cut")
+    trainer().fit(InterruptedESD(**kw), datamodule=data, out_dir=tmp_path / "cut")
+    whole, cut = (json.loads((tmp_path / d / "edit.json").read_text())["editor_info"] for d in ("whole", "cut"))
+    assert cut["losses"] == whole["losses"] == 4 and cut["steps"] == 4
+    assert cut["first_loss"] == pytest.approx(whole["first_loss"], rel=1e-5)
+    assert cut["loss_curve"] == pytest.approx(whole["loss_curve"], rel=1e-4)
 
 
 @pytest.mark.parametrize("recipe", ["paper", "current"])

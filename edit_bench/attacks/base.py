@@ -105,6 +105,10 @@ class Attack:
     version: ClassVar[str] = "0"
     reference: ClassVar[str] = ""
     uses_images: ClassVar[bool] = False
+    # What the attack derives from a model, and from which weights (the editor's origin or the current, edited ones):
+    # the concept images and teachers come from the origin (the unedited model), the optimisation runs on the current
+    # weights. Read by :meth:`describe` and by the run's provenance.
+    derives: ClassVar[dict[str, str]] = {}
 
     def __init__(self, name: str | None = None, seed: int = 0):
         self.name = name or self.default_name
@@ -121,7 +125,8 @@ class Attack:
 
     def describe(self) -> dict:
         return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name,
-                "version": self.version, "reference": self.reference, "success": SUCCESS, "args": self.args()}
+                "version": self.version, "reference": self.reference, "success": SUCCESS, "args": self.args(),
+                "derives": dict(self.derives)}
 
     def check(self, bench) -> None:
         """Fail on settings or data this attack cannot run with (called before anything is written)."""

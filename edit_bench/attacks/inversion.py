@@ -45,6 +45,7 @@ class ConceptInversion(Attack):
     version = "1"
     reference = "CCE (Pham et al., ICLR 2024), textual inversion on the edited model; defaults from esd/train.sh@bb7034b"
     uses_images = True
+    derives = {"concept images": "origin", "inversion": "current"}
 
     def __init__(self, steps: int = 5000, batch_size: int = 16, lr: float = 5e-3, scale_lr: bool = True,
                  weight_decay: float = 1e-2, init: str = "concept", images: str | None = None,

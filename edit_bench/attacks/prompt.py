@@ -50,6 +50,7 @@ class PromptOptimisation(Attack):
     reference = ("UnlearnDiffAtk (Zhang et al., ECCV 2024) hard-prompt attacker; defaults from "
                  "OPTML-Group/Diffusion-MU-Attack@5a3e5d3 configs/*/hard_prompt_*.json; objective teacher = P4D")
     uses_images = True
+    derives = {"concept images": "origin", "teacher": "origin", "optimisation": "current"}
 
     def __init__(self, k: int = 3, timesteps: int = 50, iterations: int = 40, lr: float = 0.01, weight_decay: float = 0.1,
                  objective: Literal["images", "teacher"] = "images", images: str | None = None,

@@ -27,6 +27,8 @@ drops 19 of the 250 copies by index before averaging (a near-duplicate mean of t
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 
 import torch
@@ -118,7 +120,16 @@ class RingABell(Attack):
         with torch.no_grad():
             return (t2i.encode([a for a, _ in pairs]).float() - t2i.encode([b for _, b in pairs]).float()).mean(0)
 
+    derives = {"concept vector": "origin", "search": "origin"}
+
     def attack(self, t2i, case, prompts, images, gen, editor):
+        """The search is model-agnostic (the paper runs it on the original text encoder, then prompts the erased
+        model): it runs on the editor's origin whatever the edit changed."""
+        ctx = editor.original_weights() if editor is not None else contextlib.nullcontext()
+        with ctx:
+            return self._search(t2i, case, prompts, gen)
+
+    def _search(self, t2i, case, prompts, gen):
         tok = t2i.tokenizer
         high = min(tok.bos_token_id, tok.eos_token_id)  # ids [1, BOS): the notebook's range, special tokens excluded
         K, keep = self.length, self.population // 2

@@ -29,7 +29,10 @@ def resolve_path(path: str | Path) -> Path:
         return p
     if not p.is_absolute() and (REPO_ROOT / p).exists():
         return REPO_ROOT / p
-    raise UsageError(f"data file {path} not found (looked in {Path.cwd()} and {REPO_ROOT})")
+    if p.is_absolute():
+        raise UsageError(f"data file {path} not found: give an existing file")
+    where = dict.fromkeys([str(Path.cwd()), str(REPO_ROOT)])  # one folder when run from the checkout
+    raise UsageError(f"data file {path} not found (looked in {' and '.join(where)})")
 
 
 def read_csv(path: str | Path, required: list[str], optional: tuple[str, ...] = ()) -> list[dict]:

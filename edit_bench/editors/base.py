@@ -52,6 +52,11 @@ class Editor(L.LightningModule):
     trains: ClassVar[bool] = False
     reference_reedits_per_seed: ClassVar[bool] = False
     families: ClassVar[tuple[str, ...]] = ("sd1", "sd2", "sdxl")
+    # The constructor arguments that name files or folders, by role: an ``input`` decides the edit (its content is
+    # digested into the provenance, and it must exist before anything runs); a ``cache`` or ``output`` is written by
+    # the run (never digested: statistics written into it must not block a resume). A path-valued argument not
+    # declared here is digested as an input.
+    files: ClassVar[dict[str, str]] = {}
     delta: str | None = None  # only the identity editor evaluates a saved delta
 
     def __init__(self, base: str = "toy"):
@@ -65,10 +70,32 @@ class Editor(L.LightningModule):
                 self.hparams[k] = dataclasses.asdict(v)
         self.base = base
         self.strict_loading = False  # checkpoints hold the edited parameters only (on_save_checkpoint)
-        self._snapshot: dict[str, Tensor] | None = None
+        self._origin: dict[str, Tensor] | None = None  # the edited tensors as loaded (before a delta or any state)
+        self._reference: dict[str, Tensor] | None = None  # an on_current edit's starting point, while it runs
         self._active: str | None = None
         self.edit_times: list[float] = []
         self.conditions: list[float] = []  # condition numbers of the closed-form systems solved
+
+    def resolved(self, **values) -> None:
+        """Record the values a constructor resolved from a ``None`` default (a recipe's learning rate, the corpus of
+        the model's world) in ``hparams``, so the provenance, ``results.json`` and a checkpoint hold what is used."""
+        for k, v in values.items():
+            self.hparams[k] = list(v) if isinstance(v, tuple) else v
+
+    def input_files(self) -> dict[str, str]:
+        """``{argument: path}`` of the declared input files this editor reads (checked and digested before anything
+        runs); editors that read further files named inside an input add them here."""
+        return {k: v for k, v in self.hparams.items() if self.files.get(k) == "input" and isinstance(v, str) and v}
+
+    def check_inputs(self) -> None:
+        """Every declared input file exists: one line naming the argument, before anything is written."""
+        from ..benchmarks.base import resolve_path
+
+        for k, v in self.input_files().items():
+            try:
+                resolve_path(v)
+            except UsageError as e:
+                raise UsageError(f"{type(self).__name__} {k}: {e}; fix --model.init_args.{k}") from None
 
     @property
     def t2i(self) -> T2IModel:
@@ -84,8 +111,10 @@ class Editor(L.LightningModule):
 
                 self._delta_tensors = read_delta(self.delta, t2i)
             self._t2i = t2i  # registered only once loaded whole
-            if self.delta is not None:  # the original values are kept: a delta's baseline is the model without it
-                self.snapshot()
+            # the origin, before a delta, a checkpoint or a sequential state is applied: a delta's baseline is the
+            # model without it, and "the unedited model" means this whatever a resumed run has done since
+            self._origin = {n: p.detach().clone() for n, p in self.edited_parameters().items()}
+            if self.delta is not None:
                 self._add_delta()
         return self._modules["_t2i"]
 
@@ -106,10 +135,8 @@ class Editor(L.LightningModule):
         make exactly the edited parameters trainable."""
         from lightning.pytorch.trainer.states import TrainerFn
 
-        t2i = self.t2i
+        t2i = self.t2i  # loading takes the origin, before Lightning restores a checkpoint (right after this hook)
         if self.trains and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
-            # the original values, before Lightning restores a checkpoint (which it does right after this hook)
-            self.snapshot()
             t2i.requires_grad_(False)
             for p in self.edited_parameters().values():
                 p.requires_grad_(True)
@@ -148,18 +175,42 @@ class Editor(L.LightningModule):
         return {"ridge_condition": {"max": max(self.conditions), "min": min(self.conditions), "solves": len(self.conditions)}}
 
     # ------------------------------------------------------------------ state
+    # One origin per editor: the edited tensors as loaded, taken when the model loads (before a delta, a checkpoint
+    # or a sequential state file is applied). ``restore()`` returns to it, ``original_weights()`` runs on it and the
+    # delta is measured from it. An ``on_current`` edit (the sequential protocol) starts from the weights as they are:
+    # for its duration ``reference()`` is that starting point (ESD's frozen teacher, RECE's and MACE's W0), while data
+    # "of the unedited model" (anchors, generated images, attack images and teachers) is always drawn from the origin.
+    def origin(self) -> dict[str, Tensor]:
+        """The edited tensors' values as loaded (taken when the model loads; never changes)."""
+        self.t2i
+        if self._origin is None:
+            raise UsageError(f"{type(self).__name__} has no origin: its model was not loaded through Editor.t2i, so "
+                             "'the unedited model' is unknown; load it through the editor before editing")
+        return self._origin
+
     def snapshot(self) -> dict[str, Tensor]:
-        """Copy the edited parameters (once); ``restore()`` returns to exactly this state."""
-        if self._snapshot is None:
-            self._snapshot = {n: p.detach().clone() for n, p in self.edited_parameters().items()}
-        return self._snapshot
+        """The origin (kept for callers of the earlier API): ``restore()`` returns to exactly this state."""
+        return self.origin()
+
+    def reference(self) -> dict[str, Tensor]:
+        """The starting point of the edit in progress: the weights before it under ``on_current``, else the origin."""
+        return self._reference if self._reference is not None else self.origin()
+
+    def _origin_of(self, params: dict) -> dict[str, Tensor]:
+        origin = self.origin()
+        missing = [n for n in params if n not in origin]
+        if missing:
+            raise UsageError(f"{type(self).__name__}'s edited_parameters() names {missing[0]}, which was not among them when "
+                             "the model loaded (no origin value): edited_parameters() must not depend on the edit")
+        return origin
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Put back the snapshot, bit for bit."""
-        if self._snapshot is not None:
-            for n, p in self.edited_parameters().items():
-                p.copy_(self._snapshot[n].to(p.device))
+        """Put back the origin, bit for bit."""
+        params = self.edited_parameters()
+        origin = self._origin_of(params)
+        for n, p in params.items():
+            p.copy_(origin[n].to(p.device))
         self._active = None
 
     @torch.no_grad()
@@ -167,9 +218,8 @@ class Editor(L.LightningModule):
         """Restore, then edit; returns the edit's wall time in seconds (also kept in ``edit_times``).
 
         ``on_current``: edit the weights as they are now (the sequential protocol's next request on the already
-        edited model): for the edit's duration the current weights are its starting point wherever the method
-        reads "the original" (ESD's frozen teacher, RECE's and MACE's ``W0``, data drawn from the unedited model),
-        and ``restore()`` still returns to the model as loaded.
+        edited model): for the edit's duration ``reference()`` is the current weights (ESD's frozen teacher, RECE's
+        and MACE's ``W0``); ``original_weights()`` and ``restore()`` still mean the origin (the model as loaded).
 
         The edit runs where the model is, with autocast off: its numerics never depend on the protocol
         or on the run's mixed precision.
@@ -177,9 +227,8 @@ class Editor(L.LightningModule):
         requests = list(requests)
         if len(requests) > 1 and not self.multi_request:
             raise UsageError(f"{type(self).__name__} edits one request at a time; got {len(requests)}")
-        loaded = self.snapshot()
         if on_current:
-            self._snapshot = {n: p.detach().clone() for n, p in self.edited_parameters().items()}
+            self._reference = {n: p.detach().clone() for n, p in self.edited_parameters().items()}
         else:
             self.restore()
         device = self.t2i.device
@@ -190,7 +239,7 @@ class Editor(L.LightningModule):
             with torch.autocast(device.type, enabled=False), (torch.enable_grad() if self.needs_grad else contextlib.nullcontext()):
                 self.edit(requests, preserve)
         finally:
-            self._snapshot = loaded
+            self._reference = None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
@@ -199,21 +248,20 @@ class Editor(L.LightningModule):
 
     @contextlib.contextmanager
     def original_weights(self):
-        """``with editor.original_weights(): ...`` runs the block on the snapshot's (original) values of the edited
-        parameters and puts the current ones back after, bit for bit (e.g. data an editor derives from the
-        unedited model, whatever a resumed training has done)."""
-        if self._snapshot is None:
-            yield self
-            return
+        """``with editor.original_weights(): ...`` runs the block on the origin's values of the edited parameters (the
+        model as loaded, whatever a resumed, sequential or training run has done since) and puts the current ones back
+        after, bit for bit. Raises :class:`~edit_bench.errors.UsageError` when there is no origin."""
+        params = self.edited_parameters()
+        origin = self._origin_of(params)
         with torch.no_grad():
-            current = {n: p.detach().clone() for n, p in self.edited_parameters().items()}
-            for n, p in self.edited_parameters().items():
-                p.copy_(self._snapshot[n].to(p.device))
+            current = {n: p.detach().clone() for n, p in params.items()}
+            for n, p in params.items():
+                p.copy_(origin[n].to(p.device))
         try:
             yield self
         finally:
             with torch.no_grad():
-                for n, p in self.edited_parameters().items():
+                for n, p in params.items():
                     p.copy_(current[n])
 
     @contextlib.contextmanager
@@ -227,12 +275,12 @@ class Editor(L.LightningModule):
 
     # ------------------------------------------------------------------ delta checkpoints
     def delta_state_dict(self) -> dict[str, Tensor]:
-        """``{name: W_edited - W_original}`` in float32 for every edited parameter that changed."""
-        if self._snapshot is None:
-            raise RuntimeError("no edit has been made: call apply_edit(...) first")
+        """``{name: W_edited - W_origin}`` in float32 for every edited parameter that changed."""
+        params = self.edited_parameters()
+        origin = self._origin_of(params)
         out = {}
-        for n, p in self.edited_parameters().items():
-            d = p.detach().float() - self._snapshot[n].to(p.device).float()
+        for n, p in params.items():
+            d = p.detach().float() - origin[n].to(p.device).float()
             if torch.any(d != 0):
                 out[n] = d.cpu().contiguous()
         return out

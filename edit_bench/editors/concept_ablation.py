@@ -121,6 +121,8 @@ class ConceptAblation(FineTuner):
         gradient_checkpointing, seed, base: see :class:`~edit_bench.editors.finetune.FineTuner`.
     """
 
+    files = {"anchor_prompts": "input", "anchor_folder": "input"}
+
     def __init__(self, params: Literal["cross-attn", "full-weight", "embedding"] = "cross-attn",
                  loss: Literal["model", "noise"] = "model", concept_type: Literal["object", "style"] = "object",
                  anchor_prompts: str | list[str] | None = None, anchor_folder: str | None = None,
@@ -149,6 +151,7 @@ class ConceptAblation(FineTuner):
             anchor_sampler = SamplerConfig(**anchor_sampler)
         self.num_anchor_images, self._anchor_sampler = num_anchor_images, anchor_sampler
         self.augment = (concept_type == "object") if augment is None else bool(augment)
+        self.resolved(augment=self.augment)
         self.hflip, self.masked_loss = bool(hflip), bool(masked_loss)
         self.regularization, self.reg_weight = regularization, reg_weight
         self.scale_lr, self.weight_decay, self.anchor_batch_size = scale_lr, weight_decay, anchor_batch_size
@@ -183,6 +186,17 @@ class ConceptAblation(FineTuner):
             raise UsageError(f"anchor_folder {folder!r} has no images: give a folder of anchor images "
                              f"({', '.join(IMAGE_SUFFIXES)}) or its images.txt + caption.txt")
         return path
+
+    def input_files(self) -> dict[str, str]:
+        """The declared inputs, and every image ``anchor_folder/images.txt`` lists outside the folder (absolute
+        entries), which the folder's digest does not cover."""
+        out = super().input_files()
+        listing = self.anchor_folder / "images.txt" if self.anchor_folder is not None else None
+        if listing is not None and listing.is_file():
+            for i, x in enumerate(x.strip() for x in listing.read_text().splitlines()):
+                if x and Path(x).is_absolute() and self.anchor_folder.resolve() not in Path(x).resolve().parents:
+                    out[f"anchor_folder.images.{i}"] = x
+        return out
 
     # ------------------------------------------------------------------ what is trained
     def edited_parameters(self):
@@ -278,8 +292,12 @@ class ConceptAblation(FineTuner):
         return SamplerConfig(scheduler=self.t2i.default_scheduler, size=None, seeds=[0], **PIPELINE_DEFAULT)
 
     def anchor_key(self, prompts: list[str]) -> str:
-        blob = json.dumps({"model": self.t2i.identity, "prompts": prompts, "sampler": asdict(self.anchor_sampler),
-                           "n": self.num_anchor_images, "format": 1}, sort_keys=True, default=str)
+        """The cache key of generated anchors: the weights that drew them (always the origin, the model as loaded, so its
+        identity), the prompts, the sampler and the count. Format 2: anchors of format 1 could have been drawn by an
+        already edited model under the sequential protocol and are never read."""
+        blob = json.dumps({"model": self.t2i.identity, "weights": "origin", "prompts": prompts,
+                           "sampler": asdict(self.anchor_sampler), "n": self.num_anchor_images, "format": 2},
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def anchor_images(self, prompts: list[str]) -> torch.Tensor:
@@ -305,12 +323,13 @@ class ConceptAblation(FineTuner):
 
     @torch.no_grad()
     def _generate(self, prompts: list[str]) -> torch.Tensor:
+        """Anchor images drawn by the origin (the unedited model), whatever the weights are now."""
         from tqdm.auto import tqdm
 
         n, s = self.num_anchor_images, self.anchor_sampler
         self.t2i.check_sampler(s)
         out = []
-        with tqdm(total=n, desc="Concept Ablation: anchor images", unit="img") as bar:
+        with self.original_weights(), tqdm(total=n, desc="Concept Ablation: anchor images", unit="img") as bar:
             for i in range(0, n, self.anchor_batch_size):
                 idx = range(i, min(n, i + self.anchor_batch_size))
                 imgs = self.t2i.generate([prompts[j % len(prompts)] for j in idx], [s.seeds[0] + j for j in idx], s)

@@ -162,6 +162,7 @@ class ESD(FineTuner):
         self.params, self.recipe = params, recipe
         self.eta = r["eta"] if eta is None else eta
         self.start_guidance, self.sample_steps, self.size = start_guidance, sample_steps, size
+        self.resolved(params=self.params, eta=self.eta, lr=self.lr, steps=self.steps)  # the recipe's values, as used
 
     # ------------------------------------------------------------------ what is trained
     families = ("sd1", "sd2", "sdxl", "sd3", "flux")  # SD3 / FLUX: recipe current, the text side as ESD-x
@@ -183,7 +184,7 @@ class ESD(FineTuner):
     # ------------------------------------------------------------------ the loss
     def _frozen(self) -> dict[str, torch.Tensor]:
         """θ: the original values of the trained tensors, by UNet parameter name (on the model's device)."""
-        device, original = self.t2i.device, self.snapshot()  # a sequential edit's original is the edited model
+        device, original = self.t2i.device, self.reference()  # a sequential edit's teacher is the model it starts from
         cached = getattr(self, "_frozen_on", (None, None))
         if cached[0] != device or cached[1] is not original:
             self._frozen_on = (device, original, {n.partition(".")[2]: v.to(device) for n, v in original.items()})

@@ -141,7 +141,6 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         return requests
 
     def on_fit_start(self) -> None:
-        self.snapshot()  # taken in configure_model (before a checkpoint is restored); here for callers that skip it
         self._set_checkpointing(self.gradient_checkpointing)
         self._prepared = None
         self._in_fit = True
@@ -151,6 +150,19 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         self._in_fit = False
         self._set_checkpointing(False)
         self._optimizer_steps = self.global_step
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The edited tensors (the base class) and every loss so far, so a resumed fit's ``edit.json`` curve starts at
+        step 0, not at the resume."""
+        super().on_save_checkpoint(checkpoint)
+        self._save_losses(checkpoint)
+
+    def _save_losses(self, checkpoint: dict) -> None:
+        self._flush_losses()
+        checkpoint["edit_bench_losses"] = list(self.losses)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.losses = list(checkpoint.get("edit_bench_losses", []))
 
     def training_step(self, batch, batch_idx):
         trainer = self.trainer
@@ -179,7 +191,8 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
     # ------------------------------------------------------------------ the per-case protocol (no Trainer)
     def edit(self, requests, preserve=()):
         requests = list(requests)
-        self.prepare(requests)
+        with torch.no_grad(), self.original_weights():  # data of the unedited model (the origin), also under on_current
+            self.prepare(requests)
         named = self.edited_parameters()
         params = list(named.values())
         for p in params:
@@ -198,8 +211,13 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
 
     def _optimise(self, requests, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, first: int = 0) -> None:
         """``steps`` optimiser steps without a Trainer, numbered from ``first`` (every edit() draws the same samples:
-        an edit is a function of its requests)."""
+        an edit is a function of its requests). SIGTERM/SIGINT stop it between steps (the edit in flight is dropped: a
+        rerun makes it again, from its first step, as an edit is a function of its requests)."""
+        from .. import signals
+
         for step in range(first, first + self.steps):
+            signals.check(f"{type(self).__name__}'s edit in flight was dropped at step {step - first} of {self.steps}; "
+                          "rerun the same command to resume")
             loss = self.batch_loss(requests, self._gens(step))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -122,7 +122,7 @@ class _Closed:
         K = torch.cat(keys, 1)
         system = RidgeSystem(K, self.lam, torch.cat(weights).to(K.device))
         self.conditions.append(system.condition)
-        original = self.snapshot()
+        original = self.reference()  # W0: the weights this edit starts from (the origin, or the current ones on_current)
         for name, p in self.edited_parameters().items():
             W0 = original[name].to(p.device).double()
             V = [new_values(name, p.detach().double(), W0)] + [W0 @ k for k in keys[1:]]
@@ -160,6 +160,7 @@ class MaceCFR(_Closed, Editor):
 
     edits = "cross_attn_kv"
     multi_request = True
+    files = {"corpus": "input", "stats_dir": "cache"}
 
     def __init__(self, templates: Sequence[str] = TEMPLATES, lam: float = 0.0, preserve_scale: float = 1e-4,
                  domain_scale: float = 8e4, preserve: Sequence[str] = (), corpus: str | None = None,
@@ -170,6 +171,7 @@ class MaceCFR(_Closed, Editor):
         self.preserve, self.with_to_k = tuple(preserve), with_to_k
         self.corpus = corpus or (TOY_CORPUS if base in TOY_SPECS else DEFAULT_CORPUS)
         self.corpus_samples, self.stats_dir = corpus_samples, stats_dir
+        self.resolved(corpus=self.corpus)
 
     def edited_parameters(self):
         return self.cross_attn_kv(None, self.with_to_k)
@@ -244,6 +246,7 @@ class MACE(_Closed, FineTuner):
     """
 
     edits = "cross_attn_kv"
+    files = {"corpus": "input", "stats_dir": "cache", "data": "input"}  # data: a folder ("render"/"generate" name none)
 
     def __init__(self, lr: float = 1e-4, steps: int = 50, rank: int = 1, images: int = 8,
                  data: str = "render", importance_sampling: bool = True, fuse_preserve_scale: float = 1e-4,
@@ -272,10 +275,17 @@ class MACE(_Closed, FineTuner):
         self.preserve, self.with_to_k = tuple(preserve), with_to_k
         self.corpus = corpus or (TOY_CORPUS if base in TOY_SPECS else DEFAULT_CORPUS)
         self.corpus_samples, self.stats_dir = corpus_samples, stats_dir
+        self.resolved(corpus=self.corpus)
         self._concepts: list[dict] = []
 
     def edited_parameters(self):
         return self.cross_attn_kv(None, self.with_to_k)
+
+    def input_files(self) -> dict[str, str]:
+        out = super().input_files()
+        if self.data in ("render", "generate"):
+            out.pop("data", None)
+        return out
 
     # ------------------------------------------------------------------ data
     def _concept_data(self, request, index: int) -> dict:
@@ -409,7 +419,6 @@ class MACE(_Closed, FineTuner):
         t2i = self.t2i
         if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING or getattr(self, "_fit_data", None):
             return
-        self.snapshot()
         t2i.requires_grad_(False)
         dm = self.trainer.datamodule
         self._fit_requests, self._fit_preserve = list(dm.requests()), list(dm.preserve())
@@ -466,6 +475,7 @@ class MACE(_Closed, FineTuner):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The LoRAs (and the optimizer); the CFR weights are a function of the original ones."""
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".lora_" in k}
+        self._save_losses(checkpoint)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         result = torch.nn.Module.load_state_dict(self, state_dict, strict=False, assign=assign)

@@ -65,6 +65,7 @@ class OCE(Editor):
     edits = "cross_attn_kv"
     multi_request = True
     families = ("sd1", "sd2", "sdxl", "sd3", "flux")  # SD3 / FLUX: context_embedder (OCE's oce_flux.py)
+    files = {"corpus": "input", "stats_dir": "cache"}
 
     def __init__(self, erase_scale: float = 1.0, global_scale: float = 0.5, concept_scale: float = 0.3, lam: float = 1.5,
                  expand: Literal["art", "object"] | None = None, preserve: Sequence[str] = (), corpus: str | None = None,
@@ -79,6 +80,7 @@ class OCE(Editor):
         self.expand, self.preserve = expand, tuple(preserve)
         self.corpus = corpus or (TOY_CORPUS if base in TOY_SPECS else DEFAULT_CORPUS)
         self.corpus_samples, self.stats_dir = corpus_samples, stats_dir
+        self.resolved(corpus=self.corpus)
         if sign not in ("kabsch", "last_column"):
             raise UsageError(f"sign must be 'kabsch' or 'last_column' (OCE's code), got {sign!r}")
         self.sign = sign

@@ -66,7 +66,7 @@ class RECE(UCE):
             raise UsageError("RECE needs at least one concept to erase")
         super().edit(requests, preserve)  # the UCE warm start
         params = self.edited_parameters()
-        originals = self.snapshot()
+        originals = self.reference()  # W0: the weights this edit starts from
         sources = [r.source for r in requests]
         guides = [r.target if r.target.strip() else " " for r in requests]
         keep = [q for q in dict.fromkeys([*self.preserve, *preserve]) if q.strip() and q.lower() not in {s.lower() for s in sources}]

@@ -63,6 +63,7 @@ class ReFACT(Editor):
     edits = "text_encoder"
     multi_request = False
     needs_grad = True
+    files = {"corpus": "input", "stats_dir": "cache"}
     reference_reedits_per_seed = True  # the authors' script optimises again for every seed
 
     def __init__(self, layer: int = 9, layer_2: int | None = None, lr: float = 0.05, steps: int = 100,
