@@ -201,6 +201,12 @@ class EditTrainer(L.Trainer):
             print(f"edit_bench fit: resuming from {last}")
         if datamodule is not None:  # editor and benchmark arguments are separate namespaces (both have batch_size);
             datamodule._log_hyperparams = False  # the run's config.yaml holds both whole
+        from lightning.pytorch.strategies import DDPStrategy
+
+        if model.ddp_unused_parameters and isinstance(self.strategy, DDPStrategy):
+            # DDP's reducer otherwise waits for gradients of parameters this step does not use; Lightning offers no
+            # public setter once the strategy is built
+            self.strategy._ddp_kwargs["find_unused_parameters"] = True
         stop = _StopOnSignal(last)
         self.callbacks += [ckpt, stop]
         try:

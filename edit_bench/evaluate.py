@@ -215,7 +215,7 @@ def save_sequential_state(editor: Editor, path: Path, edits: int) -> None:
 def load_sequential_state(editor: Editor, path: Path) -> int:
     """Put the stored sequential state into the model (restored to its origin first); returns its number of edits.
     A file of another model or editor is refused whole, before any tensor changes."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from .provenance import class_path
 
@@ -235,7 +235,7 @@ def load_sequential_state(editor: Editor, path: Path) -> int:
             editor.restore()
             for name in names:
                 params[name].copy_(f.get_tensor(name))
-    except (OSError, ValueError, KeyError) as e:  # a file that is not a safetensors state
+    except (OSError, ValueError, KeyError, SafetensorError) as e:  # a file that is not a safetensors state
         raise UsageError(f"{path} is not a readable sequential state ({e}): {fix}") from None
     return int(meta["edits"])
 

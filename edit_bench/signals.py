@@ -21,6 +21,7 @@ import threading
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _received: list[int] = []
+_active: list[bool] = []  # inside stop_at_safe_points (a stop is only ever requested there)
 
 
 class Interrupted(Exception):
@@ -38,8 +39,9 @@ def requested() -> int | None:
 
 
 def check(what: str = "") -> None:
-    """Raise :class:`Interrupted` if a stop was requested (call it only where stopping loses nothing)."""
-    if _received:
+    """Raise :class:`Interrupted` if a stop was requested (call it only where stopping loses nothing); outside
+    :func:`stop_at_safe_points` (an edit made from Python) it never raises."""
+    if _received and _active:
         raise Interrupted(_received[0], what)
 
 
@@ -62,8 +64,12 @@ def stop_at_safe_points():
     _received.clear()
     for s in SIGNALS:
         signal.signal(s, _handler)
+    _active.append(True)
     try:
         yield
     finally:
+        _active.pop()
         for s, h in old.items():
             signal.signal(s, h)
+        if not _active:
+            _received.clear()  # handled: a later command in this process starts afresh

@@ -1,15 +1,21 @@
-"""The editor contract, as a public check: ``check_editor(MyEditor)``.
+"""The editor contract, as a public check: ``check_editor(MyEditor)`` or ``python -m edit_bench.testing module.Class``.
 
 The package's own contract tests run exactly these checks on every discovered editor; an editor written
 outside the package (a subclass in your own module, named by ``class_path`` in your YAML) gets the same
-checks by calling :func:`check_editor` from its tests. They run offline on the random tiny SD-1, SD-2 and
-SDXL layouts in seconds:
+checks by calling :func:`check_editor` from its tests. They run offline on the random tiny layouts of every
+family the editor lists, each editor in its declared small-budget form (``Editor.contract_args``):
 
 - the capabilities are declared (``edits``, ``multi_request``, ``needs_grad``, ``trains``);
 - ``edited_parameters()`` names the model's own tensors, in the component ``edits`` declares;
 - an edit changes only declared parameters and changes something (no silent no-op);
 - ``restore()`` is bitwise; the delta round-trips through ``edit.safetensors`` into a fresh model;
-- the edit's prompts fit the text encoder (``derived_prompts``).
+- the edit's prompts fit the text encoder (``derived_prompts``);
+- the state model the sequential protocol and resumed runs rely on: a second edit ``on_current`` is made on the
+  first's weights and leaves the origin alone; ``original_weights()`` is the model as loaded, bit for bit, and puts
+  the edited weights back; the sequential state saved after it loads into a fresh editor to the same weights; and
+  ``restore()`` returns both to the model as loaded;
+- for an editor that trains (``trains``): ``fit`` on two processes (DDP, gloo, batch 1 each) trains the delta one process
+  trains with batch 2 (:func:`check_distributed_fit`, on ``tiny:sd1``).
 """
 
 from __future__ import annotations
@@ -74,15 +80,113 @@ def check_edit(editor: Editor, requests: Sequence[EditRequest] = REQUESTS, workd
     assert not moved, f"{name}.restore() is not bitwise: {moved[:3]}"
 
 
-def check_editor(cls: type[Editor], layouts: Sequence[str] | None = None, **kwargs) -> None:
+def check_state(editor: Editor, workdir: str | Path | None = None) -> None:
+    """Two edits in sequence (the second ``on_current``), ``original_weights()``, the sequential state saved and loaded
+    into a fresh editor, and ``restore()``, all against the model as loaded (see the module doc)."""
+    from .evaluate import load_sequential_state, save_sequential_state
+
+    name = type(editor).__name__
+    if editor.edits == "none":
+        return
+    first, second = REQUESTS[0], REQUESTS[1]
+    editor.restore()
+    params = editor.edited_parameters()
+    loaded = {n: p.detach().clone() for n, p in params.items()}
+
+    def now(ed):
+        return {n: p.detach().clone() for n, p in ed.edited_parameters().items()}
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[n], b[n].to(a[n].device)) for n in a)
+
+    editor.apply_edit([first])
+    one = now(editor)
+    editor.apply_edit([second], on_current=True)
+    two = now(editor)
+    assert not same(two, one), f"{name}: a second edit on_current changed nothing on the first edit's weights"
+    assert same(editor.origin(), loaded), f"{name}: an on_current edit moved the origin (the model as loaded)"
+    with editor.original_weights():
+        assert same(now(editor), loaded), f"{name}.original_weights() is not the model as loaded after two edits"
+    assert same(now(editor), two), f"{name}.original_weights() did not put the edited weights back bit for bit"
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = Path(tmp) / "sequential-state.safetensors"
+        save_sequential_state(editor, path, 2)
+        fresh = type(editor)(**dict(editor.hparams))  # as a checkpoint rebuilds it
+        assert load_sequential_state(fresh, path) == 2
+        assert same(now(fresh), two), f"{name}: the saved sequential state does not load into a fresh editor bit for bit"
+        assert same(fresh.origin(), loaded), f"{name}: a fresh editor's origin after loading a state is not the model as loaded"
+        fresh.restore()
+        assert same(now(fresh), loaded), f"{name}.restore() after loading a sequential state is not the model as loaded"
+    editor.restore()
+    assert same(now(editor), loaded), f"{name}.restore() after two edits is not the model as loaded"
+
+
+def check_distributed_fit(cls: type[Editor], workdir: str | Path | None = None, timeout: int = 600, **kwargs) -> dict:
+    """``fit`` on two processes (``--trainer.strategy ddp``, gloo on the CPU, batch 1 each) against one process with batch
+    2, on ``tiny:sd1``: the same samples, so the deltas agree up to float rounding (within 1 % in norm per tensor, no
+    element off by more than 1e-4 while each tensor moved more). Returns the measured differences.
+
+    Runs ``python -m edit_bench fit`` in subprocesses, with the editor's ``contract_args`` (and ``kwargs``) and two
+    requests; the class must be importable by its module path."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    args = {**cls.contract_args, **kwargs, "base": "tiny:sd1"}
+    steps = 2 * int(args.get("steps", 2))  # MACE trains `steps` per concept: 2 requests
+    data = json.dumps({"class_path": "edit_bench.benchmarks.requests.EditRequests",
+                       "init_args": {"requests": [{"source": "A banana", "target": "A fruit"},
+                                                  {"source": "A bear", "target": "A dog"}]}})
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        model = Path(tmp) / "model.json"
+        model.write_text(json.dumps({"class_path": name, "init_args": args}))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDIT_BENCH_CACHE": os.environ.get("EDIT_BENCH_CACHE", str(Path(tmp) / "cache")),
+               "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+
+        def fit(out: str, batch: int, devices: int) -> dict:
+            r = subprocess.run([sys.executable, "-m", "edit_bench", "fit", "--model", str(model), "--model.init_args.batch_size",
+                                str(batch), "--data", data, "--trainer.max_steps", str(steps), "--trainer.accelerator", "cpu",
+                                "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
+                                "--trainer.enable_progress_bar", "false", "--out_dir", str(Path(tmp) / out)],
+                               capture_output=True, text=True, env=env, timeout=timeout)
+            assert r.returncode == 0, f"{cls.__name__}: fit on {devices} process(es) failed: {r.stderr.strip()[-1500:]}"
+            return load_file(str(Path(tmp) / out / "edit.safetensors"))
+
+        two, one = fit("two", 1, 2), fit("one", 2, 1)
+    assert two.keys() == one.keys() and one, f"{cls.__name__}: two processes trained other tensors than one"
+    rel = max(float((two[k] - one[k]).norm() / one[k].norm().clamp(min=1e-30)) for k in one)
+    worst = max(float((two[k] - one[k]).abs().max()) for k in one)
+    moved = min(float(one[k].abs().max()) for k in one)
+    assert rel < 1e-2 and worst < 1e-4 < moved, (f"{cls.__name__}: two processes' delta differs from one process's "
+                                                 f"(relative {rel:.2e}, worst element {worst:.2e}, smallest move {moved:.2e})")
+    return {"relative": rel, "worst": worst, "moved": moved}
+
+
+def check_editor(cls: type[Editor], layouts: Sequence[str] | None = None, distributed: bool | None = None, **kwargs) -> None:
     """Every contract check of ``cls`` on each tiny layout (default: one per family in ``cls.families``, so an
-    editor with an MMDiT form is checked on ``tiny:sd3`` and ``tiny:flux`` too; ``kwargs`` go to its constructor).
+    editor with an MMDiT form is checked on ``tiny:sd3`` and ``tiny:flux`` too), built with its ``contract_args``
+    updated by ``kwargs``; for an editor that trains, the two-process fit too (``distributed``: default ``cls.trains``).
 
     Raises ``AssertionError`` naming the broken promise.
     """
     check_capabilities(cls)
     for spec in layouts or [f"tiny:{f}" for f in cls.families]:
-        check_edit(cls(base=spec, **kwargs))
+        extra = {"recipe": "current"} if spec in ("tiny:sd3", "tiny:flux") and "recipe" in _parameters(cls) else {}
+        editor = cls(base=spec, **{**cls.contract_args, **extra, **kwargs})
+        check_edit(editor)
+        check_state(editor)
+    if cls.trains if distributed is None else distributed:
+        check_distributed_fit(cls, **kwargs)
+
+
+def _parameters(cls) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
     import os
     import sys
+    import time
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     names = sys.argv[1:] if argv is None else list(argv)
@@ -105,12 +210,15 @@ def main(argv: list[str] | None = None) -> int:
         except (ImportError, AttributeError, ValueError) as e:
             print(f"edit_bench.testing: error: cannot import {name!r} ({e}): give module.Class", file=sys.stderr)
             return 2
+        t0 = time.perf_counter()
         try:
             check_editor(cls)
         except AssertionError as e:
             print(f"{name}: FAILED: {e}", file=sys.stderr)
             return 1
-        print(f"{name}: every contract check passed on {', '.join(f'tiny:{f}' for f in cls.families)}")
+        extra = " and a two-process fit" if cls.trains else ""
+        print(f"{name}: every contract check passed on {', '.join(f'tiny:{f}' for f in cls.families)}{extra} "
+              f"in {time.perf_counter() - t0:.0f} s")
     return 0
 
 

@@ -325,3 +325,36 @@ def test_a_refused_closed_form_fit_is_one_line_and_writes_nothing(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and "no null space" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("keep", [[], ["A dog"]])
+def test_rece_weights_the_retained_empty_prompt_as_its_scripts_do(keep):
+    """One adversarial round against an explicit weighted ridge (normal equations, float64): the retained " " counts
+    once per concept without preserved concepts (the scripts list it per concept) and once with them (the scripts that
+    take preserved concepts list it once)."""
+    from edit_bench.editors.rece import RECE
+    from edit_bench.editors.ridge import adversarial_map
+
+    reqs = [EditRequest("A banana", ""), EditRequest("A bear", "")]
+    warm = RECE(base="tiny:sd1", epochs=0)
+    warm.apply_edit(reqs, keep)
+    W1 = {n: p.detach().double().clone() for n, p in warm.edited_parameters().items()}
+    ed = RECE(base="tiny:sd1", epochs=1)
+    ed.apply_edit(reqs, keep)
+    t2i, origin = ed.t2i, ed.origin()
+    D = t2i.context_dim
+    A = adversarial_map([W1[n].float() for n in W1], [origin[n] for n in W1], ed.gamma)
+    K_adv = A @ t2i.encode([r.source for r in reqs]).double().reshape(-1, D).T
+    V_g = t2i.encode([" ", " "]).double().reshape(-1, D).T
+    C_q = t2i.encode([" ", *keep]).double().reshape(-1, D).T
+    L = t2i.max_length
+    w_q = torch.full((C_q.shape[1],), ed.adv_preserve_scale, dtype=torch.float64)
+    w_q[:L] *= 1 if keep else len(reqs)
+    K = torch.cat([K_adv, C_q], 1)
+    w = torch.cat([torch.full((K_adv.shape[1],), ed.adv_erase_scale, dtype=torch.float64), w_q])
+    eye = torch.eye(D, dtype=torch.float64)
+    for n, W in W1.items():
+        V = W @ torch.cat([V_g, C_q], 1)
+        want = torch.linalg.solve((K * w) @ K.T + ed.adv_lam * eye, ((V * w) @ K.T + ed.adv_lam * W).T).T
+        got = ed.edited_parameters()[n].double()
+        assert float((got - want).norm() / want.norm()) < 2e-5, n

@@ -101,7 +101,24 @@ def test_restoring_everything_is_the_clean_run_and_nothing_the_corrupted_one(spe
     assert _hooks(t2i) == hooks and all(torch.equal(p, before[n]) for n, p in t2i.named_parameters())
 
 
-def test_causal_trace_scores_do_not_depend_on_the_batch_split_and_name_every_state():
+def test_a_traced_image_does_not_depend_on_the_batch_it_is_drawn_in():
+    """Each restoration is drawn with its own (shared-seed) noise, so its image depends on the batch only through float32
+    rounding of batched kernels: measured 3.4e-6 at most on the toy world (one thread), bounded here by 1e-4."""
+    from edit_bench.localize.causal_trace import Job, generate_jobs, subject_noise
+
+    t2i = load_t2i("toy")
+    nz = subject_noise(t2i, "a blue circle", "blue", 0, 3.0)
+    big = generate_jobs(t2i, "a blue circle", 0, [Job(corrupt=False)] + [Job(unet=[c]) for c in range(20)] + [Job(unet=[65])], nz, S)
+    alone = generate_jobs(t2i, "a blue circle", 0, [Job(corrupt=False), Job(unet=[65])], nz, S)
+    assert float((big[-1] - alone[-1]).abs().max()) < 1e-4 and float((big[0] - alone[0]).abs().max()) < 1e-4
+
+
+def test_causal_trace_scores_agree_across_batch_splits_and_name_every_state():
+    """Scores agree up to the judge's 8-bit step: the judge scores the image as saved (rounded to 8 bits, as the papers'
+    pipelines do), so a float32 rounding difference of ~1e-6 (previous test) flips a pixel that sits on a rounding
+    boundary by one level, which moves the toy judge's score by up to ~0.1 (measured: 0.069 for one of 94 states with one
+    torch thread, 0.011 with two; the rest within 0.003). So: every score within 0.5 (five such worst flips), and the
+    mean difference within 0.01."""
     from edit_bench.metrics import ClipJudge, JudgeConfig
 
     t2i = load_t2i("toy")
@@ -112,7 +129,19 @@ def test_causal_trace_scores_do_not_depend_on_the_batch_split_and_name_every_sta
     assert len(a["text"]["effect"]) == len(t2i.text_layers()) and len(a["text"]["states"]) == 4 * 6
     assert [c["component"] for c in a["unet"]["components"]] == [c.name for c in t2i.unet_components()]
     assert a["clean_score"] > a["corrupted_score"]  # noising "blue" moves the image away from "a blue circle"
+    diffs = []
     for x, y in zip(a["text"]["states"] + a["unet"]["components"], b["text"]["states"] + b["unet"]["components"]):
-        assert x["score"] == pytest.approx(y["score"], abs=0.05)
+        diffs.append(abs(x["score"] - y["score"]))
         assert x["effect"] == pytest.approx((x["score"] - a["corrupted_score"]) / (a["clean_score"] - a["corrupted_score"]))
+    assert max(diffs) < 0.5 and sum(diffs) / len(diffs) < 0.01, (max(diffs), sum(diffs) / len(diffs))
+    from edit_bench.metrics import ClipJudge, JudgeConfig
+
+    t2i = load_t2i("toy")
+    judge = ClipJudge(JudgeConfig(model="toy"))
+    a = causal_trace(t2i, "a blue circle", "blue", S, judge, batch_size=64, progress=False)
+    b = causal_trace(t2i, "a blue circle", "blue", S, judge, batch_size=5, progress=False)
+    assert a["text"]["tokens"] == ["<|startoftext|>", "a", "blue", "circle", "<|endoftext|>", "[pad]"]
+    assert len(a["text"]["effect"]) == len(t2i.text_layers()) and len(a["text"]["states"]) == 4 * 6
+    assert [c["component"] for c in a["unet"]["components"]] == [c.name for c in t2i.unet_components()]
+    assert a["clean_score"] > a["corrupted_score"]  # noising "blue" moves the image away from "a blue circle"
     assert a["subject_positions"] == [2]

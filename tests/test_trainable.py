@@ -348,7 +348,7 @@ def test_an_interrupted_concept_ablation_fit_resumes_to_the_same_delta(tmp_path,
 
 
 # ESD (the same FineTuner sampling, another loss) runs with -m slow: the suite stays under 15 min
-@pytest.mark.parametrize("editor", ["ConceptAblation", pytest.param("ESD", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("editor", ["ConceptAblation", "MACE", pytest.param("ESD", marks=pytest.mark.slow)])
 def test_two_processes_with_batch_1_train_the_delta_of_one_process_with_batch_2(tmp_path, editor):
     """`fit --trainer.devices 2 --trainer.strategy ddp` (gloo, CPU), batch 1 per process, trains the delta one
     process trains with batch 2: the same samples (keyed by global sample index), the gradient averaged by
@@ -369,8 +369,12 @@ def test_two_processes_with_batch_1_train_the_delta_of_one_process_with_batch_2(
 
     model = tmp_path / "model.yaml"
     args = {"ConceptAblation": {"num_anchor_images": 4, "lr": 1e-3, "scale_lr": True, "anchor_sampler": CHEAP},
-            "ESD": {"sample_steps": 4, "lr": 1e-3}}[editor]
-    module = {"ConceptAblation": "concept_ablation", "ESD": "esd"}[editor]
+            "ESD": {"sample_steps": 4, "lr": 1e-3},
+            # two concepts: one LoRA each, trained in turn (2 steps each), the others unused at a step
+            "MACE": {"steps": 2, "lr": 1e-3, "corpus_samples": 50, "lam": 0.5, "images": 2, "data": "generate",
+                     "templates": ["{}"], "data_sampler": CHEAP}}[editor]
+    module = {"ConceptAblation": "concept_ablation", "ESD": "esd", "MACE": "mace"}[editor]
+    steps = 4 if editor == "MACE" else 3
     model.write_text(json.dumps({"class_path": f"edit_bench.editors.{module}.{editor}",
                                  "init_args": {**args, "base": "tiny:sd1"}}))
     data = json.dumps({"class_path": "edit_bench.benchmarks.requests.EditRequests",
@@ -380,7 +384,7 @@ def test_two_processes_with_batch_1_train_the_delta_of_one_process_with_batch_2(
 
     def fit(out, batch, devices):
         r = subprocess.run([sys.executable, "-m", "edit_bench", "fit", "--model", model, "--model.init_args.batch_size",
-                            str(batch), "--data", data, "--trainer.max_steps", "3", "--trainer.accelerator", "cpu",
+                            str(batch), "--data", data, "--trainer.max_steps", str(steps), "--trainer.accelerator", "cpu",
                             "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
                             "--trainer.enable_progress_bar", "false", "--out_dir", tmp_path / out],
                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)

@@ -39,6 +39,11 @@ class Editor(L.LightningModule):
             form; ``eval`` evaluates its delta.
         reference_reedits_per_seed: the method's reference script edits again for every seed (``bench``'s
             authors' loop does the same by default).
+        contract_args: constructor arguments of the editor's small-budget form, which the contract checker
+            (:mod:`edit_bench.testing`) builds on tiny random models: the contract is about which weights change and how
+            state round-trips, not about a good edit (e.g. a prior over 500 captions instead of 30,000, 2 training steps).
+        ddp_unused_parameters: some trained parameters get no gradient at a step (MACE trains one LoRA per concept at
+            a time): under DDP, ``fit`` tells the strategy to find unused parameters.
         families: the model families the editor has a form for (``sd1``, ``sd2``, ``sdxl``; ``sd3`` and ``flux``
             where it has an MMDiT form); another family is refused when the model loads.
 
@@ -51,6 +56,8 @@ class Editor(L.LightningModule):
     needs_grad: ClassVar[bool] = False
     trains: ClassVar[bool] = False
     reference_reedits_per_seed: ClassVar[bool] = False
+    ddp_unused_parameters: ClassVar[bool] = False
+    contract_args: ClassVar[dict] = {}
     families: ClassVar[tuple[str, ...]] = ("sd1", "sd2", "sdxl")
     # The constructor arguments that name files or folders, by role: an ``input`` decides the edit (its content is
     # digested into the provenance, and it must exist before anything runs); a ``cache`` or ``output`` is written by

@@ -122,6 +122,8 @@ class ConceptAblation(FineTuner):
     """
 
     files = {"anchor_prompts": "input", "anchor_folder": "input"}
+    contract_args = {"num_anchor_images": 2, "steps": 2, "lr": 1e-3,
+                     "anchor_sampler": {"scheduler": "ddim", "steps": 2, "guidance": 6.0, "size": None, "seeds": [0], "eta": 1.0}}
 
     def __init__(self, params: Literal["cross-attn", "full-weight", "embedding"] = "cross-attn",
                  loss: Literal["model", "noise"] = "model", concept_type: Literal["object", "style"] = "object",

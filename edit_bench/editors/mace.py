@@ -161,6 +161,7 @@ class MaceCFR(_Closed, Editor):
     edits = "cross_attn_kv"
     multi_request = True
     files = {"corpus": "input", "stats_dir": "cache"}
+    contract_args = {"corpus_samples": 500, "lam": 0.5}
 
     def __init__(self, templates: Sequence[str] = TEMPLATES, lam: float = 0.0, preserve_scale: float = 1e-4,
                  domain_scale: float = 8e4, preserve: Sequence[str] = (), corpus: str | None = None,
@@ -247,6 +248,10 @@ class MACE(_Closed, FineTuner):
 
     edits = "cross_attn_kv"
     files = {"corpus": "input", "stats_dir": "cache", "data": "input"}  # data: a folder ("render"/"generate" name none)
+    ddp_unused_parameters = True  # one LoRA per concept trains at a time (peft's set_adapter freezes the others)
+    contract_args = {"corpus_samples": 500, "lam": 0.5, "data": "generate", "images": 1, "steps": 2,
+                     "templates": ["{}", "a photo of {}"],
+                     "data_sampler": {"scheduler": "dpm", "steps": 2, "guidance": 7.5, "size": None, "seeds": [0]}}
 
     def __init__(self, lr: float = 1e-4, steps: int = 50, rank: int = 1, images: int = 8,
                  data: str = "render", importance_sampling: bool = True, fuse_preserve_scale: float = 1e-4,

@@ -70,14 +70,17 @@ class RECE(UCE):
         sources = [r.source for r in requests]
         guides = [r.target if r.target.strip() else " " for r in requests]
         keep = [q for q in dict.fromkeys([*self.preserve, *preserve]) if q.strip() and q.lower() not in {s.lower() for s in sources}]
-        retain = [" "] + keep  # RECE lists " " once per concept: one copy weighted len(requests) times, the same sum
+        # the retained " ": RECE's scripts without preserved concepts list it once per concept (one copy weighted
+        # len(requests) times is the same sum); its scripts that take preserved concepts list it once
+        retain = [" "] + keep
         c = self.t2i.encode(sources).double()  # [N, 77, D]
         D = c.shape[-1]
         V_g = self.t2i.encode(guides).double().reshape(-1, D).T  # [D, N*77], position-aligned with the keys
         C_q = self.t2i.encode(retain).double().reshape(-1, D).T
         L = c.shape[1]
         w_q = torch.full((C_q.shape[1],), float(self.adv_preserve_scale), dtype=torch.float64)
-        w_q[:L] *= len(requests)
+        if not keep:
+            w_q[:L] *= len(requests)
         for _ in range(self.epochs):
             A = adversarial_map([p.detach() for p in params.values()], [originals[n] for n in params], self.gamma)
             K_adv = A @ c.reshape(-1, D).T  # c'_t = A c_t for every position

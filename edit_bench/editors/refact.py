@@ -64,6 +64,7 @@ class ReFACT(Editor):
     multi_request = False
     needs_grad = True
     files = {"corpus": "input", "stats_dir": "cache"}
+    contract_args = {"stats_samples": 500, "steps": 10}
     reference_reedits_per_seed = True  # the authors' script optimises again for every seed
 
     def __init__(self, layer: int = 9, layer_2: int | None = None, lr: float = 0.05, steps: int = 100,

@@ -20,6 +20,7 @@ class Unedited(Editor):
     edits = "none"
     families = ("sd1", "sd2", "sdxl", "sd3", "flux")
     multi_request = True
+    files = {"delta": "input"}
 
     def __init__(self, delta: str | None = None, base: str = "toy"):
         super().__init__(base=base)
