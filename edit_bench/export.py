@@ -142,6 +142,12 @@ def export(source: str, out: str, base: str | None = None, runs: list[str] | Non
     src, out_path = Path(source), Path(out)
     if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
         raise UsageError(f"{out_path} exists and is not empty: give a new --out folder (nothing is overwritten)")
+    from .rundir import holder
+
+    for d in [src if src.is_dir() else src.parent, *map(Path, runs or [])]:
+        if (h := holder(d)) is not None:
+            raise UsageError(f"{d} is still being written by pid {h.get('pid')} on {h.get('host')} (`{h.get('command')}`): "
+                             "export it when that run has ended")
     path = _delta_path(src)
     meta = _metadata(path)
     for d in runs or []:

@@ -273,3 +273,23 @@ def test_matmul_precision_governs_convolutions_and_the_flags_in_force_are_record
         torch.set_float32_matmul_precision(old[0])
         torch.backends.cudnn.allow_tf32 = old[1]
     assert {"cuda", "cudnn", "onnxruntime", "opencv-python"} <= set(versions())
+
+
+def test_export_refuses_a_run_that_is_still_running(tmp_path):
+    import socket
+
+    from edit_bench.export import export
+
+    run = tmp_path / "fit"
+    assert run_cli(["fit", "--model", "configs/editor/time.yaml", "--model.init_args.base", "tiny:sd1", "--data",
+                    "EditRequests", "--data.path", "configs/requests/blue_banana.yaml", "--out_dir", run]) == 0
+    holder = _sleeper()
+    try:
+        (run / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "command": "fit"}))
+        with pytest.raises(UsageError, match=f"still being written by pid {holder.pid}"):
+            export(str(run), str(tmp_path / "out"))
+        assert not (tmp_path / "out").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert export(str(run), str(tmp_path / "out")).is_dir()  # its holder is gone
