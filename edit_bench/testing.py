@@ -43,6 +43,10 @@ def check_capabilities(cls: type[Editor]) -> None:
     assert cls.edits in _COMPONENT, f"{cls.__name__}.edits = {cls.edits!r}; use one of {sorted(_COMPONENT)}"
     for flag in ("multi_request", "needs_grad", "trains"):
         assert isinstance(getattr(cls, flag), bool), f"{cls.__name__}.{flag} must be a bool"
+    bad = {k: v for k, v in cls.derives.items() if v not in ("origin", "reference", "current")}
+    assert not bad, f"{cls.__name__}.derives {bad}: say origin, reference or current"
+    roles = {k: v for k, v in cls.files.items() if v not in ("input", "cache", "output")}
+    assert not roles, f"{cls.__name__}.files {roles}: say input, cache or output"
 
 
 def check_edit(editor: Editor, requests: Sequence[EditRequest] = REQUESTS, workdir: str | Path | None = None) -> None:

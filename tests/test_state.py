@@ -293,3 +293,28 @@ def test_export_refuses_a_run_that_is_still_running(tmp_path):
         holder.kill()
         holder.wait()
     assert export(str(run), str(tmp_path / "out")).is_dir()  # its holder is gone
+
+
+def test_an_anchor_image_listed_outside_the_anchor_folder_is_digested(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from edit_bench.editors.concept_ablation import ConceptAblation
+    from edit_bench.provenance import Provenance
+
+    outside = tmp_path / "elsewhere" / "a.png"
+    outside.parent.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside)
+    folder = tmp_path / "anchors"
+    folder.mkdir()
+    (folder / "images.txt").write_text(f"{outside}\n")
+    (folder / "caption.txt").write_text("a fruit\n")
+    data = _timed(rows="0:1")
+
+    def prov():
+        return Provenance.build(ConceptAblation(base="tiny:sd1", anchor_folder=str(folder)), data).run()
+
+    before = prov()
+    assert "editor.anchor_folder.images.0" in before["files"]
+    Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(outside)
+    assert prov()["files"] != before["files"]

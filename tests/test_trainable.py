@@ -347,58 +347,32 @@ def test_an_interrupted_concept_ablation_fit_resumes_to_the_same_delta(tmp_path,
         torch.testing.assert_close(cut[k], whole[k], atol=1e-7, rtol=0)
 
 
-# ESD (the same FineTuner sampling, another loss) runs with -m slow: the suite stays under 15 min
-@pytest.mark.parametrize("editor", ["ConceptAblation", "MACE", pytest.param("ESD", marks=pytest.mark.slow)])
-def test_two_processes_with_batch_1_train_the_delta_of_one_process_with_batch_2(tmp_path, editor):
-    """`fit --trainer.devices 2 --trainer.strategy ddp` (gloo, CPU), batch 1 per process, trains the delta one
-    process trains with batch 2: the same samples (keyed by global sample index), the gradient averaged by
-    DDP's all-reduce instead of by the loss's mean.
+def _trained_editors():
+    from edit_bench.editors import discover
+
+    slow = {"ESD"}  # the same FineTuner sampling as Concept Ablation, another loss: -m slow keeps the suite under 15 min
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n, c in sorted(discover().items()) if c.trains]
+
+
+@pytest.mark.parametrize("editor", _trained_editors())
+def test_two_processes_with_batch_1_train_the_delta_of_one_process_with_batch_2(tmp_path, editor, monkeypatch):
+    """Every editor that trains, through the public checker (``edit_bench.testing.check_distributed_fit``): `fit
+    --trainer.devices 2 --trainer.strategy ddp` (gloo, CPU), batch 1 per process, trains the delta one process trains
+    with batch 2: the same samples (keyed by global sample index), the gradient averaged by DDP's all-reduce instead
+    of by the loss's mean. MACE trains one LoRA per concept at a time, the others unused at a step.
 
     They are not bitwise equal: a UNet forward of batch 2 and two of batch 1 round differently in float32
     (the loss agrees to ~3e-6 relative; a gradient element that is 1e-3 of its tensor's largest carries ~1e-2
     relative error). Adam divides every element by its own gradient magnitude, so such an element's step
     (~lr = 1e-3) differs by up to a few percent of lr. Hence the bounds: each tensor's delta within 1 % in
     norm, and no element off by more than a tenth of one Adam step (1e-4), while each tensor moved ~1e-3."""
-    import os
-    import subprocess
-    import sys
+    from edit_bench.editors import discover
+    from edit_bench.testing import check_distributed_fit
 
-    from safetensors.torch import load_file
-
-    from helpers import ROOT
-
-    model = tmp_path / "model.yaml"
-    args = {"ConceptAblation": {"num_anchor_images": 4, "lr": 1e-3, "scale_lr": True, "anchor_sampler": CHEAP},
-            "ESD": {"sample_steps": 4, "lr": 1e-3},
-            # two concepts: one LoRA each, trained in turn (2 steps each), the others unused at a step
-            "MACE": {"steps": 2, "lr": 1e-3, "corpus_samples": 50, "lam": 0.5, "images": 2, "data": "generate",
-                     "templates": ["{}"], "data_sampler": CHEAP}}[editor]
-    module = {"ConceptAblation": "concept_ablation", "ESD": "esd", "MACE": "mace"}[editor]
-    steps = 4 if editor == "MACE" else 3
-    model.write_text(json.dumps({"class_path": f"edit_bench.editors.{module}.{editor}",
-                                 "init_args": {**args, "base": "tiny:sd1"}}))
-    data = json.dumps({"class_path": "edit_bench.benchmarks.requests.EditRequests",
-                       "init_args": {"requests": [{"source": "A banana", "target": "A fruit"},
-                                                  {"source": "A bear", "target": "A dog"}]}})
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDIT_BENCH_CACHE": str(tmp_path / "cache")}
-
-    def fit(out, batch, devices):
-        r = subprocess.run([sys.executable, "-m", "edit_bench", "fit", "--model", model, "--model.init_args.batch_size",
-                            str(batch), "--data", data, "--trainer.max_steps", str(steps), "--trainer.accelerator", "cpu",
-                            "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
-                            "--trainer.enable_progress_bar", "false", "--out_dir", tmp_path / out],
-                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)
-        assert r.returncode == 0, r.stderr[-3000:]
-        return load_file(str(tmp_path / out / "edit.safetensors")), json.loads((tmp_path / out / "edit.json").read_text())
-
-    (two, two_info), (one, one_info) = fit("two", 1, 2), fit("one", 2, 1)
-    assert two.keys() == one.keys() and len(one) > 0
-    assert two_info["editor_info"]["lr"] == one_info["editor_info"]["lr"]  # CA's scale_lr: batch x processes
-    rel = max(float((two[k] - one[k]).norm() / one[k].norm()) for k in one)
-    worst = max(float((two[k] - one[k]).abs().max()) for k in one)
-    moved = min(float(one[k].abs().max()) for k in one)
-    print(f"relative delta difference {rel:.2e}, worst element {worst:.2e}, smallest tensor move {moved:.2e}")
-    assert rel < 1e-2 and worst < 1e-4 < moved, (rel, worst, moved)
+    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
+    out = check_distributed_fit(discover()[editor], workdir=tmp_path)
+    print(f"{editor}: relative delta difference {out['relative']:.2e}, worst element {out['worst']:.2e}, "
+          f"smallest tensor move {out['moved']:.2e}")
 
 
 def test_fit_and_the_per_case_edit_run_the_same_training(tmp_path, monkeypatch):

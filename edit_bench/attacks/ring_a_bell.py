@@ -28,7 +28,6 @@ drops 19 of the 250 copies by index before averaging (a near-duplicate mean of t
 from __future__ import annotations
 
 import contextlib
-
 import csv
 
 import torch

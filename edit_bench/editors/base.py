@@ -58,6 +58,10 @@ class Editor(L.LightningModule):
     reference_reedits_per_seed: ClassVar[bool] = False
     ddp_unused_parameters: ClassVar[bool] = False
     contract_args: ClassVar[dict] = {}
+    # What the editor derives from a model and from which weights: ``origin`` (the model as loaded, whatever was
+    # loaded or edited since), ``reference`` (the weights the edit in progress starts from: the origin, or the current
+    # weights under on_current) or ``current``. A cache of such data is keyed by the identity or a digest of those weights.
+    derives: ClassVar[dict[str, str]] = {}
     families: ClassVar[tuple[str, ...]] = ("sd1", "sd2", "sdxl")
     # The constructor arguments that name files or folders, by role: an ``input`` decides the edit (its content is
     # digested into the provenance, and it must exist before anything runs); a ``cache`` or ``output`` is written by

@@ -122,6 +122,7 @@ class ConceptAblation(FineTuner):
     """
 
     files = {"anchor_prompts": "input", "anchor_folder": "input"}
+    derives = {"anchor images": "origin"}  # cached by the model's identity: the origin is the model as loaded
     contract_args = {"num_anchor_images": 2, "steps": 2, "lr": 1e-3,
                      "anchor_sampler": {"scheduler": "ddim", "steps": 2, "guidance": 6.0, "size": None, "seeds": [0], "eta": 1.0}}
 

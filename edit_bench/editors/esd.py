@@ -167,6 +167,7 @@ class ESD(FineTuner):
     # ------------------------------------------------------------------ what is trained
     families = ("sd1", "sd2", "sdxl", "sd3", "flux")  # SD3 / FLUX: recipe current, the text side as ESD-x
     contract_args = {"steps": 2, "sample_steps": 4, "lr": 1e-3}
+    derives = {"frozen teacher θ": "reference"}
 
     def edited_parameters(self):
         if self.t2i.family in ("sd3", "flux"):

@@ -162,6 +162,7 @@ class MaceCFR(_Closed, Editor):
     edits = "cross_attn_kv"
     multi_request = True
     files = {"corpus": "input", "stats_dir": "cache"}
+    derives = {"W0": "reference", "prior statistics": "current"}
     contract_args = {"corpus_samples": 500, "lam": 0.5}
 
     def __init__(self, templates: Sequence[str] = TEMPLATES, lam: float = 0.0, preserve_scale: float = 1e-4,
@@ -250,6 +251,8 @@ class MACE(_Closed, FineTuner):
     edits = "cross_attn_kv"
     files = {"corpus": "input", "stats_dir": "cache", "data": "input"}  # data: a folder ("render"/"generate" name none)
     ddp_unused_parameters = True  # one LoRA per concept trains at a time (peft's set_adapter freezes the others)
+    derives = {"concept images (data: generate)": "origin", "W0": "reference",
+               "prior statistics": "current"}  # the prior's cache is keyed by a digest of the text-encoder weights
     contract_args = {"corpus_samples": 500, "lam": 0.5, "data": "generate", "images": 1, "steps": 2,
                      "templates": ["{}", "a photo of {}"],
                      "data_sampler": {"scheduler": "dpm", "steps": 2, "guidance": 7.5, "size": None, "seeds": [0]}}

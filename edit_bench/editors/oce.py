@@ -66,6 +66,7 @@ class OCE(Editor):
     multi_request = True
     families = ("sd1", "sd2", "sdxl", "sd3", "flux")  # SD3 / FLUX: context_embedder (OCE's oce_flux.py)
     files = {"corpus": "input", "stats_dir": "cache"}
+    derives = {"global prior K0": "current"}  # cached by a digest of the text-encoder weights
     contract_args = {"corpus_samples": 500}
 
     def __init__(self, erase_scale: float = 1.0, global_scale: float = 0.5, concept_scale: float = 0.3, lam: float = 1.5,

@@ -45,6 +45,7 @@ class RECE(UCE):
     """
 
     families = ("sd1", "sd2", "sdxl")  # UCE has an MMDiT form; RECE's adversarial rounds have none
+    derives = {"W^SD of the adversarial map": "reference"}
 
     def __init__(self, epochs: int = 3, gamma: float = 0.1, adv_lam: float = 0.1, adv_erase_scale: float = 1.0,
                  adv_preserve_scale: float = 0.1, lam: float = 0.5, erase_scale: float = 1.0,

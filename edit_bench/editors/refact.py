@@ -64,6 +64,7 @@ class ReFACT(Editor):
     multi_request = False
     needs_grad = True
     files = {"corpus": "input", "stats_dir": "cache"}
+    derives = {"second-moment statistics": "current"}  # cached by a digest of the encoder weights below the layer
     contract_args = {"stats_samples": 500, "steps": 10}
     reference_reedits_per_seed = True  # the authors' script optimises again for every seed
 
