@@ -212,9 +212,10 @@ def save_sequential_state(editor: Editor, path: Path, edits: int) -> None:
 
 
 @torch.no_grad()
-def load_sequential_state(editor: Editor, path: Path) -> int:
+def load_sequential_state(editor: Editor, path: Path, check_only: bool = False) -> int:
     """Put the stored sequential state into the model (restored to its origin first); returns its number of edits.
-    A file of another model or editor is refused whole, before any tensor changes."""
+    A file of another model or editor is refused whole, before any tensor changes (``check_only``: refuse or return,
+    touching nothing: a run checks its state before it draws anything)."""
     from safetensors import SafetensorError, safe_open
 
     from .provenance import class_path
@@ -232,12 +233,15 @@ def load_sequential_state(editor: Editor, path: Path) -> int:
             unknown = [n for n in names if n not in params or tuple(f.get_slice(n).get_shape()) != tuple(params[n].shape)]
             if unknown:
                 raise UsageError(f"{path} holds {unknown[0]}, which {type(editor).__name__} does not edit on this model: {fix}")
+            edits = int(meta["edits"])
+            if check_only:
+                return edits
             editor.restore()
             for name in names:
                 params[name].copy_(f.get_tensor(name))
     except (OSError, ValueError, KeyError, SafetensorError) as e:  # a file that is not a safetensors state
         raise UsageError(f"{path} is not a readable sequential state ({e}): {fix}") from None
-    return int(meta["edits"])
+    return edits
 
 
 def attack_path(run: RunDir, variant: str, attack: str, case_id: str) -> Path:
@@ -538,6 +542,8 @@ class Evaluation:
         for n in the_plan.stages:
             of[stage_variant(n)] = stage_samples(bench, n)
         before = {v: self._stored(run, v, of[v]) for v in variants}  # all checked before anything runs
+        if the_plan.mode == "sequential" and (run.path / SEQUENTIAL_STATE).exists():
+            load_sequential_state(editor, run.path / SEQUENTIAL_STATE, check_only=True)
         edits_before = {v: set(run.load_edits(v)) for v in variants}
         if trainer.is_global_zero:
             run.create(self.config_yaml)
@@ -632,6 +638,7 @@ class Evaluation:
                          "metrics": [m.describe() for m in bench.metrics], "not_scored": the_plan.not_scored,
                          "precision": gen["precision"], "matmul_precision": gen["matmul_precision"], "device": gen["device"],
                          "device_name": gen["device_name"], "numerics": gen["numerics"],
+                         "batch_size": bench.batch_size,  # this run's (a resume may take another: provenance.RESUMABLE)
                          "fast_path": {**gen["fast_path"], "attention": editor.t2i.attention_processors()}},
             "provenance": prov.run(),
             "timing": {

@@ -117,12 +117,24 @@ def _label(r: dict) -> str:
     return label
 
 
+def _baseline_key(r: dict) -> tuple:
+    """What makes two runs' unedited baselines the same: the model, the data, how images are drawn and scored (the
+    provenance's generation and metrics) and the samples scored (each metric's count). Never the numbers themselves:
+    the same baseline drawn in another batch composition (a cached one) differs by float rounding."""
+    import json
+
+    prov = r.get("provenance") or {}
+    counts = tuple(sorted((k, v.get("n")) for k, v in r["baseline"].items() if isinstance(v, dict)))
+    return (r["model_id"], r["_data"], json.dumps(prov.get("generation"), sort_keys=True, default=str),
+            json.dumps(prov.get("metrics"), sort_keys=True, default=str), counts)
+
+
 def table_rows(runs: list[dict]) -> list[dict]:
     """One row per run (and one per distinct unedited baseline): labels, metrics, edit time."""
     rows, seen = [], set()
     for r in runs:
         if r.get("baseline"):
-            key = (r["model_id"], r["_data"], repr(sorted(r["baseline"].items())))
+            key = _baseline_key(r)
             if key not in seen:
                 seen.add(key)
                 rows.append({"run": r["_dir"], "method": "unedited (baseline)", "model": r["model"], "benchmark": r["_data"],

@@ -192,4 +192,4 @@ def test_refact_with_too_small_a_corpus_is_a_clear_error(tmp_path):
     ed = ReFACT(layer=1, steps=2, corpus=str(corpus), stats_dir=str(tmp_path), base="tiny:sd1")
     with pytest.raises(UsageError, match=r"token positions, fewer than d = \d+.*too small"):
         ed.apply_edit([EditRequest("A banana", "A blue banana")])
-    assert all(torch.equal(p, ed._snapshot[n]) for n, p in ed.edited_parameters().items())
+    assert all(torch.equal(p, ed.origin()[n]) for n, p in ed.edited_parameters().items())

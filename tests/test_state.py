@@ -318,3 +318,62 @@ def test_an_anchor_image_listed_outside_the_anchor_folder_is_digested(tmp_path):
     assert "editor.anchor_folder.images.0" in before["files"]
     Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(outside)
     assert prov()["files"] != before["files"]
+
+
+def test_a_run_with_a_foreign_sequential_state_is_refused_before_it_draws_anything(tmp_path):
+    from edit_bench.editors.uce import UCE
+
+    out = tmp_path / "run"
+    Evaluation(TIME(base="tiny:sd1"), _timed(rows="0:2", protocol="sequential"), out).run(_trainer())
+    records = sorted(p.stat().st_mtime_ns for p in out.rglob("*.jsonl"))
+    other = UCE(base="tiny:sd1")
+    other.apply_edit([R1])
+    save_sequential_state(other, out / SEQUENTIAL_STATE, 2)  # e.g. copied in from another run
+    with pytest.raises(UsageError, match="made by edit_bench.editors.uce.UCE, not edit_bench.editors.time.TIME"):
+        Evaluation(TIME(base="tiny:sd1"), _timed(rows="0:2", protocol="sequential"), out).run(_trainer())
+    assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.jsonl")) == records and not (out / ".lock").exists()
+
+
+class _KillsAtCase(EditScores):
+    """Sends SIGTERM to this process when it first scores a sample of ``case`` (once armed)."""
+
+    armed, case = False, None
+
+    def score(self, images, samples):
+        if type(self).armed and any(s.case_id == type(self).case for s in samples):
+            type(self).armed = False
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().score(images, samples)
+
+
+def test_a_resumed_sequential_run_attacks_with_the_unedited_models_images_and_teacher(tmp_path):
+    """The failure this replaces: resumed mid-stage (the state already holds the stage's edits, so no edit runs in the
+    new process), concept inversion and P4D drew "the unedited model's" images and teacher from the edited model. Here
+    the resumed run's attacks find what the uninterrupted run's found, at every stage."""
+    from edit_bench.attacks import ConceptInversion, PromptOptimisation
+    from edit_bench.editors.uce import UCE
+    from edit_bench.signals import Interrupted
+
+    def bench():
+        attacks = [ConceptInversion(steps=2, batch_size=2, image_seeds=[7]),
+                   PromptOptimisation(name="p4d", timesteps=1, iterations=2, objective="teacher", image_seeds=[7])]
+        return TIMED(rows="0:2", sampler=TINY_SAMPLER, judge=JudgeConfig(model="tiny:random"), batch_size=4,
+                     metrics=[_KillsAtCase()], attacks=attacks, protocol="sequential")
+
+    whole = Evaluation(UCE(base="tiny:sd1"), bench(), tmp_path / "whole").run(_trainer())
+    second = list(bench()._cases)[1]  # appears from stage 2 on: its first batch comes after the stage's edits are kept
+    _KillsAtCase.armed, _KillsAtCase.case = True, second
+    with pytest.raises(Interrupted):
+        Evaluation(UCE(base="tiny:sd1"), bench(), tmp_path / "cut").run(_trainer())
+    assert not _KillsAtCase.armed
+    again = Evaluation(UCE(base="tiny:sd1"), bench(), tmp_path / "cut").run(_trainer())
+    assert again["timing"]["edits"] == 0  # the stage's edits were kept: the resumed process made none
+    from safetensors.torch import load_file
+
+    found = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole" / "attacks").rglob("*.safetensors"))
+    assert len(found) == 2 * (1 + 2)  # two attacks; stage 1 attacks one case, stage 2 two
+    for rel in found:  # what each attack found (learned embeddings, token ids), bit for bit
+        w, a = load_file(str(tmp_path / "whole" / rel)), load_file(str(tmp_path / "cut" / rel))
+        assert w.keys() == a.keys() and all(torch.equal(w[k], a[k]) for k in w), rel
+    for w, a in zip(whole["curve"], again["curve"]):
+        assert a["attacks"]["p4d"]["asr"] == w["attacks"]["p4d"]["asr"], w["edits"]

@@ -74,7 +74,7 @@ def main(argv=None) -> None:
         mod, cls, kw = EDITORS[name]
         extra = {"corpus_samples": a.corpus_samples} if name in ("OCE", "MaceCFR") else {}
         ed = getattr(importlib.import_module(mod), cls)(base=a.base, **kw, **extra)
-        ed._t2i = t2i  # one model for every editor (each restores its own weights after an edit)
+        ed.use_model(t2i)  # one model for every editor (each restores its own weights after an edit)
         if name in ("OCE", "MaceCFR"):
             from ..editors.stats import context_moment
 

@@ -22,6 +22,7 @@ class EditRequests(EditData):
     def __init__(self, path: str | None = None, requests: list[dict] | None = None, preserve: list[str] | None = None,
                  truncate_long_prompts: bool = False):
         super().__init__()
+        self.save_hyperparameters()  # its arguments, as every data module's, in the provenance
         self.path = path
         self.truncate_long_prompts = truncate_long_prompts
         items = list(requests or [])

@@ -20,7 +20,9 @@ def _subclasses(cls):
 
 
 def discover() -> dict[str, type[Editor]]:
-    """Import every module of this package; return ``{class name: class}`` of all editors."""
+    """Import every module of this package; return ``{class name: class}`` of its editors (a subclass defined in a
+    user's module or a test is named by its class path, and checked with :func:`edit_bench.testing.check_editor`)."""
     for mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{mod.name}")
-    return {c.__name__: c for c in _subclasses(Editor) if not inspect.isabstract(c)}
+    return {c.__name__: c for c in _subclasses(Editor)
+            if not inspect.isabstract(c) and c.__module__.startswith(f"{__name__}.")}  # never a subclass defined elsewhere

@@ -113,21 +113,27 @@ class Editor(L.LightningModule):
         """The model, loaded on first use (so a config is cheap to build and a missing model fails
         inside the command, with its own message)."""
         if "_t2i" not in self._modules:
-            t2i = load_t2i(self.base)
-            if t2i.family not in self.families:
-                raise UsageError(f"{type(self).__name__} has no {t2i.family} form: it edits {', '.join(self.families)} "
-                                 f"models; on {t2i.family} use an editor that lists it in `families` (the README's model table)")
-            if self.delta is not None:  # validated whole before anything changes
-                from ..models.delta import read_delta
-
-                self._delta_tensors = read_delta(self.delta, t2i)
-            self._t2i = t2i  # registered only once loaded whole
-            # the origin, before a delta, a checkpoint or a sequential state is applied: a delta's baseline is the
-            # model without it, and "the unedited model" means this whatever a resumed run has done since
-            self._origin = {n: p.detach().clone() for n, p in self.edited_parameters().items()}
-            if self.delta is not None:
-                self._add_delta()
+            self.use_model(load_t2i(self.base))
         return self._modules["_t2i"]
+
+    def use_model(self, t2i: T2IModel) -> None:
+        """Edit ``t2i`` (a model loaded once and shared by several editors in turn, each restoring its own weights
+        after an edit): its current weights become this editor's origin."""
+        if "_t2i" in self._modules:
+            raise UsageError(f"{type(self).__name__} already has its model: give use_model() a fresh editor")
+        if t2i.family not in self.families:
+            raise UsageError(f"{type(self).__name__} has no {t2i.family} form: it edits {', '.join(self.families)} "
+                             f"models; on {t2i.family} use an editor that lists it in `families` (the README's model table)")
+        if self.delta is not None:  # validated whole before anything changes
+            from ..models.delta import read_delta
+
+            self._delta_tensors = read_delta(self.delta, t2i)
+        self._t2i = t2i  # registered only once loaded whole
+        # the origin, before a delta, a checkpoint or a sequential state is applied: a delta's baseline is the
+        # model without it, and "the unedited model" means this whatever a resumed run has done since
+        self._origin = {n: p.detach().clone() for n, p in self.edited_parameters().items()}
+        if self.delta is not None:
+            self._add_delta()
 
     @torch.no_grad()
     def _add_delta(self) -> None:
