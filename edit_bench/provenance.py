@@ -137,7 +137,7 @@ def _resolve(value: str) -> Path | None:
     """The file or folder a string argument names, if it names one (as the data modules resolve paths)."""
     if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
         return None
-    from .benchmarks.base import resolve_path
+    from .io import resolve_path
     from .errors import UsageError
 
     try:

@@ -37,7 +37,7 @@ from .base import AdversarialPrompts, Attack, layout, readable
 
 
 def _rows(path: str) -> list[dict]:
-    from ..benchmarks.base import resolve_path
+    from ..io import resolve_path
 
     with open(resolve_path(path), newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))

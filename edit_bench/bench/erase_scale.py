@@ -36,7 +36,7 @@ ARTISTS = "datasets/erasure/erased-100artists-towards_art-preserve_true-sd_1_4-m
 
 
 def concepts(n: int) -> list[str]:
-    from ..benchmarks.base import resolve_path
+    from ..io import resolve_path
 
     with open(resolve_path(ARTISTS), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

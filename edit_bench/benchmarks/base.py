@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import lightning as L
@@ -16,42 +14,9 @@ from ..metrics import ClipScore, EditScores, JudgeConfig, SampleMetric
 from ..metrics.base import MetricSet
 from ..types import EditCase, EditRequest, Sample, SamplerConfig
 from ..errors import UsageError
+from ..io import REPO_ROOT, read_csv, resolve_path  # noqa: F401  (the data modules' readers, named here too)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MADE_GROUPS = ("paraphrase:", "attack:")  # groups a benchmark option adds to any benchmark's cases
-
-
-def resolve_path(path: str | Path) -> Path:
-    """A data file by path: as given (relative to the working directory), else relative to the checkout
-    root, so ``datasets/...`` works from any directory."""
-    p = Path(path).expanduser()
-    if p.exists():
-        return p
-    if not p.is_absolute() and (REPO_ROOT / p).exists():
-        return REPO_ROOT / p
-    if p.is_absolute():
-        raise UsageError(f"data file {path} not found: give an existing file")
-    where = dict.fromkeys([str(Path.cwd()), str(REPO_ROOT)])  # one folder when run from the checkout
-    raise UsageError(f"data file {path} not found (looked in {' and '.join(where)})")
-
-
-def read_csv(path: str | Path, required: list[str], optional: tuple[str, ...] = ()) -> list[dict]:
-    """Rows of a CSV file, checked: every ``required`` column exists and no required cell is empty."""
-    p = resolve_path(path)
-    with open(p, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise UsageError(f"{p}: missing columns {missing}; the file has {header}. Expected columns: {required}")
-        rows = list(reader)
-    for i, row in enumerate(rows):
-        empty = [c for c in required if not (row.get(c) or "").strip()]
-        if empty:
-            raise UsageError(f"{p}: row {i + 2} (line {i + 2} of the file) has empty cells in {empty}; fill them or remove the row")
-    if not rows:
-        raise UsageError(f"{p} has no data rows")
-    return [{k: (v or "").strip() for k, v in r.items() if k in required or k in optional} for r in rows]
 
 
 def row_request(path, i: int, source: str, target: str) -> EditRequest:

@@ -30,7 +30,7 @@ import re
 
 from ..errors import UsageError
 from ..types import EditRequest
-from .base import resolve_path
+from ..io import resolve_path
 
 RULES = ("synonyms", "translations", "typos", "word_order", "toy_grammar")
 STOPWORDS = {"a", "an", "the", "of", "by", "in", "on", "with", "and", "style", "photo", "picture", "image", "drawing",

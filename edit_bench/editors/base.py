@@ -100,7 +100,7 @@ class Editor(L.LightningModule):
 
     def check_inputs(self) -> None:
         """Every declared input file exists: one line naming the argument, before anything is written."""
-        from ..benchmarks.base import resolve_path
+        from ..io import resolve_path
 
         for k, v in self.input_files().items():
             try:

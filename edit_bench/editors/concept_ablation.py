@@ -166,7 +166,7 @@ class ConceptAblation(FineTuner):
         if spec is None:
             return None
         if isinstance(spec, str):
-            from ..benchmarks.base import resolve_path
+            from ..io import resolve_path
 
             path = resolve_path(spec)
             if not path.is_file():

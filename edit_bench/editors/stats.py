@@ -26,7 +26,7 @@ TEXT_COLUMNS = ("prompt", "caption", "text")
 
 def read_corpus(path: str | Path, limit: int) -> list[str]:
     """Up to ``limit`` non-empty texts of a ``.txt`` (one per line) or ``.csv`` (a prompt/caption/text column)."""
-    from ..benchmarks.base import resolve_path
+    from ..io import resolve_path
 
     p = resolve_path(path)
     with open(p, newline="", encoding="utf-8") as f:

@@ -20,14 +20,12 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import ModelNotAvailable, UsageError
 from .adapter import Conditioning, CrossAttnSite, T2IModel, TextLayer
 
 __all__ = ["load_t2i", "T2IModel", "CrossAttnSite", "TextLayer", "Conditioning", "ModelNotAvailable"]
 
 
-class ModelNotAvailable(UsageError, FileNotFoundError):
-    """The model spec names nothing that is available on this machine."""
 
 
 def _load_folder(path: Path) -> dict:

@@ -28,7 +28,7 @@ SPECS = {"toy": "pipeline", "toy-mmdit": "pipeline_mmdit"}
 def pipeline_dir(spec: str = "toy") -> Path:
     d = WEIGHTS / SPECS[spec]
     if not (d / "model_index.json").is_file():
-        from .. import ModelNotAvailable
+        from ...errors import ModelNotAvailable
 
         stage = " --stages mmdit" if spec == "toy-mmdit" else ""
         raise ModelNotAvailable(f"the toy world's {spec} pipeline is missing from {d}: {_HOW}{stage}")
@@ -38,7 +38,7 @@ def pipeline_dir(spec: str = "toy") -> Path:
 def judge_dir() -> Path:
     d = WEIGHTS / "judge"
     if not (d / "open_clip_config.json").is_file():
-        from .. import ModelNotAvailable
+        from ...errors import ModelNotAvailable
 
         raise ModelNotAvailable(f"the toy world's judge is missing from {d}: {_HOW}")
     return d
