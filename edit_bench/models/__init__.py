@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import ModelNotAvailable, UsageError
+from ..errors import ModelNotAvailable
 from .adapter import Conditioning, CrossAttnSite, T2IModel, TextLayer
 
 __all__ = ["load_t2i", "T2IModel", "CrossAttnSite", "TextLayer", "Conditioning", "ModelNotAvailable"]
