@@ -229,7 +229,9 @@ def _alive(holder: dict | None) -> bool:
         return False
     if holder.get("host") != socket.gethostname():
         return True
-    pid = int(holder.get("pid", -1))
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:  # not a lock this package wrote (os.kill(-1, 0) would ask every process)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -93,12 +93,12 @@ def check_state(editor: Editor, workdir: str | Path | None = None) -> None:
     if editor.edits == "none":
         return
     first, second = REQUESTS[0], REQUESTS[1]
-    editor.restore()
-    params = editor.edited_parameters()
-    loaded = {n: p.detach().clone() for n, p in params.items()}
 
     def now(ed):
         return {n: p.detach().clone() for n, p in ed.edited_parameters().items()}
+
+    editor.restore()
+    loaded = now(editor)
 
     def same(a, b):
         return a.keys() == b.keys() and all(torch.equal(a[n], b[n].to(a[n].device)) for n in a)
@@ -179,18 +179,21 @@ def check_editor(cls: type[Editor], layouts: Sequence[str] | None = None, distri
     """
     check_capabilities(cls)
     for spec in layouts or [f"tiny:{f}" for f in cls.families]:
-        extra = {"recipe": "current"} if spec in ("tiny:sd3", "tiny:flux") and "recipe" in _parameters(cls) else {}
-        editor = cls(base=spec, **{**cls.contract_args, **extra, **kwargs})
+        editor = contract_form(cls, spec, **kwargs)
         check_edit(editor)
         check_state(editor)
     if cls.trains if distributed is None else distributed:
         check_distributed_fit(cls, **kwargs)
 
 
-def _parameters(cls) -> set[str]:
+def contract_form(cls: type[Editor], spec: str, **kwargs) -> Editor:
+    """``cls`` as the contract checks build it on ``spec``: its ``contract_args`` updated by ``kwargs``; on an MMDiT
+    (``tiny:sd3``, ``tiny:flux``) the flow-matching recipe where the class has recipes (ESD's paper recipe samples on
+    SD's DDIM grid)."""
     import inspect
 
-    return set(inspect.signature(cls.__init__).parameters)
+    extra = {"recipe": "current"} if spec in ("tiny:sd3", "tiny:flux") and "recipe" in inspect.signature(cls).parameters else {}
+    return cls(base=spec, **{**cls.contract_args, **extra, **kwargs})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ public checker (``edit_bench.testing``) that editors outside the package use too
 import pytest
 
 from edit_bench.editors import discover
-from edit_bench.testing import LAYOUTS, check_capabilities, check_edit, check_state
+from edit_bench.testing import LAYOUTS, check_capabilities, check_edit, check_state, contract_form
 from edit_bench.types import EditRequest
 
 from helpers import fast_kwargs
@@ -25,7 +25,7 @@ def test_capabilities_are_declared(name):
 @pytest.mark.parametrize("spec", LAYOUTS)
 @pytest.mark.parametrize("name", sorted(EDITORS))
 def test_edit_changes_only_declared_parameters_and_restores_bitwise(name, spec, tmp_path):
-    editor = EDITORS[name](base=spec, **fast_kwargs(name))
+    editor = contract_form(EDITORS[name], spec)
     check_edit(editor, workdir=tmp_path)
     check_state(editor, workdir=tmp_path)
 
@@ -36,8 +36,7 @@ MMDIT_EDITORS = sorted(n for n, cls in EDITORS.items() if {"sd3", "flux"} & set(
 @pytest.mark.parametrize("spec", ["tiny:sd3", "tiny:flux"])
 @pytest.mark.parametrize("name", MMDIT_EDITORS)
 def test_editors_with_an_mmdit_form_pass_the_contract_on_sd3_and_flux(name, spec, tmp_path):
-    mmdit = {"ESD": {"recipe": "current", "sample_steps": 4}}.get(name, {})  # the paper recipe is SD's DDIM grid
-    editor = EDITORS[name](base=spec, **{**fast_kwargs(name), **mmdit})
+    editor = contract_form(EDITORS[name], spec)
     check_edit(editor, workdir=tmp_path)
     check_state(editor, workdir=tmp_path)
 

@@ -19,6 +19,7 @@ precision UNet are not tested); the attacked images are drawn in the run's preci
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import re
 import time
@@ -86,7 +87,7 @@ class AdversarialPrompts:
         return t2i.condition_ids(self.ids[idx], self.where[idx], self.vectors[idx])
 
 
-class Attack:
+class Attack(abc.ABC):
     """Base class of attacks (see the module docstring).
 
     Class attributes:
@@ -144,12 +145,12 @@ class Attack:
         return g
 
     # ------------------------------------------------------------------ the attack
+    @abc.abstractmethod
     def attack(self, t2i, case: EditCase, prompts: list[str], images: Tensor | None, gen: torch.Generator,
                editor) -> AdversarialPrompts:
         """Find the adversarial input of each of ``prompts`` (the case's efficacy prompts) on the model as it is now
         (the edited model). ``images``: the concept's images ``[N, 3, H, W]`` in [0, 1], ``len(prompts)`` equal shares
         in prompt order (attacks that use them); ``editor``: for the unedited model (``editor.original_weights()``)."""
-        raise NotImplementedError
 
     def run(self, t2i, case: EditCase, prompts: list[str], images: Tensor | None, editor=None) -> AdversarialPrompts:
         """:meth:`attack` in float32 with autocast off and gradients on, timed."""
