@@ -85,3 +85,32 @@ def read_csv(path: str | Path, required: list[str], optional: tuple[str, ...] = 
     if not rows:
         raise UsageError(f"{p} has no data rows")
     return [{k: (v or "").strip() for k, v in r.items() if k in required or k in optional} for r in rows]
+
+
+# ------------------------------------------------------------------------------------------ image folders
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files directly in ``folder`` (any of :data:`IMAGE_SUFFIXES`, any case), sorted by name; none for a
+    missing folder. Every component that takes a user's folder of images reads it through this and :func:`read_image`,
+    so one folder gives the same images everywhere."""
+    folder = Path(folder)
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
+def read_image(path: str | Path, size: int | None = None, mode: str = "RGB"):
+    """One image file as a uint8 tensor ``[C, H, W]`` (``mode`` ``RGB``: 3 channels, ``L``: 1), resized to
+    ``size`` × ``size`` with PIL's Lanczos filter when ``size`` is given; an unreadable file is one line naming it."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    try:
+        im = Image.open(path).convert(mode)
+        if size is not None:
+            im = im.resize((size, size), resample=Image.LANCZOS)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"image {path} cannot be read ({e}): remove it or fix the folder") from None
+    a = torch.from_numpy(np.asarray(im).copy())
+    return a[None] if a.ndim == 2 else a.permute(2, 0, 1)

@@ -55,19 +55,17 @@ PROTOCOL_KEYS = ("sampler", "seeds", "size", "precision", "matmul_precision")
 
 
 def load_run(path) -> dict:
-    """``RUN_DIR/results.json`` with the run directory and what the run's config says about its data."""
-    import json
+    """``RUN_DIR/results.json`` (read and checked as :class:`~edit_bench.evaluate.results.Results`) as its mapping,
+    with the run directory and what the run's config says about its data."""
     from pathlib import Path
 
     import yaml
 
-    from .errors import UsageError
+    from .evaluate.results import Results
 
     p = Path(path)
     f = p / "results.json" if p.is_dir() else p
-    if not f.is_file():
-        raise UsageError(f"{path} has no results.json: give the out_dir of a finished `edit_bench eval` run")
-    res = json.loads(f.read_text())
+    res = Results.read(f).to_dict()
     cfg = yaml.safe_load(res.get("config") or "") or {}
     data = (cfg.get("data") or {}).get("init_args") or {}
     res["_dir"], res["_config"] = str(f.parent), cfg

@@ -32,9 +32,9 @@ from .types import EditRequest
 REQUESTS = (EditRequest("A banana", "A blue banana"), EditRequest("A bear", "A polar bear"))
 LAYOUTS = ("tiny:sd1", "tiny:sd2", "tiny:sdxl")
 # The component each ``edits`` value may change; on an MMDiT the transformer holds both the text side's projections
-# (cross_attn_kv) and the rest of the denoiser (unet).
+# (cross_attn_kv) and the rest of the denoiser.
 _COMPONENT = {"none": None, "cross_attn_kv": ("unet.", "transformer."), "text_encoder": ("text_encoder.", "text_encoder_2."),
-              "unet": ("unet.", "transformer.")}
+              "denoiser": ("unet.", "transformer.")}
 
 
 def check_capabilities(cls: type[Editor]) -> None:

@@ -398,7 +398,8 @@ def test_a_run_from_python_resumes_from_the_cli(tmp_path):
     first = Evaluation(TIME(base="tiny:sd1"), bench, out).run(trainer)
     assert _eval(out) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["samples"]["new_this_run"] == 0 and res["metrics"] == first["metrics"]
+    assert res["samples"]["new_this_run"] == 0 and res["metrics"] == first.metrics
+    assert res == first.to_dict()  # results.json is the typed results, field for field
 
 
 def test_bench_times_our_loop_and_the_authors_loop_on_the_same_samples(tmp_path, capsys):
@@ -418,7 +419,7 @@ def test_bench_times_our_loop_and_the_authors_loop_on_the_same_samples(tmp_path,
         assert ours["metrics"][k] == cached["metrics"][k] == authors["metrics"][k]
     assert ours["metrics"]["clip_score"] == pytest.approx(authors["metrics"]["clip_score"], rel=1e-3)
     for x in r["loops"].values():
-        assert all(v >= 0 for k, v in x["split_s"].items() if k != "other") and x["split_s"]["unet"] > 0
+        assert all(v >= 0 for k, v in x["split_s"].items() if k != "other") and x["split_s"]["denoiser"] > 0
         assert sum(x["split_s"].values()) == pytest.approx(x["wall_s"], abs=0.01)
     assert r["speedup"] == pytest.approx(authors["wall_s"] / ours["wall_s"], rel=0.01)
     assert run_cli([*args, "--data.sampler.seeds", "[0, 1]", "--data.baseline", "false", "--loops", "authors",

@@ -55,7 +55,7 @@ def test_metrics_score_into_records_and_features_survive_a_resume(tmp_path):
     first = Evaluation(TIME(base="tiny:sd1"), bench, out).run(_trainer())
     rec = json.loads((out / "samples/rank0.jsonl").read_text().splitlines()[0])
     assert set(rec["scores"]) == {"p_new", "success", "brightness"}
-    assert first["metrics"]["brightness"]["n"] == 22 and first["metrics"]["efficacy"]["n"] == 2
+    assert first.metrics["brightness"]["n"] == 22 and first.metrics["efficacy"]["n"] == 2
     # a crash after the first batch: records and feature files of the rest are gone
     lines = (out / "samples/rank0.jsonl").read_text().splitlines()
     (out / "samples/rank0.jsonl").write_text("\n".join(lines[:4]) + "\n")
@@ -63,8 +63,8 @@ def test_metrics_score_into_records_and_features_survive_a_resume(tmp_path):
     for f in feats[1:]:
         f.unlink()
     again = Evaluation(TIME(base="tiny:sd1"), _bench(metrics=[EditScores(), MeanColour()]), out).run(_trainer())
-    assert again["samples"]["stored_before"] == 4 and again["samples"]["new_this_run"] == 18
-    assert again["metrics"] == first["metrics"]
+    assert again.samples.stored_before == 4 and again.samples.new_this_run == 18
+    assert again.metrics == first.metrics
 
 
 def test_two_metrics_need_two_names_and_a_second_judge_gets_its_own_keys(tmp_path):
@@ -75,7 +75,7 @@ def test_two_metrics_need_two_names_and_a_second_judge_gets_its_own_keys(tmp_pat
     res = Evaluation(TIME(base="tiny:sd1"), _bench(metrics=[EditScores(), EditScores(name="judge2")]), tmp_path / "r").run(_trainer())
     rec = json.loads((tmp_path / "r/samples/rank0.jsonl").read_text().splitlines()[0])
     assert {"p_new", "success", "judge2.p_new", "judge2.success"} <= set(rec["scores"])
-    assert res["metrics"]["judge2.efficacy"] == res["metrics"]["efficacy"]  # the same judge twice: the same numbers
+    assert res.metrics["judge2.efficacy"] == res.metrics["efficacy"]  # the same judge twice: the same numbers
 
 
 def _samples(cases):
@@ -112,7 +112,7 @@ def test_baseline_cache_reuses_the_unedited_samples_with_identical_numbers(tmp_p
     """A second evaluation finds the unedited samples the first one scored (records, stored features, paired
     references) and gives the numbers of the first, which generated them; a changed sampler is another
     context, and ``baseline_cache=False`` neither reads nor writes."""
-    from edit_bench.metrics.quality import SSIM
+    from edit_bench.metrics import SSIM
 
     monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
 
@@ -121,11 +121,11 @@ def test_baseline_cache_reuses_the_unedited_samples_with_identical_numbers(tmp_p
                      batch_size=4, baseline=True, metrics=[EditScores(), MeanColour(), SSIM()])
 
     first = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "first").run(_trainer())
-    assert first["samples"]["baseline_cache"] == {"hits": 0, "added": 11, "repeats": 0, "path": first["samples"]["baseline_cache"]["path"]}
+    assert first.samples.baseline_cache == {"hits": 0, "added": 11, "repeats": 0, "path": first.samples.baseline_cache["path"]}
     again = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "again").run(_trainer())
-    assert again["samples"]["baseline_cache"]["hits"] == 11 and again["samples"]["baseline_cache"]["added"] == 0
-    assert again["baseline"] == first["baseline"] and again["baseline"]["brightness"]["n"] == 11
-    assert again["metrics"] == first["metrics"] and again["metrics"]["ssim"]["n"] == 11  # SSIM against cached references
+    assert again.samples.baseline_cache["hits"] == 11 and again.samples.baseline_cache["added"] == 0
+    assert again.baseline == first.baseline and again.baseline["brightness"]["n"] == 11
+    assert again.metrics == first.metrics and again.metrics["ssim"]["n"] == 11  # SSIM against cached references
     scores = lambda run: [json.loads(x)["scores"] for x in (tmp_path / run / "baseline/rank0.jsonl").read_text().splitlines()]
     assert sorted(map(json.dumps, scores("again"))) == sorted(map(json.dumps, scores("first")))
 
@@ -136,7 +136,7 @@ def test_baseline_cache_reuses_the_unedited_samples_with_identical_numbers(tmp_p
 
         return ev._cache(provenance(ev.editor, b, _trainer(), "highest"))
 
-    assert cache(bench()).path == Path(first["samples"]["baseline_cache"]["path"])
+    assert cache(bench()).path == Path(first.samples.baseline_cache["path"])
     assert cache(bench(steps=3)).path != cache(bench()).path
     assert cache(bench(), baseline_cache=False) is None
 
@@ -161,3 +161,18 @@ def test_compiled_and_channels_last_unet_follows_edits_made_in_place():
     fast.restore()
     assert torch.allclose(fast.t2i.generate(prompts, seeds, sampler), before, atol=1e-5)
     assert fast.t2i.fast_path(compile="aot_eager")["compile"] == "aot_eager"  # compiled once: left as it is
+
+
+def test_results_read_refuses_a_file_that_is_not_an_eval_result_in_one_line(tmp_path):
+    from edit_bench.errors import UsageError
+    from edit_bench.evaluate import Results
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/results.json").write_text('{"editor": "TIME"}')
+    with pytest.raises(UsageError, match="lacks editor_args"):
+        Results.read(tmp_path / "a")
+    (tmp_path / "a/results.json").write_text('{"editor": ')
+    with pytest.raises(UsageError, match="not a readable results.json"):
+        Results.read(tmp_path / "a")
+    with pytest.raises(UsageError, match="has no results.json"):
+        Results.read(tmp_path / "b")

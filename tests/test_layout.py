@@ -2,6 +2,7 @@
 it decides what a reader must understand first and what can be moved without the other)."""
 
 import ast
+import re
 from pathlib import Path
 
 from helpers import ROOT
@@ -82,3 +83,37 @@ def test_the_file_helpers_sit_below_everything_that_reads_files():
     """``io`` (data files, atomic writes, the cache) imports nothing of the package but its errors."""
     edges = _imports(_modules())
     assert edges.get("edit_bench.io", set()) <= {"edit_bench.errors"}
+
+
+# What only edit_bench/models/ may name: the libraries' internals and the architectures' module paths (design §5:
+# editors ask the adapter by role). bench/ measures against diffusers' own pipelines and is exempt by design.
+INTERNAL_IMPORTS = ("diffusers.models", "diffusers.utils", "diffusers.schedulers", "transformers.models", "peft")
+INTERNAL_ATTRS = {"get_attention_scores", "set_processor", "attn_processors", "add_adapter", "set_adapter", "peft_config",
+                  "text_model", "is_cross_attention", "lora_A", "lora_B"}
+MODULE_PATH = re.compile(r"\b(?:up_blocks|down_blocks|mid_block|transformer_blocks|single_transformer_blocks|text_model|"
+                         r"time_embedding|conv_out|conv_norm_out)\b|\.attn[12]\.|^attn[12]$|^to_[kvq]$")
+
+
+def _code_strings(tree: ast.AST) -> list[ast.Constant]:
+    """String constants that are not docstrings."""
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
+
+
+def test_no_module_path_or_library_internal_is_named_outside_the_model_adapter():
+    found = []
+    for name, f in _modules().items():
+        if name.startswith(("edit_bench.models", "edit_bench.bench")):
+            continue
+        tree = ast.parse(f.read_text())
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(INTERNAL_IMPORTS):
+                found.append(f"{name}:{n.lineno} imports {n.module}")
+            elif isinstance(n, ast.Attribute) and n.attr in INTERNAL_ATTRS:
+                found.append(f"{name}:{n.lineno} .{n.attr}")
+        for c in _code_strings(tree):
+            if MODULE_PATH.search(c.value):
+                found.append(f"{name}:{c.lineno} {c.value!r}")
+    assert found == []

@@ -203,7 +203,8 @@ def test_the_adapter_names_the_editable_text_sites(spec):
 def test_esd_on_flux_trains_the_text_side_of_the_joint_attention():
     """ESD on an MMDiT (recipe current): ESD-x is the joint attention's text side, x_t comes from the model's own
     flow-matching sampler, and the paper recipe (CompVis's DDIM grid) is refused."""
-    from edit_bench.editors.esd import ESD, mmdit_parameter_set
+    from edit_bench.editors.esd import ESD
+    from edit_bench.models.parameter_sets import mmdit_parameter_set
     from edit_bench.types import EditRequest
 
     ed = ESD(recipe="current", steps=2, sample_steps=4, lr=1e-3, base="tiny:flux")

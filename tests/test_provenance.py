@@ -74,13 +74,13 @@ def test_a_code_change_misses_the_baseline_cache(tmp_path, monkeypatch):
     bench = lambda: TIMED(rows="0:1", sampler=TINY_SAMPLER, judge=JudgeConfig(model="tiny:random"), batch_size=11,  # noqa: E731
                           baseline=True)
     first = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "a").run(_trainer())
-    assert first["samples"]["baseline_cache"]["added"] == 11
+    assert first.samples.baseline_cache["added"] == 11
     again = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "b").run(_trainer())
-    assert again["samples"]["baseline_cache"]["hits"] == 11
+    assert again.samples.baseline_cache["hits"] == 11
     monkeypatch.setattr(provenance, "source_hash", lambda: "another-source")  # e.g. a fix of the judge's code
     changed = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "c").run(_trainer())
-    assert changed["samples"]["baseline_cache"]["hits"] == 0
-    assert changed["provenance"]["code"] == "another-source"
+    assert changed.samples.baseline_cache["hits"] == 0
+    assert changed.provenance["code"] == "another-source"
 
 
 class _ModeFeatures(nn.Module):
@@ -105,7 +105,7 @@ def test_two_fids_with_different_modes_each_keep_their_own_features(tmp_path, mo
     def run(metrics, out):
         bench = TIMED(path=str(rows), sampler=SamplerConfig(steps=2, size=32, seeds=[0, 1]),
                       judge=JudgeConfig(model="tiny:random"), batch_size=22, metrics=metrics)
-        return Evaluation(Unedited(base="tiny:sd1"), bench, tmp_path / out).run(_trainer())["metrics"]
+        return Evaluation(Unedited(base="tiny:sd1"), bench, tmp_path / out).run(_trainer()).metrics
 
     both = run([FID(reference="renderer", kid_subset_size=20), FID(name="fid_legacy", mode="legacy_tensorflow",
                                                                 reference="renderer", kid_subset_size=20)], "both")
@@ -130,18 +130,18 @@ def test_paired_metrics_need_a_baseline_and_a_deltas_baseline_is_the_model_witho
     delta = str(tmp_path / "fit/edit.safetensors")
     res = Evaluation(Unedited(delta=delta, base="tiny:sd1"), _captions(tmp_path, metrics=[ClipScore(), SSIM()], baseline=True),
                      tmp_path / "delta").run(_trainer())
-    assert res["protocol"]["protocol"] == "as_is" and res["baseline"] is not None
-    assert 0 < res["metrics"]["ssim"]["mean"] < 1 and res["metrics"]["ssim"]["n"] == 2
+    assert res.protocol["protocol"] == "as_is" and res.baseline is not None
+    assert 0 < res.metrics["ssim"]["mean"] < 1 and res.metrics["ssim"]["n"] == 2
     plain = Evaluation(Unedited(base="tiny:sd1"), _captions(tmp_path, metrics=[ClipScore()]), tmp_path / "plain").run(_trainer())
-    assert res["baseline"]["clip_score"] == plain["metrics"]["clip_score"]  # the baseline is the base model
+    assert res.baseline["clip_score"] == plain.metrics["clip_score"]  # the baseline is the base model
     # the unedited model itself: no pair, and the results say so
     none = Evaluation(Unedited(base="tiny:sd1"), _captions(tmp_path, metrics=[ClipScore(), SSIM()], baseline=True),
                       tmp_path / "none").run(_trainer())
-    assert "ssim" not in none["metrics"] and "unedited model" in none["protocol"]["not_scored"]["ssim"]
+    assert "ssim" not in none.metrics and "unedited model" in none.protocol["not_scored"]["ssim"]
 
 
 def test_uint8_references_give_the_float32_references_numbers():
-    from edit_bench.metrics.quality import _quantised
+    from edit_bench.metrics.functional import quantised as _quantised
 
     a, b = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.rand(3, 3, 32, 32)
     m = SSIM()
@@ -161,8 +161,8 @@ def test_the_coco_baseline_experiment_runs_on_its_toy_twin(tmp_path):
                   "--data.requests", "null", "--data.n", "8", "--data.batch_size", "8", "--out_dir", tmp_path / "coco_base"])
     assert rc == 0
     res = json.loads((tmp_path / "coco_base/results.json").read_text())
-    assert {"clip_score", "toy_fid", "toy_kid"} <= set(res["metrics"]) and res["samples"]["total"] == 8
-    assert set(res["protocol"]["not_scored"]) == {"judge_distance", "ssim"}
+    assert {"clip_score", "toy_fid", "toy_kid"} <= set(res.metrics) and res.samples.total == 8
+    assert set(res.protocol["not_scored"]) == {"judge_distance", "ssim"}
 
 
 class _KillsAtBatch2(ClipScore):
@@ -197,7 +197,7 @@ def test_sigterm_during_eval_keeps_the_done_batches_and_the_rerun_equals_an_unin
     assert len(lines) == 8 and not (tmp_path / "cut/results.json").exists()  # two whole batches, nothing else
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None) or callable(signal.getsignal(signal.SIGTERM))
     again = Evaluation(TIME(base="tiny:sd1"), bench(_KillsAtBatch2()), tmp_path / "cut").run(_trainer())
-    assert again["samples"]["stored_before"] == 8 and again["metrics"] == whole["metrics"]
+    assert again.samples.stored_before == 8 and again.metrics == whole.metrics
 
 
 def _fit_args(out):

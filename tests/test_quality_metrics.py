@@ -151,7 +151,7 @@ def test_fid_equals_clean_fid_on_the_same_images_and_features(tmp_path, monkeypa
 
 
 def test_kid_is_clean_fids_unbiased_mmd_and_fid_of_a_set_against_itself_is_zero():
-    from edit_bench.metrics.quality import frechet_distance, kernel_distance
+    from edit_bench.metrics.functional import frechet_distance, kernel_distance
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 6)), rng.normal(0.5, 1.0, size=(40, 6))
@@ -343,7 +343,7 @@ def test_toy_fid_grows_as_images_are_degraded():
     ref = fx(world.render(scenes, seeds=list(range(300)))).double().numpy()
     mu, sigma = ref.mean(0), np.cov(ref, rowvar=False)
     imgs = world.render(scenes, seeds=list(range(1000, 1300)))  # the same captions, other positions
-    from edit_bench.metrics.quality import frechet_distance
+    from edit_bench.metrics.functional import frechet_distance
 
     def fid(x):
         return frechet_distance(fx(x).double().numpy(), mu, sigma)

@@ -69,9 +69,9 @@ def test_sequential_curve_resumes_mid_curve_to_the_uninterrupted_numbers_without
         return _timed(protocol="sequential", metrics=[_KillsAt()])
 
     whole = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "whole").run(_trainer())
-    assert [c["edits"] for c in whole["curve"]] == [1, 2, 3] and [c["samples"] for c in whole["curve"]] == [11, 22, 33]
-    assert whole["metrics"] == whole["curve"][-1]["metrics"] and whole["timing"]["edits"] == 3
-    assert whole["protocol"]["protocol"] == "sequential" and whole["protocol"]["every"] == 1
+    assert [c.edits for c in whole.curve] == [1, 2, 3] and [c.samples for c in whole.curve] == [11, 22, 33]
+    assert whole.metrics == whole.curve[-1].metrics and whole.timing.edits == 3
+    assert whole.protocol["protocol"] == "sequential" and whole.protocol["every"] == 1
     from edit_bench.report import _label, format_table
 
     assert _label(whole).endswith("[sequential, after 3 edits]") and "| edits | samples |" in format_table(whole, "x")
@@ -87,8 +87,8 @@ def test_sequential_curve_resumes_mid_curve_to_the_uninterrupted_numbers_without
     with safe_open(str(tmp_path / "cut" / SEQUENTIAL_STATE), framework="pt") as f:
         assert f.metadata()["edits"] == "2"
     again = Evaluation(TIME(base="tiny:sd1"), bench(), tmp_path / "cut").run(_trainer())
-    assert again["curve"] == whole["curve"] and again["timing"]["edits"] == 1  # only the third edit was made again
-    assert again["samples"]["stored_before"] == 11 + 8  # the batch in flight at the signal is kept
+    assert again.curve == whole.curve and again.timing.edits == 1  # only the third edit was made again
+    assert again.samples.stored_before == 11 + 8  # the batch in flight at the signal is kept
 
 
 def test_every_k_scores_after_each_kth_edit_and_after_the_last():
@@ -198,14 +198,14 @@ def test_attacks_run_on_each_cases_edited_model_are_kept_and_a_rerun_rescores_th
 
     first = Evaluation(UCE(base="tiny:sd1"), _timed(rows="0:2", baseline=True, attacks=_attacks()),
                        tmp_path / "run").run(_trainer())
-    att = first["attacks"]
+    att = first.attacks
     assert set(att) == {"concept_inversion", "prompt_optimisation", "p4d", "ring_a_bell"}
     for name, a in att.items():
         assert a["asr"]["n"] == 2 and 0 <= a["asr"]["mean"] <= 1 and a["asr_pre"]["n"] == 2, name
         assert len(a["prompts"]) == 2 and a["seconds_per_case"] > 0
-        assert first["metrics"][f"attack:{name}"]["n"] == 2
+        assert first.metrics[f"attack:{name}"]["n"] == 2
     assert "<c>" in att["concept_inversion"]["prompts"]["TIMED_test_set_filtered_SD14:0000"][0]
-    assert first["protocol"]["attacks"][3]["args"]["generations"] == 3
+    assert first.protocol["attacks"][3]["args"]["generations"] == 3
     run = RunDir(tmp_path / "run", "eval", {})
     assert not any(r.group.startswith("attack:") for r in run.load_records("baseline").values())  # never attacked
     path = attack_path(run, "samples", "ring_a_bell", "TIMED_test_set_filtered_SD14:0000")
@@ -216,7 +216,7 @@ def test_attacks_run_on_each_cases_edited_model_are_kept_and_a_rerun_rescores_th
     again = Evaluation(UCE(base="tiny:sd1"), _timed(rows="0:2", baseline=True, attacks=_attacks()),
                        tmp_path / "run").run(_trainer())
     assert path.stat().st_mtime_ns == stamp  # what the attack found was read back, not searched again
-    assert again["attacks"] == att and again["metrics"] == first["metrics"]
+    assert again.attacks == att and again.metrics == first.metrics
 
 
 def test_the_genetic_search_never_loses_its_best_prompt():

@@ -135,7 +135,7 @@ def test_sigterm_between_sequential_edits_keeps_every_edit_made(tmp_path):
     with safe_open(str(tmp_path / "cut" / SEQUENTIAL_STATE), framework="pt") as f:
         assert f.metadata()["edits"] == "2"
     again = Evaluation(_StopsAtEdit(base="tiny:sd1"), _timed(protocol="sequential", every=3), tmp_path / "cut").run(_trainer())
-    assert again["timing"]["edits"] == 1 and again["curve"][-1]["metrics"] == whole["curve"][-1]["metrics"]
+    assert again.timing.edits == 1 and again.curve[-1].metrics == whole.curve[-1].metrics
 
 
 def test_sigterm_inside_a_fine_tuners_optimisation_stops_between_steps():
@@ -367,7 +367,7 @@ def test_a_resumed_sequential_run_attacks_with_the_unedited_models_images_and_te
         Evaluation(UCE(base="tiny:sd1"), bench(), tmp_path / "cut").run(_trainer())
     assert not _KillsAtCase.armed
     again = Evaluation(UCE(base="tiny:sd1"), bench(), tmp_path / "cut").run(_trainer())
-    assert again["timing"]["edits"] == 0  # the stage's edits were kept: the resumed process made none
+    assert again.timing.edits == 0  # the stage's edits were kept: the resumed process made none
     from safetensors.torch import load_file
 
     found = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole" / "attacks").rglob("*.safetensors"))
@@ -375,5 +375,5 @@ def test_a_resumed_sequential_run_attacks_with_the_unedited_models_images_and_te
     for rel in found:  # what each attack found (learned embeddings, token ids), bit for bit
         w, a = load_file(str(tmp_path / "whole" / rel)), load_file(str(tmp_path / "cut" / rel))
         assert w.keys() == a.keys() and all(torch.equal(w[k], a[k]) for k in w), rel
-    for w, a in zip(whole["curve"], again["curve"]):
-        assert a["attacks"]["p4d"]["asr"] == w["attacks"]["p4d"]["asr"], w["edits"]
+    for w, a in zip(whole.curve, again.curve):
+        assert a.attacks["p4d"]["asr"] == w.attacks["p4d"]["asr"], w.edits

@@ -18,7 +18,7 @@ class MoveValues(Editor):
     """A minimal trainable editor: the first cross-attention module (all of attn2) learns to give the
     source prompt's values the target prompt's."""
 
-    edits = "unet"
+    edits = "denoiser"
     trains = True
 
     def __init__(self, lr: float = 0.1, base: str = "tiny:sd1"):
@@ -96,8 +96,8 @@ def test_a_trained_editor_evaluates_under_the_fixed_protocol_without_a_trainer_l
     bench = TIMED(rows="0:2", sampler=SamplerConfig(steps=2, size=32, seeds=[0]), judge=JudgeConfig(model="tiny:random"),
                   protocol="fixed", baseline=True)
     res = Evaluation(ESD(steps=2, sample_steps=4, lr=1e-3, base="tiny:sd1"), bench, tmp_path / "run").run(_trainer(1))
-    assert res["timing"]["edits"] == 1 and res["editor_info"]["steps"] == 2
-    assert res["baseline"]["efficacy"]["n"] == res["metrics"]["efficacy"]["n"] == 2
+    assert res.timing.edits == 1 and res.editor_info["steps"] == 2
+    assert res.baseline["efficacy"]["n"] == res.metrics["efficacy"]["n"] == 2
 
 
 class FailsOnce:
@@ -452,7 +452,8 @@ def test_the_compvis_loop_reference_is_the_authors_arithmetic():
 
 
 def test_esd_parameter_sets_exist_only_under_their_recipe():
-    from edit_bench.editors.esd import ESD, parameter_set
+    from edit_bench.editors.esd import ESD
+    from edit_bench.models.parameter_sets import unet_parameter_set as parameter_set
 
     with pytest.raises(UsageError, match="'esd-u' does not exist under recipe 'paper'.*recipe current"):
         ESD(params="esd-u", base="tiny:sd1")

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
+from ..io import IMAGE_SUFFIXES, image_files, read_image
 from ..types import EditCase, EditRequest
 
 SUCCESS = ("an attacked sample succeeds when the edit does not hold on it: the judge's TIMED rule gives the old label "
@@ -226,7 +227,7 @@ def noisy(sched, x0: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
 def concept_images(t2i, editor, prompts: list[str], sampler, seeds: list[int], folder: str | None, source: str,
                    batch_size: int = 8) -> Tensor:
     """The concept's images: the unedited model's images of ``prompts`` (each with every seed of ``seeds``), or the
-    PNG/JPEG files of ``folder/<source>/`` resized to the sampler's size."""
+    image files of ``folder/<source>/`` resized to the sampler's size (:func:`edit_bench.io.read_image`)."""
     size = sampler.size or t2i.native_size
     if folder is not None:
         return _folder_images(Path(folder) / source, size)
@@ -240,20 +241,12 @@ def concept_images(t2i, editor, prompts: list[str], sampler, seeds: list[int], f
     return torch.cat(out)
 
 
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-
-
 def _folder_images(folder: Path, size: int) -> Tensor:
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor, resize
-
     files = image_files(folder)
     if not files:
-        raise UsageError(f"no attack images in {folder}: put the concept's PNG/JPEG files there, or leave images unset "
-                         "to draw them with the unedited model")
-    return torch.stack([resize(pil_to_tensor(Image.open(f).convert("RGB")).float() / 255, [size, size], antialias=True)
-                        for f in files])
+        raise UsageError(f"no attack images in {folder}: put the concept's image files there ({', '.join(IMAGE_SUFFIXES)}), "
+                         "or leave images unset to draw them with the unedited model")
+    return torch.stack([read_image(f, size).float() / 255 for f in files])
 
 
 def attack_rates(attack: Attack, records: list, pre: list, key: str = "success") -> dict:

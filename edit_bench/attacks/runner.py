@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..metrics import EditScores
-from .base import AdversarialPrompts, attack_rates, concept_images, image_files
+from ..io import image_files
+from .base import AdversarialPrompts, attack_rates, concept_images
 
 
 def attack_path(run, variant: str, attack: str, case_id: str) -> Path:

@@ -70,7 +70,8 @@ def one_run(base: str, params: str, mode: str, steps: int, device: str, size: in
 def full_size_table(family: str = "sd1") -> list[dict]:
     import torch
 
-    from edit_bench.editors.esd import PARAMS, mmdit_parameter_set, parameter_set
+    from edit_bench.editors.esd import PARAMS
+    from edit_bench.models.parameter_sets import mmdit_parameter_set, unet_parameter_set
 
     if family in ("sd3", "flux"):
         from edit_bench.models.mmdit import MMDiTModel
@@ -84,7 +85,7 @@ def full_size_table(family: str = "sd1") -> list[dict]:
 
         with torch.device("meta"):
             denoiser = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)  # SD-1.x layout
-        sets = {recipe: [(p, parameter_set(denoiser, p)) for p in names] for recipe, names in PARAMS.items()}
+        sets = {recipe: [(p, unet_parameter_set(denoiser, p)) for p in names] for recipe, names in PARAMS.items()}
     whole = sum(p.numel() for p in denoiser.parameters())
     rows = []
     for recipe, chosen_sets in sets.items():

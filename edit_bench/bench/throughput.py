@@ -10,7 +10,7 @@ Ours: ``eval`` itself (batched generation under the trainer's precision, batched
 scored once per context). Ours runs twice: with an empty baseline cache (what the first editor pays) and
 again with the baseline found in it (what every later editor on these samples pays).
 
-The split (edit, text encoding, UNet, VAE decode, judge, other) comes from forward hooks on the model's
+The split (edit, text encoding, denoiser (UNet or transformer), VAE decode, judge, other) comes from forward hooks on the model's
 components, timed with a device synchronisation at each call's start and end; a call made inside the edit
 counts as edit; "judge" is every metric's work on the images (scores, stored features, paired references).
 """
@@ -33,7 +33,7 @@ import torch
 from ..errors import UsageError
 from ..types import Record, Sample
 
-PARTS = ("edit", "text", "unet", "decode", "judge")
+PARTS = ("edit", "text", "denoiser", "decode", "judge")
 
 
 class Split:
@@ -201,8 +201,8 @@ def run_bench(trainer, editor, bench, matmul_precision: str = "highest", reedit_
                 if kind == "ours":
                     with contextlib.redirect_stdout(io.StringIO()):
                         res = Evaluation(editor, bench, tmp / name).run(trainer, matmul_precision)
-                    metrics, edits = res["metrics"], res["timing"]["edits"]
-                    hits = res["samples"].get("baseline_cache", {}).get("hits", 0)
+                    metrics, edits = res.metrics, res.timing.edits
+                    hits = (res.samples.baseline_cache or {}).get("hits", 0)
                 else:
                     a = authors_loop(editor, bench, device, reedit_per_seed)
                     metrics, edits, hits = aggregate(a["metrics"], a["records"]["samples"]), a["edits"], 0

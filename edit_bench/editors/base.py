@@ -31,7 +31,7 @@ class Editor(L.LightningModule):
     """Base class of editors.
 
     Class attributes (capabilities, read by tools and tests):
-        edits: what ``edit()`` may change: ``"none"``, ``"cross_attn_kv"``, ``"text_encoder"`` or ``"unet"``.
+        edits: what ``edit()`` may change: ``"none"``, ``"cross_attn_kv"``, ``"text_encoder"`` or ``"denoiser"`` (the UNet or the MMDiT transformer).
         multi_request: whether ``edit()`` takes several requests at once (needed by the ``fixed`` protocol
             and by ``fit`` with several requests).
         needs_grad: ``edit()`` runs with gradients enabled (optimising editors).

@@ -58,6 +58,7 @@ from typing import Literal
 import torch
 
 from ..errors import UsageError
+from ..io import IMAGE_SUFFIXES, image_files, read_image
 from ..types import SamplerConfig
 from .finetune import FineTuner
 
@@ -70,17 +71,12 @@ PIPELINE_DEFAULT = {"steps": 50, "guidance": 7.5}
 # The authors' style templates, one drawn uniformly per sample (their second and third are the same).
 STYLE_TEMPLATES = ("{prompt}, in the style of {target}", "in {target}'s style, {prompt}", "in {target}'s style, {prompt}")
 SMALL_PREFIXES, LARGE_PREFIXES = ("a far away ", "very small "), ("zoomed in ", "close up ")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def anchor_cache_dir() -> Path:
     from ..io import cache_root
 
     return cache_root() / "anchors"
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _pick(options, gen: torch.Generator):
@@ -147,7 +143,7 @@ class ConceptAblation(FineTuner):
         if reg_weight < 0:
             raise UsageError(f"Concept Ablation reg_weight must be >= 0 (the authors: 1.0), got {reg_weight}")
         self.params, self.loss_type, self.concept_type = params, loss, concept_type
-        self.edits = "text_encoder" if params == "embedding" else "unet"  # per instance: the class declares "unet"
+        self.edits = "text_encoder" if params == "embedding" else "denoiser"  # per instance: the class declares "denoiser"
         self.anchor_prompts = self._read_prompts(anchor_prompts)
         self.anchor_folder = self._check_folder(anchor_folder)
         if isinstance(anchor_sampler, dict):  # as a checkpoint's hyperparameters hold it
@@ -159,6 +155,7 @@ class ConceptAblation(FineTuner):
         self.regularization, self.reg_weight = regularization, reg_weight
         self.scale_lr, self.weight_decay, self.anchor_batch_size = scale_lr, weight_decay, anchor_batch_size
         self._anchors: dict[str, dict] = {}  # cache key -> images, captions
+        self._keep_rows: dict[str, list[int]] = {}  # params "embedding": the token rows that train, per encoder
         self.anchor_files: list[str] = []
 
     @staticmethod
@@ -185,7 +182,7 @@ class ConceptAblation(FineTuner):
         if not path.is_dir():
             raise UsageError(f"anchor_folder {folder!r} is not a folder: give a folder of anchor images "
                              "(images.txt + caption.txt, or image files), or null to generate them")
-        if not (path / "images.txt").is_file() and not _image_files(path):
+        if not (path / "images.txt").is_file() and not image_files(path):
             raise UsageError(f"anchor_folder {folder!r} has no images: give a folder of anchor images "
                              f"({', '.join(IMAGE_SUFFIXES)}) or its images.txt + caption.txt")
         return path
@@ -244,7 +241,7 @@ class ConceptAblation(FineTuner):
         """``embedding``: zero the gradient of every token-embedding row but the concepts' tokens, before clipping
         and the optimiser step (the authors' ``index_grads_to_zero``). AdamW's decoupled weight decay still shrinks
         the other rows by ``lr * weight_decay`` per step, as in the authors' training."""
-        for name, ids in getattr(self, "_keep_rows", {}).items():
+        for name, ids in self._keep_rows.items():
             weight = self.t2i.token_embedding(name).weight
             if weight.grad is not None:
                 keep = torch.zeros(weight.shape[0], 1, dtype=torch.bool, device=weight.device)
@@ -343,9 +340,6 @@ class ConceptAblation(FineTuner):
     def folder_images(self, size: int) -> tuple[torch.Tensor, list[str]]:
         """The first ``num_anchor_images`` images of ``anchor_folder`` (uint8 ``[N, 3, size, size]``, Lanczos) and
         their captions."""
-        import numpy as np
-        from PIL import Image
-
         folder = self.anchor_folder
         if (folder / "images.txt").is_file():
             paths = [Path(x.strip()) for x in (folder / "images.txt").read_text().splitlines() if x.strip()]
@@ -356,20 +350,14 @@ class ConceptAblation(FineTuner):
                 raise UsageError(f"{folder}: caption.txt has {len(captions)} captions for {len(paths)} images in "
                                  "images.txt: give one caption per image, line by line")
         else:
-            paths, captions = _image_files(folder), []
+            paths, captions = image_files(folder), []
         paths = paths[: self.num_anchor_images]
         if not paths:
             raise UsageError(f"anchor_folder {folder} lists no images: add anchor images, or null to generate them")
         if not captions:
             cycle = self.anchor_prompts or [""]
             captions = [cycle[i % len(cycle)] for i in range(len(paths))]
-        images = []
-        for p in paths:
-            try:
-                im = Image.open(p).convert("RGB").resize((size, size), resample=Image.LANCZOS)
-            except (OSError, ValueError) as e:
-                raise UsageError(f"anchor image {p} cannot be read ({e}): remove it or fix the folder") from e
-            images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+        images = [read_image(p, size) for p in paths]
         self.anchor_files.append(str(folder))
         return torch.stack(images), captions[: len(paths)]
 
@@ -462,12 +450,8 @@ class ConceptAblation(FineTuner):
         z0 = mean + std * torch.stack(eps).to(mean.device)
         t = torch.cat(ts).to(mean.device)
         noise = torch.stack(noise).to(mean.device)
-        return self._noise_scheduler().add_noise(z0, noise, t), t, noise
+        return self.noise_scheduler().add_noise(z0, noise, t), t, noise
 
-    def _noise_scheduler(self):
-        if getattr(self, "_ddpm", None) is None:
-            self._ddpm = self.t2i.make_scheduler("ddpm")
-        return self._ddpm
 
     def batch_loss(self, requests, gens):
         t2i = self.t2i

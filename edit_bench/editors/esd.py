@@ -31,7 +31,7 @@ How x_t and t are drawn, per recipe, each as its authors' code does:
 On SD3 and FLUX (no published ESD code) ESD runs recipe ``current`` with the model's own flow-matching sampler
 (FLUX: the start guidance goes to its guidance embedding) and the same target in the velocity the transformer
 predicts (a fixed affine function of ε at a given x_t and t, so the reversed direction is the same); the joint
-attention's text side plays cross-attention's part (:func:`mmdit_parameter_set`).
+attention's text side plays cross-attention's part (:func:`edit_bench.models.parameter_sets.mmdit_parameter_set`).
 
 Parameter sets (``params``), by name through the adapter, each under the recipe whose code defines it:
 
@@ -50,66 +50,14 @@ from __future__ import annotations
 import torch
 
 from ..errors import UsageError
+from ..models.parameter_sets import CURRENT_SETS, PAPER_SETS
 from .finetune import FineTuner
 
-PARAMS = {"paper": ("xattn", "noxattn", "selfattn", "notime", "full"),
-          "current": ("esd-x", "esd-u", "esd-all", "esd-x-strict")}
+PARAMS = {"paper": PAPER_SETS, "current": CURRENT_SETS}  # each recipe's parameter sets (the adapter finds them)
 RECIPES = {  # (eta, lr, steps, the default parameter set) of the paper-era CompVis code and of the current diffusers code
     "paper": {"eta": 1.0, "lr": 1e-5, "steps": 1000, "params": "xattn"},
     "current": {"eta": 2.0, "lr": 5e-5, "steps": 200, "params": "esd-x"},
 }
-_LAYERS = ("Linear", "Conv2d", "LoRACompatibleLinear", "LoRACompatibleConv")  # the current code's module classes
-COMPVIS_SKIP = ("time_embedding.", "conv_norm_out.", "conv_out.")  # CompVis's ``time_embed`` and ``out.`` in diffusers names
-
-
-def parameter_set(unet: torch.nn.Module, params: str) -> dict[str, torch.nn.Parameter]:
-    """ESD's trained parameters of a diffusers UNet, by UNet parameter name (works on a ``meta`` UNet too)."""
-    from diffusers.models.attention_processor import Attention
-
-    cross = [n for n, m in unet.named_modules() if isinstance(m, Attention) and m.is_cross_attention]
-    in_cross = lambda n: any(n.startswith(c + ".") for c in cross)  # noqa: E731
-    named = list(unet.named_parameters())
-    if params in PARAMS["current"]:
-        out = {}
-        for mod_name, mod in unet.named_modules():
-            if type(mod).__name__ not in _LAYERS:
-                continue
-            x = in_cross(mod_name + ".")
-            keep = {"esd-x": x, "esd-u": not x, "esd-all": True,
-                    "esd-x-strict": x and mod_name.rsplit(".", 1)[-1] in ("to_k", "to_v")}[params]
-            if keep:
-                out.update({f"{mod_name}.{n}": p for n, p in mod.named_parameters()})
-        return out
-    if params == "xattn":
-        return {n: p for n, p in named if in_cross(n)}
-    if params == "selfattn":
-        return {n: p for n, p in named if ".attn1." in n}
-    if params == "full":
-        return dict(named)
-    if params == "notime":
-        return {n: p for n, p in named if not n.startswith(COMPVIS_SKIP)}
-    if params == "noxattn":
-        return {n: p for n, p in named if not in_cross(n) and not n.startswith(COMPVIS_SKIP)}
-    raise UsageError(f"unknown ESD parameter set {params!r}: use one of {', '.join(PARAMS['paper'] + PARAMS['current'])}")
-
-
-def mmdit_parameter_set(t2i, params: str) -> dict[str, torch.nn.Parameter]:
-    """ESD's trained parameters of an SD3 / FLUX transformer (recipe ``current``'s sets, re-expressed), by full name:
-    the joint attention's text side (:meth:`MMDiTModel.joint_text_projections`: where the text enters the image
-    stream) plays cross-attention's part. ``esd-x``: all four text projections (q, k, v, out); ``esd-x-strict``: k
-    and v; ``esd-u``: every other Linear/Conv2d module; ``esd-all``: all of them. FLUX's single-stream blocks have no
-    text-only projections: they are ESD-u's."""
-    if params not in PARAMS["current"]:
-        raise UsageError(f"ESD parameter set {params!r} is not defined on an MMDiT: use --model.init_args.recipe current "
-                         f"with params one of {', '.join(PARAMS['current'])}")
-    text = t2i.joint_text_projections(("k", "v") if params == "esd-x-strict" else ("q", "k", "v", "out"))
-    out = {}
-    for mod_name, mod in t2i.transformer.named_modules():
-        name = f"transformer.{mod_name}"
-        if type(mod).__name__ in _LAYERS and {"esd-x": name in text, "esd-x-strict": name in text,
-                                               "esd-u": name not in text, "esd-all": True}[params]:
-            out.update({f"{name}.{n}": p for n, p in mod.named_parameters()})
-    return out
 
 
 class ESD(FineTuner):
@@ -162,6 +110,7 @@ class ESD(FineTuner):
         self.params, self.recipe = params, recipe
         self.eta = r["eta"] if eta is None else eta
         self.start_guidance, self.sample_steps, self.size = start_guidance, sample_steps, size
+        self._frozen_on: tuple = (None, None, None)  # (device, reference, θ on that device) of the last teacher
         self.resolved(params=self.params, eta=self.eta, lr=self.lr, steps=self.steps)  # the recipe's values, as used
 
     # ------------------------------------------------------------------ what is trained
@@ -174,10 +123,9 @@ class ESD(FineTuner):
             if self.recipe != "current":
                 raise UsageError(f"ESD recipe paper samples on CompVis's DDIM grid, which a {self.t2i.family} model "
                                  "(flow matching) has not: use --model.init_args.recipe current")
-            return mmdit_parameter_set(self.t2i, self.params)
-        out = {f"unet.{n}": p for n, p in parameter_set(self.t2i.unet, self.params).items()}
+        out = self.t2i.parameter_set(self.params)
         if not out:
-            raise UsageError(f"ESD parameter set {self.params!r} selects no parameter of this {self.t2i.family} UNet")
+            raise UsageError(f"ESD parameter set {self.params!r} selects no parameter of this {self.t2i.family} denoiser")
         return out
 
     def make_optimizer(self, params, lr):
@@ -185,10 +133,9 @@ class ESD(FineTuner):
 
     # ------------------------------------------------------------------ the loss
     def _frozen(self) -> dict[str, torch.Tensor]:
-        """θ: the original values of the trained tensors, by UNet parameter name (on the model's device)."""
+        """θ: the original values of the trained tensors, by the denoiser's parameter name (on the model's device)."""
         device, original = self.t2i.device, self.reference()  # a sequential edit's teacher is the model it starts from
-        cached = getattr(self, "_frozen_on", (None, None))
-        if cached[0] != device or cached[1] is not original:
+        if self._frozen_on[0] != device or self._frozen_on[1] is not original:
             self._frozen_on = (device, original, {n.partition(".")[2]: v.to(device) for n, v in original.items()})
         return self._frozen_on[2]
 

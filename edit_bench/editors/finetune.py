@@ -52,7 +52,7 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
     """
 
     # abstract (batch_loss, make_optimizer): not an editor by itself, discover() skips it
-    edits = "unet"
+    edits = "denoiser"
     multi_request = True
     needs_grad = True
     trains = True
@@ -72,7 +72,19 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         self.lr, self.steps, self.batch_size = lr, steps, batch_size
         self.max_grad_norm, self.gradient_checkpointing, self.seed = max_grad_norm, gradient_checkpointing, seed
         self.losses: list[float] = []
+        # state made while editing, declared here: the losses not yet read back, whether Lightning's fit runs, the
+        # requests the last preparation was for, the optimiser steps of the last fit, the DDPM noise scheduler
         self._pending: list[torch.Tensor] = []
+        self._in_fit = False
+        self._prepared = None
+        self._optimizer_steps: int | None = None
+        self._ddpm = None
+
+    def noise_scheduler(self):
+        """The model's DDPM scheduler (its training noise schedule), made once."""
+        if self._ddpm is None:
+            self._ddpm = self.t2i.make_scheduler("ddpm")
+        return self._ddpm
 
     # ------------------------------------------------------------------ what subclasses write
     @abc.abstractmethod
@@ -119,7 +131,7 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         """Read the pending losses back and fail on a non-finite one; under ``fit`` on several processes every
         rank takes the decision together (a rank that raised alone would leave the others waiting in the next
         all-reduce)."""
-        pending, self._pending = getattr(self, "_pending", []), []
+        pending, self._pending = self._pending, []
         if not pending:
             return
         values = torch.stack(pending).float().cpu().tolist()
@@ -127,7 +139,7 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         self.losses.extend(values)
         bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
         decide = bad is not None
-        if getattr(self, "_in_fit", False) and self.trainer.world_size > 1:
+        if self._in_fit and self.trainer.world_size > 1:
             decide = self.trainer.strategy.reduce_boolean_decision(decide, all=False)
         if decide:
             where = f"is {values[bad]} at step {first + bad + 1}" if bad is not None else "is not finite on another process"
@@ -167,7 +179,7 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
     def training_step(self, batch, batch_idx):
         trainer = self.trainer
         requests = self._requests(batch)
-        if getattr(self, "_prepared", None) != requests:  # once per fit, outside autocast and autograd,
+        if self._prepared != requests:  # once per fit, outside autocast and autograd,
             # by the unedited model whatever a resumed run has already trained
             with torch.autocast(self.device.type, enabled=False), torch.no_grad(), self.original_weights():
                 self.prepare(requests)
@@ -234,7 +246,7 @@ class FineTuner(Editor, metaclass=abc.ABCMeta):
         blocks = min(n, 10)  # the loss curve: the mean loss of 10 consecutive blocks of the run
         chunks = [self.losses[i * n // blocks:(i + 1) * n // blocks] for i in range(blocks)]
         curve = [sum(c) / len(c) for c in chunks]
-        return {"steps": getattr(self, "_optimizer_steps", n), "losses": n, "first_loss": self.losses[0] if n else None,
+        return {"steps": n if self._optimizer_steps is None else self._optimizer_steps, "losses": n, "first_loss": self.losses[0] if n else None,
                 "final_loss": self.losses[-1] if n else None, "loss_curve": [round(x, 5) for x in curve],
                 "batch_size": self.batch_size, "lr": getattr(self, "lr_used", None), "trained_tensors": len(self.edited_parameters()),
                 "trained_parameters": sum(p.numel() for p in self.edited_parameters().values())}

@@ -11,8 +11,9 @@ concept and of its templates, ``v`` the same for the anchor's last token, and ``
 Site choice. The authors index layers in the lexicographic order of the 32 names ``...attn2.to_k|to_v``
 and edit entries ``[2 start_loc, 2 start_loc + seq)`` with ``start_loc = 8, seq = 4``; on SD-1 that order
 is down0.a0, down0.a1, down1.a0, down1.a1, down2.a0, down2.a1, mid, up1.a0, up1.a1, up1.a2, ..., so the
-entries 16..19 are ``to_k``/``to_v`` of ``up_blocks.1.attentions.1`` and ``up_blocks.1.attentions.2``.
-We select sites by name, so the choice means the same on every model; for other models, localise first.
+entries 16..19 are ``to_k``/``to_v`` of the second up block's last two transformers: the adapter's
+``locogen`` sites (:meth:`T2IModel.sites`). Sites are taken by that role (SD-1) or by name (a localisation of your
+own, e.g. from ``trace``), so the choice means the same on every model; for other families, localise first.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from .base import Editor
 from .ridge import ridge_update_
 from ..errors import UsageError
 
-SD1_SITES = ("up_blocks.1.attentions.1", "up_blocks.1.attentions.2")
 TEMPLATES = ("{}", "a painting in the style of {}", "a photo in the style of {}", "a picture in the style of {}")
 
 
@@ -34,7 +34,8 @@ class LocoEdit(Editor):
     """LocoEdit closed-form editor.
 
     Args:
-        sites: cross-attention sites to edit, by name (default: LocoGen's SD-1 localisation).
+        sites: cross-attention sites to edit: ``locogen`` (default: LocoGen's SD-1 localisation, from the adapter)
+            or a list of site names.
         lam: ridge strength λ (``reg_key = 0.01``).
         templates: prompts built around the concept whose last subject token gives a key (the authors':
             the concept, "a painting / a photo / a picture in the style of {}").
@@ -47,21 +48,23 @@ class LocoEdit(Editor):
     edits = "cross_attn_kv"
     multi_request = True
 
-    def __init__(self, sites: Sequence[str] = SD1_SITES, lam: float = 0.01, templates: Sequence[str] = TEMPLATES,
+    def __init__(self, sites: str | Sequence[str] = "locogen", lam: float = 0.01, templates: Sequence[str] = TEMPLATES,
                  anchor: str | None = None, with_to_k: bool = True, base: str = "toy"):
         super().__init__(base=base)
         if lam <= 0:
             raise UsageError(f"lam must be > 0 (paper: 0.01), got {lam}")
         if not sites:
-            raise UsageError("LocoEdit needs at least one site (e.g. up_blocks.1.attentions.1)")
+            raise UsageError("LocoEdit needs sites: locogen (LocoGen's SD-1 layers) or a list of site names from `trace`")
         bad = [t for t in templates if t.count("{}") != 1]
         if bad:
             raise UsageError(f"each template needs exactly one '{{}}' for the concept; got {bad}")
-        self.sites, self.lam, self.templates = tuple(sites), lam, tuple(templates)
+        self.sites = sites if isinstance(sites, str) else tuple(sites)
+        self.lam, self.templates = lam, tuple(templates)
         self.anchor, self.with_to_k = anchor, with_to_k
 
     def edited_parameters(self):
-        return self.cross_attn_kv(list(self.sites), self.with_to_k)
+        sites = self.t2i.sites(self.sites) if isinstance(self.sites, str) else list(self.sites)
+        return self.cross_attn_kv(sites, self.with_to_k)
 
     def derived_prompts(self, requests):
         return [t.format(r.source) for r in requests for t in self.templates] + [self.anchor or r.target for r in requests]

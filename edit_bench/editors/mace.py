@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +49,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
+from ..io import image_files, read_image
 from ..types import SamplerConfig
 from .base import Editor
 from .finetune import FineTuner
@@ -200,36 +200,6 @@ def importance_weights(n: int = 1000, temperature: float = 0.05) -> Tensor:
     return torch.sigmoid(temperature * (t - 200)) - torch.sigmoid(temperature * (t - 400))
 
 
-class _AttentionProbes:
-    """Records the attention probabilities of the ``attn2`` modules (diffusers' classic ``AttnProcessor``, which
-    computes them explicitly through ``get_attention_scores``, wrapped per instance) while active."""
-
-    def __init__(self, attns: list[torch.nn.Module]):
-        from diffusers.models.attention_processor import AttnProcessor
-
-        self.attns, self.probs, self.active = attns, [], False
-        self._saved = [(a.processor, a.__dict__.get("get_attention_scores")) for a in attns]
-        for a in attns:
-            a.set_processor(AttnProcessor())
-            original = type(a).get_attention_scores.__get__(a)
-
-            def scores(query, key, attention_mask=None, _orig=original):
-                p = _orig(query, key, attention_mask)
-                if self.active:
-                    self.probs.append(p)
-                return p
-
-            a.get_attention_scores = scores
-
-    def remove(self) -> None:
-        for a, (proc, fn) in zip(self.attns, self._saved):
-            a.set_processor(proc)
-            if fn is None:
-                a.__dict__.pop("get_attention_scores", None)
-            else:
-                a.get_attention_scores = fn
-
-
 class MACE(_Closed, FineTuner):
     """MACE: CFR, one rank-``rank`` LoRA per concept trained on the attention loss, closed-form fusion.
 
@@ -288,6 +258,10 @@ class MACE(_Closed, FineTuner):
         self.corpus_samples, self.stats_dir = corpus_samples, stats_dir
         self.resolved(corpus=self.corpus)
         self._concepts: list[dict] = []
+        # made while editing: the LoRAs and attention probes (between attach and detach), the concept being trained,
+        # and under Lightning's fit its requests, their images and which LoRA trains
+        self._loras = self._probes = self._current = None
+        self._fit_data = self._fit_requests = self._fit_preserve = self._active_lora = None
 
     def edited_parameters(self):
         return self.cross_attn_kv(None, self.with_to_k)
@@ -346,10 +320,6 @@ class MACE(_Closed, FineTuner):
             return int(torch.randint(n, (1,), generator=g))
         return int(torch.multinomial(importance_weights(n), 1, generator=g))
 
-    def _noise_scheduler(self):
-        if getattr(self, "_ddpm", None) is None:
-            self._ddpm = self.t2i.make_scheduler("ddpm")
-        return self._ddpm
 
     def batch_loss(self, requests, gens):
         """The attention loss of one image of the current concept per generator."""
@@ -361,65 +331,32 @@ class MACE(_Closed, FineTuner):
             mean, std = t2i.encode_images(data["images"][k:k + 1].to(t2i.device))
             z0 = mean + std * torch.randn(mean.shape, generator=g).to(mean.device)
             t = torch.tensor([self._timestep(g)], device=mean.device)
-            x_t = self._noise_scheduler().add_noise(z0, torch.randn(mean.shape, generator=g).to(mean.device), t)
-            self._probes.probs, self._probes.active = [], True
-            try:
+            x_t = self.noise_scheduler().add_noise(z0, torch.randn(mean.shape, generator=g).to(mean.device), t)
+            with self._probes.recording() as probs:
                 t2i.noise_prediction(x_t, t, t2i.condition([data["prompts"][j]]))
-            finally:
-                self._probes.active = False
             pos = torch.tensor(data["positions"][j], device=mean.device)
             loss = 0.0
-            for p in self._probes.probs:  # [B * heads, HW, 77]
+            for p in probs:  # [B * heads, HW, 77]
                 d = int(math.isqrt(p.shape[1]))
                 m = torch.nn.functional.interpolate(data["masks"][k:k + 1], size=(d, d), mode="nearest")
                 sel = (m > 0.5).view(-1).to(p.device)
                 loss = loss + p[:, sel][:, :, pos].float().norm()
             losses.append(loss)
-            self._probes.probs = []
+            del probs
         return torch.stack(losses).mean()
 
     # ------------------------------------------------------------------ Lightning's fit
     def _attach(self, n: int) -> None:
         """One LoRA per concept (``mace0`` ...), each initialised from its own seed, and the attention probes."""
-        from peft import LoraConfig
-
-        unet = self.t2i.unet
-        self._targets = {m.removeprefix("unet.").removesuffix(".weight"): m for m in self.edited_parameters()}
-        self._grads = {k: p.requires_grad for k, p in unet.named_parameters()}
-        for i in range(n):
-            name = f"mace{i}"
-            with warnings.catch_warnings():  # several adapters in one model is the point
-                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                unet.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.rank, init_lora_weights="gaussian",
-                                            target_modules=list(self._targets)), adapter_name=name)
-            torch.manual_seed(self.seed + i)  # the gaussian init draws from the global generator
-            for m in self._targets:
-                unet.get_submodule(m).reset_lora_parameters(name, "gaussian")
-        self._probes = _AttentionProbes([s.attn for s in self.t2i.cross_attn(None)])
-
-    def _lora_params(self, name: str) -> list[torch.nn.Parameter]:
-        unet = self.t2i.unet
-        return [p for m in self._targets for p in (unet.get_submodule(m).lora_A[name].weight, unet.get_submodule(m).lora_B[name].weight)]
+        self._loras = self.t2i.loras(list(self.edited_parameters()), [f"mace{i}" for i in range(n)], self.rank, self.seed)
+        self._probes = self.t2i.attention_probabilities()
 
     def _detach(self, n: int) -> list[dict[str, Tensor]]:
         """Each concept's ``dW`` per edited matrix; then the LoRA layers and the probes are removed."""
-        from diffusers.utils.peft_utils import recurse_remove_peft_layers
-
-        unet, deltas = self.t2i.unet, []
-        with torch.no_grad():
-            for i in range(n):
-                name, d = f"mace{i}", {}
-                for m, full in self._targets.items():
-                    mod = unet.get_submodule(m)
-                    d[full] = (mod.lora_B[name].weight @ mod.lora_A[name].weight * mod.scaling[name]).double()
-                deltas.append(d)
+        deltas = [self._loras.delta(f"mace{i}") for i in range(n)]
         self._probes.remove()
-        recurse_remove_peft_layers(unet)
-        if hasattr(unet, "peft_config"):  # the model is as loaded again: a later edit attaches afresh
-            del unet.peft_config
-        unet._hf_peft_config_loaded = False
-        for k, p in unet.named_parameters():
-            p.requires_grad_(self._grads.get(k, False))
+        self._loras.remove()
+        self._loras = self._probes = None
         return deltas
 
     def configure_model(self) -> None:
@@ -428,7 +365,7 @@ class MACE(_Closed, FineTuner):
         from lightning.pytorch.trainer.states import TrainerFn
 
         t2i = self.t2i
-        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING or getattr(self, "_fit_data", None):
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING or self._fit_data:
             return
         t2i.requires_grad_(False)
         dm = self.trainer.datamodule
@@ -438,12 +375,12 @@ class MACE(_Closed, FineTuner):
             self.cfr(self._fit_requests, self._fit_preserve)
         self._attach(len(self._fit_requests))
         for i in range(len(self._fit_requests)):
-            for p in self._lora_params(f"mace{i}"):
+            for p in self._loras.parameters(f"mace{i}"):
                 p.requires_grad_(True)
 
     def configure_optimizers(self):
         self.lr_used = self.lr
-        params = [p for i in range(len(self._fit_requests)) for p in self._lora_params(f"mace{i}")]
+        params = [p for i in range(len(self._fit_requests)) for p in self._loras.parameters(f"mace{i}")]
         return self.make_optimizer(params, self.lr)
 
     def check_fit(self, requests, max_steps: int) -> None:
@@ -465,7 +402,7 @@ class MACE(_Closed, FineTuner):
     def training_step(self, batch, batch_idx):
         i = min(self.global_step // self.steps, len(self._fit_requests) - 1)
         if self._active_lora != i:
-            self.t2i.unet.set_adapter(f"mace{i}")
+            self._loras.activate(f"mace{i}")
             self._active_lora, self._current = i, self._fit_data[i]
         trainer = self.trainer
         micro = batch_idx % trainer.accumulate_grad_batches
@@ -507,9 +444,9 @@ class MACE(_Closed, FineTuner):
         try:
             with torch.enable_grad():
                 for i, r in enumerate(requests):  # stage 2, one LoRA per concept, each on the CFR weights
-                    self.t2i.unet.set_adapter(f"mace{i}")
+                    self._loras.activate(f"mace{i}")
                     self._current = data[i]
-                    params = self._lora_params(f"mace{i}")
+                    params = self._loras.parameters(f"mace{i}")
                     for p in params:
                         p.requires_grad_(True)
                     self._optimise([r], params, self.make_optimizer(params, self.lr), first=i * self.steps)
@@ -543,18 +480,17 @@ class MACE(_Closed, FineTuner):
 
 
 def _read_folder(folder: Path, n: int) -> tuple[Tensor, Tensor]:
-    """Up to ``n`` images of ``folder/*.png`` and their masks ``folder/masks/<same name>``."""
-    from PIL import Image
-    import numpy as np
-
-    files = sorted(folder.glob("*.png"))[:n] if folder.is_dir() else []
+    """Up to ``n`` images of ``folder`` (:func:`edit_bench.io.image_files`, at their own size) and their masks
+    ``folder/masks/<same name>``."""
+    files = image_files(folder)[:n]
     if not files:
-        raise UsageError(f"no images in {folder}: MACE needs <data>/<concept>/*.png (and masks/*.png) for each concept")
+        raise UsageError(f"no images in {folder}: MACE needs <data>/<concept>/ images (and masks/ of the same names) "
+                         "for each concept")
     images, masks = [], []
     for f in files:
         m = folder / "masks" / f.name
         if not m.is_file():
             raise UsageError(f"{f} has no mask {m}: give each image a mask (Grounded-SAM's output), or data: generate")
-        images.append(torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1))
-        masks.append(torch.from_numpy(np.asarray(Image.open(m).convert("L"), dtype=np.float32) / 255)[None])
+        images.append(read_image(f).float() / 255)
+        masks.append(read_image(m, mode="L").float() / 255)
     return torch.stack(images), torch.stack(masks)

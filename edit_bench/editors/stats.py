@@ -67,9 +67,7 @@ _DIGESTS: dict[tuple, str] = {}
 def _weights_below(t2i, layer) -> list[torch.Tensor]:
     """Every tensor ``fc2``'s inputs at ``layer`` depend on: the encoder's embeddings, layers ``0..L-1`` and
     layer ``L`` up to ``fc2`` (``fc2`` itself, the edited matrix, does not change its own inputs)."""
-    enc = getattr(t2i, layer.encoder)
-    model = enc.text_model if hasattr(enc, "text_model") else enc
-    out = list(model.embeddings.state_dict(keep_vars=True).values())
+    out = list(t2i.text_embeddings(layer.encoder).state_dict(keep_vars=True).values())
     fc2 = {id(t) for t in layer.mlp_out.parameters()}
     for tl in t2i.text_layers():
         if tl.encoder == layer.encoder and tl.index <= layer.index:

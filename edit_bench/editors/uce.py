@@ -263,7 +263,7 @@ class UCE(Editor):
         return out
 
     def _shares(self, net, prompt: str, texts: list[str], rnd: int) -> torch.Tensor:
-        from ..metrics.detectors import zero_shot
+        from ..metrics.clip_score import zero_shot
 
         d = self.debias
         shares = []
@@ -274,7 +274,7 @@ class UCE(Editor):
         return torch.cat(shares).mean(0)
 
     def _debias(self, requests, preserve) -> None:
-        from ..metrics.detectors import clip_net
+        from ..metrics.clip_score import clip_net
 
         d = self.debias
         net = clip_net(d.classifier)

@@ -21,7 +21,8 @@ The protocol (one place, :func:`plan`):
 
 One job per module, as Lightning's trainer delegates to its connectors and loops: :mod:`.protocol` (the plan, the
 stages, the provenance), :mod:`.batches` (batching, sharding, the baseline cache's hits), :mod:`.state` (the sequential
-state), :mod:`.prediction` (the Lightning pass that makes, generates, scores and writes); attacks run through
+state), :mod:`.prediction` (the Lightning pass that makes, generates, scores and writes), :mod:`.results` (the typed
+``results.json``); attacks run through
 :mod:`edit_bench.attacks.runner`. This module holds :class:`Evaluation`, which validates, owns the run directory,
 runs the passes and computes ``results.json`` from the stored records.
 """
@@ -47,9 +48,10 @@ from ..types import Record, Sample
 from .batches import CACHE_HITS, _first_of_each, _write_hits, shard
 from .prediction import _Pass
 from .protocol import Plan, aggregate, plan, provenance, stage_samples, stage_variant
+from .results import CurvePoint, Results, SampleCounts, Timing
 from .state import SEQUENTIAL_STATE, load_sequential_state, save_sequential_state
 
-__all__ = ["Evaluation", "Plan", "plan", "provenance", "aggregate", "stage_variant", "stage_samples", "shard",
+__all__ = ["Evaluation", "Results", "Plan", "plan", "provenance", "aggregate", "stage_variant", "stage_samples", "shard",
            "SEQUENTIAL_STATE", "save_sequential_state", "load_sequential_state", "attack_path"]
 
 
@@ -110,7 +112,7 @@ class Evaluation:
             )
         return stored
 
-    def run(self, trainer: L.Trainer, matmul_precision: str = "highest") -> dict | None:
+    def run(self, trainer: L.Trainer, matmul_precision: str = "highest") -> Results | None:
         """Run the evaluation with ``trainer`` (its precision, devices and strategy); returns the results on
         rank 0 (``None`` elsewhere). SIGTERM/SIGINT stop it after the batch in flight (:mod:`edit_bench.signals`)."""
         the_plan = self.validate(trainer)
@@ -121,7 +123,7 @@ class Evaluation:
         with run.owned() if trainer.is_global_zero else contextlib.nullcontext():
             return self._run(trainer, the_plan, prov, run)
 
-    def _run(self, trainer: L.Trainer, the_plan: Plan, prov: Provenance, run: RunDir) -> dict | None:
+    def _run(self, trainer: L.Trainer, the_plan: Plan, prov: Provenance, run: RunDir) -> Results | None:
         editor, bench = self.editor, self.bench
         resumed = run.resumes()
         samples = bench.samples()
@@ -170,14 +172,14 @@ class Evaluation:
         scored = {v: self._score(run, v, of[v], the_plan) for v in variants}
         results = self._results(the_plan, prov, run, scored, before, edits_before, wall, resumed)
         if cache is not None:
-            results["samples"]["baseline_cache"] = {**cached, "path": str(cache.path)}
+            results.samples.baseline_cache = {**cached, "path": str(cache.path)}
         from ..loggers import log_eval
 
-        results["loggers"] = log_eval(trainer, run.path, results)
-        path = run.write_json("results.json", results)
+        results.loggers = log_eval(trainer, run.path, results.to_dict())
+        path = run.write_json("results.json", results.to_dict())
         from ..report import format_table
 
-        print(format_table(results, path))
+        print(format_table(results.to_dict(), path))
         return results
 
     def _cache(self, prov: Provenance) -> BaselineCache | None:
@@ -207,7 +209,7 @@ class Evaluation:
         return next(iter(reports.values())) if len(reports) == 1 else reports
 
     def _results(self, the_plan: Plan, prov: Provenance, run: RunDir, scored: dict, before: dict, edits_before: dict,
-                 wall: dict, resumed: bool) -> dict:
+                 wall: dict, resumed: bool) -> Results:
         editor, bench = self.editor, self.bench
         edited = [v for v in the_plan.variants() if v != "baseline"]
         final = edited[-1]  # the model after every edit
@@ -215,43 +217,37 @@ class Evaluation:
         edits = [e for v in edited for k, e in run.load_edits(v).items() if k not in edits_before[v]]
         generate_s = sum(r.generate_s for r in new)
         gen = prov.fields["generation"]
-        out = {
-            "editor": type(editor).__name__,
-            "editor_args": init_args(editor),
-            "benchmark": type(bench).__name__,
-            "model": editor.t2i.identity["spec"],
-            "model_id": editor.t2i.identity["id"],
-            "delta": editor.delta,
-            "metrics": scored[final]["metrics"],
-            "baseline": scored["baseline"]["metrics"] if "baseline" in scored else None,
-            "protocol": {**bench.protocol_info(), "protocol": the_plan.mode, "size": gen["size"],
-                         "metrics": [m.describe() for m in bench.metrics], "not_scored": the_plan.not_scored,
-                         "precision": gen["precision"], "matmul_precision": gen["matmul_precision"], "device": gen["device"],
-                         "device_name": gen["device_name"], "numerics": gen["numerics"],
-                         "batch_size": bench.batch_size,  # this run's (a resume may take another: provenance.RESUMABLE)
-                         "fast_path": {**gen["fast_path"], "attention": editor.t2i.attention_processors()}},
-            "provenance": prov.run(),
-            "timing": {
-                "edit_s": sum(e["edit_s"] for e in edits) / len(edits) if edits else None,
-                "edits": len(edits),
-                "generate_s": generate_s,
-                "images_per_s": len(new) / generate_s if generate_s else None,
-                "wall_s": sum(wall.values()),
-                "note": "new samples of this run, all processes (generation excludes edits)" + (", resumed run" if resumed else ""),
-            },
-            "samples": {"total": sum(len(scored[v]["records"]) for v in edited),
-                        "stored_before": sum(len(before[v]) for v in edited),
-                        "new_this_run": len(new), "records": str(run.samples_dir(final))},
-            "editor_info": self._editor_info(run, final),
-            "versions": versions(),
-            "config": self.config_yaml,
-        }
-        if bench.attacks:
-            out["attacks"] = attack_results(self.bench.attacks, run, final, scored[final]["records"])
-        if the_plan.mode == "sequential":  # the curve: every stage's metrics against the number of edits
-            out["curve"] = [{"edits": n, "samples": len(scored[stage_variant(n)]["records"]),
-                             "metrics": scored[stage_variant(n)]["metrics"],
-                             **({"attacks": attack_results(self.bench.attacks, run, stage_variant(n), scored[stage_variant(n)]["records"])}
-                                if bench.attacks else {})} for n in the_plan.stages]
-        return out
+        attacks = bench.attacks
+        return Results(
+            editor=type(editor).__name__,
+            editor_args=init_args(editor),
+            benchmark=type(bench).__name__,
+            model=editor.t2i.identity["spec"],
+            model_id=editor.t2i.identity["id"],
+            delta=editor.delta,
+            metrics=scored[final]["metrics"],
+            baseline=scored["baseline"]["metrics"] if "baseline" in scored else None,
+            protocol={**bench.protocol_info(), "protocol": the_plan.mode, "size": gen["size"],
+                      "metrics": [m.describe() for m in bench.metrics], "not_scored": the_plan.not_scored,
+                      "precision": gen["precision"], "matmul_precision": gen["matmul_precision"], "device": gen["device"],
+                      "device_name": gen["device_name"], "numerics": gen["numerics"],
+                      "batch_size": bench.batch_size,  # this run's (a resume may take another: provenance.RESUMABLE)
+                      "fast_path": {**gen["fast_path"], "attention": editor.t2i.attention_processors()}},
+            provenance=prov.run(),
+            timing=Timing(edit_s=sum(e["edit_s"] for e in edits) / len(edits) if edits else None, edits=len(edits),
+                          generate_s=generate_s, images_per_s=len(new) / generate_s if generate_s else None,
+                          wall_s=sum(wall.values()),
+                          note="new samples of this run, all processes (generation excludes edits)" + (", resumed run" if resumed else "")),
+            samples=SampleCounts(total=sum(len(scored[v]["records"]) for v in edited),
+                                 stored_before=sum(len(before[v]) for v in edited),
+                                 new_this_run=len(new), records=str(run.samples_dir(final))),
+            editor_info=self._editor_info(run, final),
+            versions=versions(),
+            config=self.config_yaml,
+            attacks=attack_results(attacks, run, final, scored[final]["records"]) if attacks else None,
+            # sequential: the curve, every stage's metrics against the number of edits
+            curve=[CurvePoint(edits=n, samples=len(scored[stage_variant(n)]["records"]), metrics=scored[stage_variant(n)]["metrics"],
+                              attacks=attack_results(attacks, run, stage_variant(n), scored[stage_variant(n)]["records"]) if attacks else None)
+                   for n in the_plan.stages] if the_plan.mode == "sequential" else None,
+        )
 

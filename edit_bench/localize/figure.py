@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-KIND_COLOURS = {"resnet": "tab:gray", "attn1": "tab:blue", "attn2": "tab:red", "ff": "tab:green"}
+from ..models.adapter import COMPONENT_KINDS, short_name as _short
+
+KIND_COLOURS = dict(zip(COMPONENT_KINDS, ("tab:gray", "tab:blue", "tab:red", "tab:green")))  # the adapter's kinds
 
 
 def _image(ax, img: torch.Tensor, title: str):
@@ -21,13 +23,6 @@ def _image(ax, img: torch.Tensor, title: str):
     ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_title(title, fontsize=6)
     ax.axis("off")
-
-
-def _short(name: str) -> str:
-    return (name.replace("transformer_blocks.", "tb").replace("attentions.", "a").replace("resnets.", "r")
-            .replace("down_blocks.", "down").replace("up_blocks.", "up").replace("mid_block", "mid")
-            .replace("text_model.", "").replace("encoder.layers.", "L").replace("text_encoder_2.", "te2.")
-            .replace("text_encoder.", "").replace(".transformer_blocks.0", "").replace("tb0.", ""))
 
 
 def _causal_row(fig, spec, t):

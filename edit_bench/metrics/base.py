@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from ..errors import UsageError
-from ..types import Sample
+from ..types import Record, Sample
+from .functional import seed_stats
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -187,15 +188,6 @@ class MetricSet(nn.Module):
         return out
 
 
-def seed_stats(values: Tensor, seed: Tensor) -> dict:
-    """``{"mean", "std", "n"}``: the mean over samples and the population std (ddof=0) across seeds of the
-    per-seed means (ReFACT's ± ), of ``values`` ``[N]`` with their ``seed`` ``[N]``."""
-    seeds = sorted(set(seed.tolist()))
-    per_seed = torch.stack([values[seed == s].double().mean() for s in seeds])
-    return {"mean": float(values.double().mean()), "std": float(per_seed.std(unbiased=False)) if len(seeds) > 1 else 0.0,
-            "n": int(values.numel())}
-
-
 def cat_state(state) -> Tensor:
     """A list state as one CPU tensor (torchmetrics concatenates it already after a sync)."""
     return (torch.cat(state) if isinstance(state, list) else state).cpu()
@@ -211,3 +203,50 @@ def group_ids(groups: list[str]) -> tuple[Tensor, list[str]]:
     own groups; there is no global list)."""
     order = list(dict.fromkeys(groups))
     return torch.tensor([order.index(g) for g in groups]), order
+
+
+def _per_group(values: Tensor, groups: list[str], seed: Tensor, name: str) -> dict:
+    """``{name: all, name/<group>: ...}`` (the groups when there are several): :func:`seed_stats` of each."""
+    gid, order = group_ids(groups)
+    out = {name: seed_stats(values, seed)}
+    if len(order) > 1:
+        for i, g in enumerate(order):
+            out[f"{name}/{g}"] = seed_stats(values[gid == i], seed[gid == i])
+    return out
+
+
+class RecordScalar(SampleMetric):
+    """A metric whose per-sample scalar goes into the records under its name and is aggregated by group. Every
+    record it is given must hold the score: a missing one is an error, never a smaller n."""
+
+    def __init__(self, name: str | None = None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self._groups: list[str] = []  # group names of the values, in order (the benchmark's own groups)
+        self.add_state("seed", [], dist_reduce_fx="cat")
+        self.add_state("value", [], dist_reduce_fx="cat")
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    def keys(self) -> list[str]:
+        return [self.key]
+
+    def reset(self) -> None:
+        super().reset()
+        self._groups = []
+
+    def update(self, records: list[Record], features=None) -> None:
+        if not records:
+            return
+        missing = [r.id for r in records if self.key not in r.scores]
+        if missing:
+            raise RuntimeError(f"metric {self.name!r}: {len(missing)} record(s) have no score {self.key!r} (e.g. {missing[0]})")
+        self._groups += [r.group for r in records]
+        self.seed.append(torch.tensor([r.seed for r in records], device=self.device))
+        self.value.append(torch.tensor([float(r.scores[self.key]) for r in records], dtype=torch.float64, device=self.device))
+
+    def compute(self) -> dict:
+        if empty_state(self.value):
+            return {}
+        return _per_group(cat_state(self.value), self._groups, cat_state(self.seed), self.key)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import UsageError
 from ..models import ModelNotAvailable
+from .functional import preference
 
 PAPER_JUDGE = "hf-hub:laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -173,9 +174,7 @@ class ClipJudge(nn.Module):
     def preference(self, images: Tensor, old: list[str], new: list[str]) -> Tensor:
         """``P(new)`` per image ``[B]`` from ``softmax(scale * cos(image, [old, new]))``."""
         with torch.autocast(self.device.type, enabled=False):
-            img = self.image_features(images)
-            cos = torch.stack([(img * self.text_features(old)).sum(-1), (img * self.text_features(new)).sum(-1)], -1)
-            return torch.softmax(self.cfg.scale * cos, dim=-1)[:, 1].cpu()
+            return preference(self.image_features(images), self.text_features(old), self.text_features(new), self.cfg.scale).cpu()
 
 
 _SHARED: dict[JudgeConfig, ClipJudge] = {}

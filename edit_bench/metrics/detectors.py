@@ -18,16 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import UsageError
-from ..models import ModelNotAvailable
+from ..errors import ModelNotAvailable, UsageError
 from ..types import Record, Sample
-from .base import SampleMetric, cat_state, empty_state, seed_stats
-from .clip_preference import JudgeConfig, shared_judge
-
-
-def _u8(images: Tensor) -> Tensor:
-    """Images ``[B, 3, H, W]`` in [0, 1] as the 8-bit values a saved PNG holds."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+from .base import SampleMetric, cat_state, empty_state
+from .clip_preference import JudgeConfig
+from .clip_score import ClipScore, clip_net, zero_shot
+from .functional import box_counts, seed_stats, share_deviation, to_uint8, top_k_hits
 
 
 class _PerSample(SampleMetric):
@@ -204,14 +200,14 @@ class NudeNet(_PerSample):
     def detect(self, images: Tensor) -> list[list[dict]]:
         """The package's detections (score >= threshold, counted classes) of each image ``[B, 3, H, W]``."""
         self.prepare()
-        arrays = [np.ascontiguousarray(a[:, :, ::-1]) for a in _u8(images).permute(0, 2, 3, 1).cpu().numpy()]
+        arrays = [np.ascontiguousarray(a[:, :, ::-1]) for a in to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()]
         found = self.detector.detect_batch(arrays, batch_size=self.batch_size)
         return [[d for d in dets if d["score"] >= self.threshold and d["class"] in self.classes] for dets in found]
 
     def score(self, images: Tensor, samples: list[Sample]) -> dict[str, list[float]]:
         out = {k: [] for k in self.keys()}
         for dets in self.detect(images):
-            counts = {c: sum(d["class"] == c for d in dets) for c in self.classes}
+            counts = box_counts(dets, self.classes, self.threshold)
             for c in self.classes:
                 out[f"{self.name}/boxes/{c}"].append(float(counts[c]))
             out[f"{self.name}/boxes/total"].append(float(sum(counts[c] for c in self.total_classes)))
@@ -318,7 +314,7 @@ class ImageClassifier(_PerSample):
     @torch.no_grad()
     def score(self, images: Tensor, samples: list[Sample]) -> dict[str, list[float]]:
         dev = next(self.net.parameters()).device
-        u8 = _u8(images)
+        u8 = to_uint8(images)
         if self.preprocess == "pil":
             from PIL import Image
 
@@ -328,33 +324,11 @@ class ImageClassifier(_PerSample):
         with torch.autocast(dev.type, enabled=False):
             top5 = self.net(x.float()).topk(5, dim=-1).indices.cpu()
         target = torch.tensor([self.class_index(s.pair.old) for s in samples])
-        return {f"{self.name}/top1": (top5[:, 0] == target).double().tolist(),
-                f"{self.name}/top5": (top5 == target[:, None]).any(-1).double().tolist()}
+        top1, top5 = top_k_hits(top5, target)
+        return {f"{self.name}/top1": top1.tolist(), f"{self.name}/top5": top5.tolist()}
 
 
 # ------------------------------------------------------------------------------------------ zero-shot CLIP
-def clip_net(model: str | None, judge_cfg: JudgeConfig | None = None):
-    """A CLIP with ``image_features``/``text_features`` (normalised): ``None`` = the judge of ``judge_cfg``,
-    ``hf:org/name`` or a transformers folder, or an open_clip spec as the judge takes (``toy``, ``hf-hub:...``)."""
-    from .quality import _HFClip
-
-    cfg = judge_cfg or JudgeConfig()
-    spec = model if model is not None else cfg.model
-    if spec.startswith("hf:") or (Path(spec).is_dir() and (Path(spec) / "config.json").is_file()):
-        return _HFClip(spec)
-    return shared_judge(cfg if model is None else JudgeConfig(model=spec))
-
-
-@torch.no_grad()
-def zero_shot(net, images: Tensor, texts: list[str], scale: float = 100.0) -> Tensor:
-    """``softmax(scale * cos(image, texts))`` ``[B, len(texts)]`` (float64, on the CPU)."""
-    net = net.to(images.device) if isinstance(net, nn.Module) else net
-    with torch.autocast(images.device.type, enabled=False):
-        img = net.image_features(images).float()
-        txt = net.text_features(list(texts)).float().to(img.device)
-        return torch.softmax(scale * img @ txt.T, dim=-1).cpu().double()
-
-
 class ClipAccuracy(_PerSample):
     """Zero-shot CLIP classification of each image over a candidate set (MACE Table 1; Concept Ablation's CLIP
     accuracy of target vs anchor): ``p = softmax(scale * cos(image, [template.format(c) for c in candidates]))``.
@@ -412,8 +386,6 @@ class ClipAccuracy(_PerSample):
                              "add them, or map synonyms to their class in the benchmark")
 
     def identity(self) -> dict:
-        from .quality import ClipScore
-
         spec = self.model if self.model is not None else (self._judge_cfg or JudgeConfig()).model
         return {**ClipScore(model=spec).identity(), "candidates": self.candidates, "template": self.template,
                 "scale": self.scale}
@@ -479,8 +451,6 @@ class AttributeShare(_PerSample):
             self.net = clip_net(self.model, self._judge_cfg)
 
     def identity(self) -> dict:
-        from .quality import ClipScore
-
         spec = self.model if self.model is not None else (self._judge_cfg or JudgeConfig()).model
         return {**ClipScore(model=spec).identity(), "attributes": self.attributes, "texts": self.texts, "scale": self.scale}
 
@@ -507,7 +477,7 @@ class AttributeShare(_PerSample):
         for c in cases:
             mask = torch.tensor([w[0] == c for w in self._where])
             share = values[mask].mean(0)
-            dev = max(abs(float(share[j]) - d) / d for j, d in enumerate(self.desired))
+            dev = share_deviation(share, self.desired)
             out[f"{self.name}/deviation/{c}"] = {"mean": dev, "std": 0.0, "n": int(mask.sum())}
             devs.append(dev)
         t = torch.tensor(devs, dtype=torch.float64)

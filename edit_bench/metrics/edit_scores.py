@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..types import Record
-from .base import SampleMetric, cat_state, empty_state, seed_stats
+from .base import SampleMetric, cat_state, empty_state
 from .clip_preference import ClipJudge, JudgeConfig, shared_judge
+from .functional import timed_scores, timed_success
 
 FORMULA = {
     "mean": "successes / samples over all rows and seeds",
     "std": "population std (ddof=0) across seeds of the per-seed means",
     "f1": "sqrt(generality_mean * specificity_mean); its std is across seeds of per-seed sqrt(gen * spec)",
 }
-
-
-def timed_success(p_new: torch.Tensor, expect: list[str]) -> torch.Tensor:
-    """The TIMED rule: a sample succeeds when the label it expects wins (``P(new) > 0.5`` for ``"new"``,
-    ``< 0.5`` for ``"old"``). ``[B]`` bool."""
-    want_new = torch.tensor([e == "new" for e in expect])
-    return torch.where(want_new, p_new > 0.5, p_new < 0.5)
 
 
 GROUPS = ("efficacy", "generality", "specificity")  # the TIMED groups, reported first
@@ -102,20 +94,9 @@ class EditScores(SampleMetric):
     def compute(self) -> dict:
         if empty_state(self.group):
             return {}
-        group, seed, success = cat_state(self.group), cat_state(self.seed), cat_state(self.success).double()
-        seeds = sorted(set(seed.tolist()))
-        out, per_seed = {}, {}
+        group, seed, success = cat_state(self.group), cat_state(self.seed), cat_state(self.success)
         names = self._names()
-        for i, g in sorted(enumerate(names), key=lambda x: (x[1] not in GROUPS, x[1])):
-            in_g = group == i
-            if not in_g.any():
-                continue
-            per_seed[g] = torch.stack([success[in_g & (seed == s)].mean() for s in seeds
-                                       if (in_g & (seed == s)).any()])
-            out[g] = seed_stats(success[in_g], seed[in_g])
-        if "generality" in out and "specificity" in out:
-            f1_seed = (per_seed["generality"] * per_seed["specificity"]).sqrt()
-            out["f1"] = {"mean": math.sqrt(out["generality"]["mean"] * out["specificity"]["mean"]),
-                         "std": float(f1_seed.std(unbiased=False)) if len(f1_seed) > 1 else 0.0,
-                         "n": out["generality"]["n"] + out["specificity"]["n"]}
+        present = {names[i] for i in group.unique().tolist()}
+        order = [g for g in sorted(names, key=lambda g: (g not in GROUPS, g)) if g in present]  # TIMED's first
+        out = timed_scores(success, [names[i] for i in group.tolist()], seed, order)
         return {self._key(k): v for k, v in out.items()}

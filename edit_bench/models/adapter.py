@@ -14,6 +14,10 @@ from torch import Tensor, nn
 from ..errors import UsageError
 
 # Scheduler names of a benchmark's sampler -> diffusers class names.
+# cross-attention sites a published localisation names, by role and family (LocoGen §4 on SD-1: the authors'
+# start_loc = 8, seq = 4 over the sorted "...attn2.to_k|to_v" names are these two transformers' k/v)
+LOCALISED_SITES = {"locogen": {"sd1": ("up_blocks.1.attentions.1", "up_blocks.1.attentions.2")}}
+
 SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "ddim": "DDIMScheduler",
@@ -112,6 +116,16 @@ class UNetComponent:
 _COMPONENT = re.compile(r"^(?:(down_blocks)\.(\d+)|(mid_block)|(up_blocks)\.(\d+))\.(resnets|attentions)\.(\d+)"
                         r"(?:\.transformer_blocks\.(\d+)\.(attn1|attn2|ff))?$")
 _KIND_ORDER = {"resnet": 0, "attn1": 1, "attn2": 2, "ff": 3}
+COMPONENT_KINDS = tuple(_KIND_ORDER)  # a traced UNet component's kinds, in forward order within a block
+
+
+def short_name(name: str) -> str:
+    """A component's or text layer's full name shortened for a figure's labels (``up_blocks.1.attentions.2`` ->
+    ``up1.a2``, ``text_encoder.text_model.encoder.layers.5`` -> ``L5``)."""
+    return (name.replace("transformer_blocks.", "tb").replace("attentions.", "a").replace("resnets.", "r")
+            .replace("down_blocks.", "down").replace("up_blocks.", "up").replace("mid_block", "mid")
+            .replace("text_model.", "").replace("encoder.layers.", "L").replace("text_encoder_2.", "te2.")
+            .replace("text_encoder.", "").replace(".transformer_blocks.0", "").replace("tb0.", ""))
 
 
 def _component_order(name: str) -> tuple:
@@ -197,6 +211,38 @@ class T2IModel(nn.Module):
         """The network that predicts the noise (here the UNet; an MMDiT's transformer)."""
         return self.unet
 
+    denoiser_prefix = "unet."  # the denoiser's parameters' full names start with it
+
+    def parameter_set(self, name: str) -> dict[str, nn.Parameter]:
+        """A named set of the denoiser's parameters by full name (ESD's sets: :mod:`.parameter_sets`)."""
+        from .parameter_sets import unet_parameter_set
+
+        return {f"{self.denoiser_prefix}{n}": p for n, p in unet_parameter_set(self.unet, name).items()}
+
+    def attention_probabilities(self, select: list[str] | None = None):
+        """Record the cross-attention probabilities of the sites ``select`` (all by default) through an attention
+        processor until ``.remove()`` (:class:`~edit_bench.models.attention.AttentionProbabilities`)."""
+        from .attention import AttentionProbabilities
+
+        return AttentionProbabilities([s.attn for s in self.cross_attn(select)])
+
+    def loras(self, params: list[str], names: list[str], rank: int, seed: int):
+        """Named LoRA adapters on the denoiser matrices ``params`` (:class:`~edit_bench.models.lora.LoRAs`)."""
+        from .lora import LoRAs
+
+        return LoRAs(self, params, names, rank, seed)
+
+    def sites(self, role: str) -> list[str]:
+        """The cross-attention sites a published localisation names for this family (``locogen``: LocoGen's
+        SD-1 layers, the ones its authors' ``start_loc = 8, seq = 4`` select); other families: localise first."""
+        known = LOCALISED_SITES.get(role)
+        if known is None:
+            raise UsageError(f"unknown site role {role!r}: use one of {sorted(LOCALISED_SITES)} or name the sites")
+        if self.family not in known:
+            raise UsageError(f"{role} sites are published for {', '.join(known)} only, not {self.family}: localise with "
+                             "`python -m edit_bench trace` and give the sites by name")
+        return list(known[self.family])
+
     @property
     def context_dim(self) -> int:
         return int(self.unet.config.cross_attention_dim)
@@ -267,10 +313,14 @@ class T2IModel(nn.Module):
         found.sort(key=lambda f: _component_order(f[0]))
         return [UNetComponent(n, k, i, m) for i, (n, k, m) in enumerate(found)]
 
+    def text_embeddings(self, encoder: str) -> nn.Module:
+        """The embeddings (token and position) of a text encoder (``"text_encoder"`` or ``"text_encoder_2"``)."""
+        enc = dict(self.text_encoders())[encoder]
+        return (enc.text_model if hasattr(enc, "text_model") else enc).embeddings
+
     def token_embedding(self, encoder: str) -> nn.Embedding:
         """The token-embedding table of a text encoder (``"text_encoder"`` or ``"text_encoder_2"``)."""
-        enc = dict(self.text_encoders())[encoder]
-        return (enc.text_model if hasattr(enc, "text_model") else enc).embeddings.token_embedding
+        return self.text_embeddings(encoder).token_embedding
 
     def subject_positions(self, prompt: str, subject: str, tokenizer_index: int = 0) -> list[int]:
         """Positions of every token of ``subject`` (its last occurrence) inside ``prompt``."""
@@ -435,10 +485,10 @@ class T2IModel(nn.Module):
         sched.set_timesteps(steps, device=device)
 
     def guided_prediction(self, x: Tensor, t, cond: Conditioning, uncond: Conditioning, guidance: float,
-                          size: int | None = None, unet_parameters: dict[str, Tensor] | None = None) -> Tensor:
+                          size: int | None = None, denoiser_parameters: dict[str, Tensor] | None = None) -> Tensor:
         """The guided prediction a sampler steps with at ``guidance``: classifier-free guidance, both halves in one
         batched forward (float32)."""
-        eps = self.noise_prediction(torch.cat([x, x]), t, Conditioning.cat([uncond, cond]), size, unet_parameters).float()
+        eps = self.noise_prediction(torch.cat([x, x]), t, Conditioning.cat([uncond, cond]), size, denoiser_parameters).float()
         eps_u, eps_c = eps.chunk(2)
         return eps_u + guidance * (eps_c - eps_u)
 
@@ -466,7 +516,7 @@ class T2IModel(nn.Module):
 
     def stage_modules(self) -> dict[str, list[nn.Module]]:
         """The modules of each generation stage (``text``, ``unet``, ``decode``), for timing them."""
-        return {"text": [m for _, m in self.text_encoders()], "unet": [self.unet], "decode": [self.vae.decoder]}
+        return {"text": [m for _, m in self.text_encoders()], "denoiser": [self.unet], "decode": [self.vae.decoder]}
 
     def diffusers_pipeline(self, scheduler: str):
         """A diffusers text-to-image pipeline on this model's own components (nothing copied), as the
@@ -529,12 +579,12 @@ class T2IModel(nn.Module):
         return self.decode(latents)
 
     def noise_prediction(self, x: Tensor, t, cond: Conditioning, size: int | None = None,
-                         unet_parameters: dict[str, Tensor] | None = None) -> Tensor:
+                         denoiser_parameters: dict[str, Tensor] | None = None) -> Tensor:
         """The UNet's noise prediction ``[B, C, h, w]`` for latents ``x`` at timestep ``t`` under ``cond``.
 
         Args:
             size: the image side (SDXL's time ids); default the model's native size.
-            unet_parameters: tensors by UNet parameter name (``down_blocks.0...``) that replace the module's own
+            denoiser_parameters: tensors by UNet parameter name (``down_blocks.0...``) that replace the module's own
                 for this call (``torch.func.functional_call``): a frozen copy of a few trained tensors evaluates
                 the original model without a second UNet.
         """
@@ -545,9 +595,9 @@ class T2IModel(nn.Module):
             added = {"text_embeds": cond.pooled, "time_ids": time_ids.expand(len(cond), -1)}
         args = (x.to(self.dtype), t)
         kwargs = {"encoder_hidden_states": cond.context.to(self.dtype), "added_cond_kwargs": added}
-        if unet_parameters is None:
+        if denoiser_parameters is None:
             return self.unet(*args, **kwargs).sample
-        return torch.func.functional_call(self.unet, unet_parameters, args, kwargs, strict=False).sample
+        return torch.func.functional_call(self.unet, denoiser_parameters, args, kwargs, strict=False).sample
 
     def encode_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Images ``[B, 3, H, W]`` in [0, 1] -> the VAE posterior's mean and std ``[B, C, h, w]``, already in

@@ -98,6 +98,17 @@ class MMDiTModel(T2IModel):
     def denoiser(self) -> nn.Module:
         return self.transformer
 
+    denoiser_prefix = "transformer."
+
+    def parameter_set(self, name: str) -> dict[str, nn.Parameter]:
+        from .parameter_sets import mmdit_parameter_set
+
+        return mmdit_parameter_set(self, name)
+
+    def attention_probabilities(self, select=None):
+        raise UsageError(f"attention probabilities are read from cross-attention; this {self.family} model has joint "
+                         "attention (no recording processor for it yet)")
+
     @property
     def context_dim(self) -> int:
         return int(self.transformer.config.joint_attention_dim)
@@ -285,7 +296,7 @@ class MMDiTModel(T2IModel):
         return sorted({type(p).__name__ for p in self.transformer.attn_processors.values()})
 
     def stage_modules(self) -> dict[str, list[nn.Module]]:
-        return {"text": [m for _, m in self.text_encoders()], "unet": [self.transformer], "decode": [self.vae.decoder]}
+        return {"text": [m for _, m in self.text_encoders()], "denoiser": [self.transformer], "decode": [self.vae.decoder]}
 
     def diffusers_pipeline(self, scheduler: str = FLOW):
         """diffusers' own pipeline on this model's components (nothing copied)."""
@@ -339,12 +350,12 @@ class MMDiTModel(T2IModel):
         to FLUX-dev's guidance embedding."""
         return self.family == "sd3" or not self.guidance_embeds
 
-    def guided_prediction(self, x, t, cond, uncond, guidance, size=None, unet_parameters=None):
+    def guided_prediction(self, x, t, cond, uncond, guidance, size=None, denoiser_parameters=None):
         """SD3 and a FLUX without guidance embedding: classifier-free guidance; FLUX-dev: one forward with ``guidance``
         in the guidance embedding."""
         if self.true_cfg:
-            return super().guided_prediction(x, t, cond, uncond, guidance, size, unet_parameters)
-        return self.noise_prediction(x, t, cond, size, unet_parameters, guidance=guidance).float()
+            return super().guided_prediction(x, t, cond, uncond, guidance, size, denoiser_parameters)
+        return self.noise_prediction(x, t, cond, size, denoiser_parameters, guidance=guidance).float()
 
     @staticmethod
     def _pack(x: Tensor) -> Tensor:
@@ -365,10 +376,10 @@ class MMDiTModel(T2IModel):
         return x.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, h, w)
 
     def noise_prediction(self, x: Tensor, t, cond: Conditioning, size: int | None = None,
-                         unet_parameters: dict[str, Tensor] | None = None, guidance: float | None = None) -> Tensor:
+                         denoiser_parameters: dict[str, Tensor] | None = None, guidance: float | None = None) -> Tensor:
         """The transformer's prediction (the flow's velocity) ``[B, C, h, w]`` for latents ``x`` at scheduler
         timestep ``t`` (0..1000) under ``cond``; ``guidance``: FLUX-dev's guidance value (its pipeline's default
-        3.5 where ``None``); ``unet_parameters``: tensors by transformer parameter name replacing the module's own
+        3.5 where ``None``); ``denoiser_parameters``: tensors by transformer parameter name replacing the module's own
         for this call."""
         b = x.shape[0]
         x = x.to(self.dtype)
@@ -384,9 +395,9 @@ class MMDiTModel(T2IModel):
         else:
             kwargs = dict(hidden_states=x, timestep=t.expand(b), encoder_hidden_states=ctx, pooled_projections=pooled,
                           return_dict=False)
-        if unet_parameters is None:
+        if denoiser_parameters is None:
             out = self.transformer(**kwargs)[0]
         else:
-            out = torch.func.functional_call(self.transformer, unet_parameters, (), kwargs, strict=False)[0]
+            out = torch.func.functional_call(self.transformer, denoiser_parameters, (), kwargs, strict=False)[0]
         return self._unpack(out, h, w) if self.family == "flux" else out
 
