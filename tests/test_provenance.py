@@ -161,8 +161,8 @@ def test_the_coco_baseline_experiment_runs_on_its_toy_twin(tmp_path):
                   "--data.requests", "null", "--data.n", "8", "--data.batch_size", "8", "--out_dir", tmp_path / "coco_base"])
     assert rc == 0
     res = json.loads((tmp_path / "coco_base/results.json").read_text())
-    assert {"clip_score", "toy_fid", "toy_kid"} <= set(res.metrics) and res.samples.total == 8
-    assert set(res.protocol["not_scored"]) == {"judge_distance", "ssim"}
+    assert {"clip_score", "toy_fid", "toy_kid"} <= set(res["metrics"]) and res["samples"]["total"] == 8
+    assert set(res["protocol"]["not_scored"]) == {"judge_distance", "ssim"}
 
 
 class _KillsAtBatch2(ClipScore):

@@ -74,7 +74,7 @@ def test_sequential_curve_resumes_mid_curve_to_the_uninterrupted_numbers_without
     assert whole.protocol["protocol"] == "sequential" and whole.protocol["every"] == 1
     from edit_bench.report import _label, format_table
 
-    assert _label(whole).endswith("[sequential, after 3 edits]") and "| edits | samples |" in format_table(whole, "x")
+    assert _label(whole.to_dict()).endswith("[sequential, after 3 edits]") and "| edits | samples |" in format_table(whole.to_dict(), "x")
     # stage 1: 3 batches; the signal comes at stage 2's 2nd batch (the 5th scored), after its edit was stored
     _KillsAt.armed, _KillsAt.calls, _KillsAt.at = True, 0, 5
     try:

@@ -34,8 +34,8 @@ class LocoEdit(Editor):
     """LocoEdit closed-form editor.
 
     Args:
-        sites: cross-attention sites to edit: ``locogen`` (default: LocoGen's SD-1 localisation, from the adapter)
-            or a list of site names.
+        sites: cross-attention sites to edit: ``locogen`` (default: LocoGen's SD-1 localisation, from the adapter),
+            ``all`` (every site) or a list of site names.
         lam: ridge strength λ (``reg_key = 0.01``).
         templates: prompts built around the concept whose last subject token gives a key (the authors':
             the concept, "a painting / a photo / a picture in the style of {}").
@@ -47,6 +47,7 @@ class LocoEdit(Editor):
 
     edits = "cross_attn_kv"
     multi_request = True
+    contract_args = {"sites": "all"}  # LocoGen's sites are published for SD-1 only; the contract runs on every layout
 
     def __init__(self, sites: str | Sequence[str] = "locogen", lam: float = 0.01, templates: Sequence[str] = TEMPLATES,
                  anchor: str | None = None, with_to_k: bool = True, base: str = "toy"):

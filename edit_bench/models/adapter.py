@@ -233,11 +233,14 @@ class T2IModel(nn.Module):
         return LoRAs(self, params, names, rank, seed)
 
     def sites(self, role: str) -> list[str]:
-        """The cross-attention sites a published localisation names for this family (``locogen``: LocoGen's
-        SD-1 layers, the ones its authors' ``start_loc = 8, seq = 4`` select); other families: localise first."""
+        """Cross-attention sites by role: ``all`` (every site, in forward order), or the sites a published
+        localisation names for this family (``locogen``: LocoGen's SD-1 layers, the ones its authors'
+        ``start_loc = 8, seq = 4`` select); other families: localise first."""
+        if role == "all":
+            return [s.name for s in self.cross_attn()]
         known = LOCALISED_SITES.get(role)
         if known is None:
-            raise UsageError(f"unknown site role {role!r}: use one of {sorted(LOCALISED_SITES)} or name the sites")
+            raise UsageError(f"unknown site role {role!r}: use all, {', '.join(sorted(LOCALISED_SITES))} or name the sites")
         if self.family not in known:
             raise UsageError(f"{role} sites are published for {', '.join(known)} only, not {self.family}: localise with "
                              "`python -m edit_bench trace` and give the sites by name")
