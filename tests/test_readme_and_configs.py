@@ -38,8 +38,7 @@ def test_readme_setup_has_exactly_two_commands_and_ci_runs_the_test_one():
 # The README test in two halves by section (each half's commands in README order), so that two test workers share it:
 # the first holds the sections whose runs others read (Set-up's quickstart run: Image quality's report, the final
 # checks; Use the edited model's export).
-FIRST_HALF = ("Set-up", "What you do", "Runs", "Image quality and reports", "Erasure tables", "Use the edited model", "Throughput",
-              "SD3 and FLUX")
+FIRST_HALF = ("Set-up", "What you do", "Runs", "Image quality and reports", "Erasure tables", "Use the edited model", "Throughput")
 
 
 def _section_commands(half: int) -> list[str]:
