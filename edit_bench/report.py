@@ -344,6 +344,9 @@ def main(argv=None) -> None:
     p.add_argument("--table", help="also lay the runs out as a published table, ours beside the paper's (e.g. "
                                    "mace_table1, mace_table2, esd_table2, mace_table3; toy_objects, toy_artists, toy_entities)")
     p.add_argument("--published", help="a published-values file instead of the shipped ones (edit_bench/published/)")
+    p.add_argument("--allow-deviations", action="store_true",
+                   help="--table: print a run whose protocol departs from the paper's (model, precision, sampler, seeds, "
+                        "prompts, erased set, scorer, recipe) with each deviation named in its row, instead of refusing it")
     p.add_argument("--logger", choices=sorted(GRID_LOGGERS), help="also send the table and the image grid to this "
                                                                      "Lightning logger (its package installed)")
     p.add_argument("--logger_dir", default=None, help="the logger's save_dir (default: --out)")
@@ -358,7 +361,7 @@ def main(argv=None) -> None:
     if a.table:
         from .tables import render
 
-        table = render(a.table, runs, a.published)  # checked before anything is written
+        table = render(a.table, runs, a.published, a.allow_deviations)  # checked before anything is written
     rows = table_rows(runs)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -228,18 +228,74 @@ def test_toy_tables_from_eval_to_report(tmp_path, capsys):
     assert m["clip_acc/top1/erased"]["n"] == 8 and m["clip_acc/top1/kept"]["n"] == 8
     assert m["clip_acc/top1/erased"]["mean"] < res["baseline"]["clip_acc/top1/erased"]["mean"]  # UCE erases the entities
     capsys.readouterr()
-    assert run_cli(["report", *runs, "--table", "toy_entities", "--out", tmp_path / "rep"]) == 0
+    # one seed where the toy table's protocol has four: refused, naming the fix; printed in the row when allowed
+    assert run_cli(["report", *runs, "--table", "toy_entities", "--out", tmp_path / "rep"]) == 2
+    assert "1 seed per prompt (fix: --data.sampler.seeds with 4 seeds)" in capsys.readouterr().err
+    assert run_cli(["report", *runs, "--table", "toy_entities", "--out", tmp_path / "rep", "--allow-deviations"]) == 0
     table = (tmp_path / "rep/toy_entities.md").read_text()
-    rows = [ln for ln in table.splitlines() if ln.startswith("| UCE |")]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| UCE (")]
     e, k = (100 * m[f"clip_acc/top1/{g}"]["mean"] for g in ("erased", "kept"))
     h = 200 / (1 / (1 - e / 100) + 100 / k) if e < 100 else 0.0  # MACE's H_c
-    assert rows == [f"| UCE | 2 | {e:.2f} | {k:.2f} | {h:.2f} |"]
-    assert sum(ln.startswith("| SD | 2 |") for ln in table.splitlines()) == 1  # the unedited run is the baseline's row
+    assert rows == [f"| UCE (toy, 1 seed per prompt) | 2 | {e:.2f} | {k:.2f} | {h:.2f} |"]
+    assert sum(ln.startswith("| SD (toy, 1 seed per prompt) | 2 |") for ln in table.splitlines()) == 1  # one baseline row
     # a toy run is neither MACE's data nor its protocol: refused, nothing written
     assert run_cli(["report", runs[0], "--table", "mace_table1", "--out", tmp_path / "rep2"]) == 2
     assert "but table 'mace_table1' needs 'ConceptPrompts(airplane" in capsys.readouterr().err and not (tmp_path / "rep2").exists()
     assert run_cli(["report", runs[0], "--table", "mace_table3", "--out", tmp_path / "rep2"]) == 2
-    assert "protocol has steps=50" in capsys.readouterr().err and not (tmp_path / "rep2").exists()
+    assert "has no metric 'clip_score'" in capsys.readouterr().err and not (tmp_path / "rep2").exists()
+    assert run_cli(["report", runs[0], "--table", "mace_celebrities", "--out", tmp_path / "rep2"]) == 2
+    err = capsys.readouterr().err
+    assert "toy (fix: --model.base CompVis/stable-diffusion-v1-4)" in err and "steps 20 (fix: --data.sampler.steps 50)" in err
+    assert not (tmp_path / "rep2").exists()
+
+
+def _i2p_run(**over):
+    """A results mapping as report loads it: UCE on I2P as MACE Table 2 ran it, with ``over`` changed."""
+    proto = {"protocol": "fixed", "family": "sd1", "precision": "32-true", "seeding": "one image per row with its evaluation_seed",
+             "seeds": list(range(4703)), "rows": 4703, "erase": [], "sampler": {"scheduler": "ddim", "steps": 50, "guidance": 7.5, "size": 512},
+             "metrics": [{"name": "nudenet", "threshold": 0.6}]}
+    cols = ["ARMPITS_EXPOSED", "BELLY_EXPOSED", "BUTTOCKS_EXPOSED", "FEET_EXPOSED", "FEMALE_BREAST_EXPOSED",
+            "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "MALE_GENITALIA_EXPOSED", "total"]
+    n = over.pop("n", 4703)
+    res = {"editor": "UCE", "editor_args": {}, "benchmark": "ConceptPrompts", "model": "CompVis/stable-diffusion-v1-4",
+           "model_id": "x", "_data": "unsafe-prompts4703", "_dir": "runs/uce", "baseline": None,
+           "metrics": {f"nudenet/boxes/{c}": {"sum": 10.0, "n": n, "mean": 10 / n} for c in cols}, "protocol": proto}
+    for k, v in over.items():
+        (proto if k in proto else res)[k] = v
+    return res
+
+
+def test_a_run_beside_a_papers_table_is_the_papers_protocol_or_says_how_it_is_not():
+    from edit_bench.tables import check_run, load_specs, render
+
+    spec = load_specs()["mace_table2"]
+    assert check_run(spec, "mace_table2", _i2p_run()) == []  # the paper's protocol: nothing to say
+    other = _i2p_run(model="stabilityai/stable-diffusion-2-1", family="sd2", precision="bf16-mixed", rows=10, n=10)
+    with pytest.raises(UsageError) as e:
+        check_run(spec, "mace_table2", other)
+    msg = str(e.value)
+    assert "\n" not in msg and "--model.base CompVis/stable-diffusion-v1-4" in msg and "--trainer.precision 32-true" in msg
+    assert "10 of 4,703 prompts (fix: the whole data file" in msg and "--allow-deviations" in msg
+    table = render("mace_table2", [_i2p_run(model="stabilityai/stable-diffusion-2-1", precision="bf16-mixed", rows=10, n=10)],
+                   allow_deviations=True)
+    row = next(ln for ln in table.splitlines() if ln.startswith("| UCE"))
+    # a subset is printed as rates per 100 images, the paper's too (UCE's 29 armpit boxes of 4,703 images: 0.6)
+    assert row.startswith("| UCE (SD-2.1, bf16 mixed, 10 of 4,703 prompts) | 10 (per 100 images) | 100.0 / 0.6 (+99.4) |")
+    # ESD's rows are the CompVis recipe in MACE's table: the diffusers recipe, or another parameter set, is named
+    esd = _i2p_run(editor="ESD", editor_args={"recipe": "current", "params": "esd-x-strict"})
+    with pytest.raises(UsageError, match="recipe current \\(fix: --model.init_args.recipe paper\\).*params esd-x-strict"):
+        check_run(spec, "mace_table2", esd)
+    assert check_run(spec, "mace_table2", _i2p_run(editor="ESD", editor_args={"recipe": "paper", "params": "xattn"})) == []
+    row = next(ln for ln in render("mace_table2", [esd], allow_deviations=True).splitlines() if ln.startswith("| ESD"))
+    assert row.startswith("| ESD-x (SD-1.4, recipe current, params esd-x-strict) | 4703 |")
+
+
+def test_a_missing_cell_is_a_dash_never_another_selection():
+    from edit_bench.tables import _group_mean
+
+    metrics = {"clip_acc/p/erased": {"mean": 0.5}, "clip_acc/p/erased/cat": {"mean": 0.1}}
+    assert _group_mean(metrics, "clip_acc/p", "erased", "cat") == 0.1
+    assert _group_mean(metrics, "clip_acc/p", "erased", "dog") is None  # not the pooled 0.5
 
 
 def test_published_values_name_their_source(tmp_path):

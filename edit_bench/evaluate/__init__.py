@@ -227,7 +227,7 @@ class Evaluation:
             delta=editor.delta,
             metrics=scored[final]["metrics"],
             baseline=scored["baseline"]["metrics"] if "baseline" in scored else None,
-            protocol={**bench.protocol_info(), "protocol": the_plan.mode, "size": gen["size"],
+            protocol={**bench.protocol_info(), "protocol": the_plan.mode, "family": editor.t2i.family, "size": gen["size"],
                       "metrics": [m.describe() for m in bench.metrics], "not_scored": the_plan.not_scored,
                       "precision": gen["precision"], "matmul_precision": gen["matmul_precision"], "device": gen["device"],
                       "device_name": gen["device_name"], "numerics": gen["numerics"],
