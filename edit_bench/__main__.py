@@ -1,7 +1,8 @@
-"""``python -m edit_bench fit | eval | trace | report | export``: offline by default (the hub is never contacted unless HF_HUB_OFFLINE=0).
+"""``python -m edit_bench fit | eval | trace | report | export | table``: offline by default (the hub is never contacted unless HF_HUB_OFFLINE=0).
 
 ``fit``/``eval`` are LightningCLI subcommands (``edit_bench.cli``); ``trace`` trains nothing and has its own
-parser (``edit_bench.localize.command``), as have ``report`` (``edit_bench.report``) and ``export`` (``edit_bench.export``). Bad input (a :class:`~edit_bench.errors.UsageError`, also when
+parser (``edit_bench.localize.command``), as have ``report`` (``edit_bench.report``), ``export`` (``edit_bench.export``) and ``table``
+(``edit_bench.table_command``). Bad input (a :class:`~edit_bench.errors.UsageError`, also when
 jsonargparse raised it while building ``--model``/``--data``) is one line on stderr and exit code 2; a run stopped
 by SIGTERM/SIGINT is one line and exit code 143/130 (:mod:`edit_bench.signals`); any other exception is a bug and
 keeps its traceback.
@@ -41,6 +42,10 @@ def run(args=None) -> int:
             from .export import main as export
 
             export(argv[1:])
+        elif argv[:1] == ["table"]:
+            from .table_command import main as table
+
+            table(argv[1:])
         else:
             from .cli import main
 

@@ -1,0 +1,82 @@
+"""``python -m edit_bench table NAME``: every row of a published table run (resumable, a failed row marked, the
+unedited samples drawn once per table) and the table printed; the launchers; bad input."""
+
+import json
+
+import pytest
+import yaml
+
+from helpers import ROOT, run_cli
+
+# each row on the random tiny model, 2 steps, one seed: the same code as the toy table, in seconds
+FAST = ["--model.init_args.base", "tiny:sd1", "--data.sampler.steps", "2", "--data.sampler.seeds", "[0]",
+        "--data.judge.model", "tiny:random"]
+
+
+def _published(tmp_path, runs: dict) -> str:
+    """toy_entities' spec with its manifest replaced by ``runs``."""
+    spec = yaml.safe_load((ROOT / "edit_bench/published/erasure.yaml").read_text())["toy_entities"]
+    spec["runs"] = runs
+    f = tmp_path / "published.yaml"
+    f.write_text(yaml.safe_dump({"toy_entities": spec}, sort_keys=False))  # the manifest's row order is the run order
+    return str(f)
+
+
+def test_a_table_runs_its_rows_marks_a_failed_one_resumes_and_shares_the_baseline(tmp_path, capsys, monkeypatch):
+    """Rows UCE and "broken" by the local launcher, then UCE and TIME by submitit's local executor (jobs as
+    subprocesses, the slurm launcher's code path): UCE is skipped, TIME reads the unedited samples UCE drew."""
+    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
+    data = ["--data", "configs/benchmark/toy_entities.yaml"]
+    pub = _published(tmp_path, {"UCE": ["--model", "configs/editor/uce.yaml", *data],
+                                "broken": ["--model", "configs/editor/uce.yaml", "--model.init_args.lam", "-1", *data],
+                                "TIME": ["--model", "configs/editor/time.yaml", *data]})
+    out = tmp_path / "t"
+    common = ["--out", out, "--published", pub, "--allow-deviations"]
+    assert run_cli(["table", "toy_entities", *common, "--rows", "UCE,broken", "--", *FAST]) == 2  # a row failed: one line
+    err = capsys.readouterr()
+    assert "row(s) broken failed" in err.err and "rerun the same command" in err.err
+    states = json.loads((out / "table.json").read_text())["rows"]
+    assert {r: s["state"] for r, s in states.items()} == {"UCE": "done", "broken": "failed"}
+    assert "lam must be > 0" in (out / "broken.log").read_text()  # the row's own error, in its log
+    table = (out / "toy_entities.md").read_text()
+    assert "| UCE (tiny:sd1" in table and "Rows without a finished run: broken (failed" in table
+    if pytest.importorskip("submitit", reason='the cluster launcher needs submitit: pip install -e ".[cluster]"'):
+        assert run_cli(["table", "toy_entities", *common, "--rows", "UCE,TIME", "--launcher", "submitit-local",
+                        "--", *FAST]) == 0
+    assert "UCE done, TIME pending" in capsys.readouterr().out  # UCE is not run again
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert rows["UCE"]["wall_s"] == states["UCE"]["wall_s"] and rows["TIME"]["state"] == "done" and rows["TIME"]["job_id"]
+    table = (out / "toy_entities.md").read_text()
+    assert "| TIME (tiny:sd1" in table and sum(ln.startswith("| SD (") for ln in table.splitlines()) == 1
+    uce, time_ = (json.loads((out / r / "results.json").read_text())["samples"]["baseline_cache"] for r in ("UCE", "TIME"))
+    assert uce["hits"] == 0 and uce["added"] > 0 and time_["hits"] == uce["added"]  # the unedited samples drawn once
+
+
+def test_bad_table_input_is_one_line_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    assert run_cli(["table", "no_such", "--out", tmp_path / "a"]) == 2
+    assert "unknown table 'no_such': use one of" in capsys.readouterr().err
+    assert run_cli(["table", "toy_objects", "--out", tmp_path / "a", "--rows", "UCE,Nope"]) == 2
+    assert "has no row 'Nope': its rows are UCE, TIME" in capsys.readouterr().err
+    pub = _published(tmp_path, {"UCE": ["--model", "configs/editor/missing.yaml"]})
+    assert run_cli(["table", "toy_entities", "--out", tmp_path / "a", "--published", pub]) == 2
+    assert "names configs/editor/missing.yaml, which does not exist" in capsys.readouterr().err
+    assert run_cli(["table", "gender_debias", "--out", tmp_path / "a", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# TIME" in out and "configs/experiment/time_debias_timed_gender.yaml" in out
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda n, *a, **k: (_ for _ in ()).throw(ImportError(n)) if n == "submitit" else real(n, *a, **k))
+    assert run_cli(["table", "toy_entities", "--out", tmp_path / "a", "--launcher", "slurm"]) == 2
+    assert 'needs submitit: pip install -e ".[cluster]"' in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # nothing was written by any of them
+
+
+def test_every_manifest_names_configs_that_exist_and_rows_the_table_can_hold():
+    from edit_bench.table_command import manifest
+    from edit_bench.tables import load_specs
+
+    for name, spec in load_specs().items():
+        if spec.get("runs"):
+            _, rows = manifest(name)
+            assert rows and all("--out_dir" not in a for a in rows.values()), name
