@@ -65,9 +65,29 @@ def _command(args: list[str], out_dir: Path, extra: list[str]) -> list[str]:
 
 
 def _run_row(cmd: list[str], log: str) -> int:
-    """One row's ``eval`` as a process, its output in ``log``; its exit code."""
+    """One row's ``eval`` as a process, its output in ``log``; its exit code. SIGTERM/SIGINT sent to this process are
+    passed on to the row, which stops after its batch in flight (its run resumes); then they stop the table."""
+    import signal
+
+    from .signals import Interrupted
+
     with open(log, "a") as f:
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        got = []
+
+        def forward(signum, frame):
+            got.append(signum)
+            proc.send_signal(signum)
+
+        old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            code = proc.wait()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    if got:
+        raise Interrupted(got[0])
+    return code
 
 
 class _RowJob:
@@ -131,7 +151,12 @@ def run_table(name: str, out: str | Path, rows: list[str] | None = None, launche
         for r in pending:
             states[r].update(state="running", started=time.time())
             save()
-            code = _run_row(cmds[r], states[r]["log"])
+            try:
+                code = _run_row(cmds[r], states[r]["log"])
+            except BaseException:  # stopped: the row's run directory resumes on the same command
+                states[r].update(state="stopped", wall_s=round(time.time() - states[r]["started"], 1))
+                save()
+                raise
             states[r].update(state="done" if code == 0 else "failed", exit_code=code,
                              wall_s=round(time.time() - states[r]["started"], 1))
             save()

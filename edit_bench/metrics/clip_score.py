@@ -16,7 +16,7 @@ from ..errors import ModelNotAvailable, UsageError
 from ..types import Sample
 from .base import RecordScalar
 from .clip_preference import JudgeConfig, shared_judge
-from .functional import clip_score
+from .functional import clip_score, to_uint8
 from .functional import zero_shot as zero_shot_probs
 
 # The papers' CLIP-scores: score = weight * cos(image, caption), clamped at 0 where the paper's code clamps.
@@ -75,7 +75,7 @@ class HFClip(nn.Module):
     def image_features(self, images: Tensor) -> Tensor:
         from PIL import Image
 
-        u8 = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        u8 = to_uint8(images).permute(0, 2, 3, 1).numpy()
         px = self.processor(images=[Image.fromarray(a) for a in u8], return_tensors="pt")["pixel_values"]
         return nn.functional.normalize(self._vector(self.model.get_image_features(pixel_values=px.to(self.device))).float(), dim=-1)
 
