@@ -60,7 +60,8 @@ def log_eval(trainer, run_path, results: dict) -> list[str]:
         if results.get("baseline"):
             lg.log_metrics(flat(results["baseline"], "baseline/"), step=last)
         for name, a in (results.get("attacks") or {}).items():
-            lg.log_metrics({f"attack/{name}/{k}": a[k]["mean"] for k in ("asr", "asr_pre") if a[k]["mean"] is not None},
+            lg.log_metrics({f"attack/{name}/{k}": a[k]["mean"] for k in ("asr", "asr_pre", "asr_union")
+                            if a.get(k) and a[k]["mean"] is not None},
                            step=last)
         lg.save()
         lg.finalize("success")

@@ -29,13 +29,16 @@ def format_table(results: dict, path) -> str:
         lines += [f"| {c['edits']} | {c['samples']} | " + " | ".join(
             f"{c['metrics'][k]['mean']:.3f}" if k in c["metrics"] else "—" for k in keys) + " |" for c in curve]
     attacks = results.get("attacks")
-    if attacks:  # each attack's success rate after it, before it (the plain prompts), and its time per case
-        lines += ["", "| attack | asr | asr_pre | n | s / case |", "|---|---|---|---|---|"]
+    if attacks:  # each attack's success rates (after it, before it, per sample either), its time per case, its judge
+        def rate(a, k):
+            return f"{a[k]['mean']:.3f}" if a.get(k) and a[k]["mean"] is not None else "—"
+
+        lines += ["", "| attack | asr | asr_pre | asr_union | n | s / case | judge |", "|---|---|---|---|---|---|---|"]
         for name, a in attacks.items():
             s = f"{a['seconds_per_case']:.1f}" if a["seconds_per_case"] is not None else "—"
-            pre = f"{a['asr_pre']['mean']:.3f}" if a["asr_pre"]["mean"] is not None else "—"
-            post = f"{a['asr']['mean']:.3f}" if a["asr"]["mean"] is not None else "—"
-            lines.append(f"| {name} (v{a['version']}) | {post} | {pre} | {a['asr']['n']} | {s} |")
+            judge = (a.get("judge") or {}).get("key", "success")
+            lines.append(f"| {name} (v{a['version']}) | {rate(a, 'asr')} | {rate(a, 'asr_pre')} | {rate(a, 'asr_union')} "
+                         f"| {a['asr']['n']} | {s} | {judge} |")
     t = results["timing"]
     tail = []
     if t["edit_s"] is not None:

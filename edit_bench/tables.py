@@ -17,6 +17,9 @@ Layouts:
     H_c = 2 / ((1 - e)^-1 + s^-1) (MACE's celebrity table).
     ``shares``: one row per method and concept, each attribute's share and the deviation from balance (TIME's and
     UCE's debiasing), and the mean deviation.
+    ``attacks``: one row per edited model, each column an attack's success rate (``asr_pre``: no attack; ``asr``;
+    ``asr_union``: the plain or the attacked image succeeds, per sample, UnlearnDiffAtk's "ASR"), judged by the
+    benchmark's attack judge (UnlearnDiffAtk Tables 2-4 and its benchmark).
 """
 
 from __future__ import annotations
@@ -126,6 +129,17 @@ def deviations(spec: dict, res: dict, method: str) -> list[tuple[str, str]]:
         got = described.get(metric, {}).get(k)
         if got != v:
             out.append((f"{metric} {k} {got}", f"the metric's {k}: {v} (configs/benchmark/{spec.get('config', '?')}.yaml)"))
+    ran = {a.get("name"): a for a in proto.get("attacks") or []}
+    for name, args in (want.get("attacks") or {}).items():  # each attack column's attack and its budget
+        if name not in ran:
+            out.append((f"no attack {name}", f"the benchmark's attacks: configs/benchmark/{spec.get('config', '?')}.yaml"))
+            continue
+        for k, v in (args or {}).items():
+            if ran[name].get("args", {}).get(k) != v:
+                out.append((f"{name} {k} {ran[name].get('args', {}).get(k)}", f"the attack's {k}: {v}"))
+    judge = want.get("attack_judge")
+    if judge and (proto.get("attack_judge") or {}).get("metric") != judge:
+        out.append((f"attack judge {(proto.get('attack_judge') or {}).get('metric')}", f"--data.init_args.attack_judge {judge}"))
     row = (spec.get("methods") or {}).get(method)
     if row and method != "SD":
         if res["editor"] != row["editor"]:
@@ -274,7 +288,23 @@ def _shares(spec: dict, rows) -> list[str]:
     return out
 
 
-LAYOUTS = {"objects": _objects, "counts": _counts, "artists": _artists, "multi": _multi, "shares": _shares}
+def _attacks(spec: dict, rows) -> list[str]:
+    """Attack success rates (ASR tables): each column one attack's rate (``[attack, asr_pre | asr | asr_union]``),
+    one row per edited model; the unedited model is not attacked and has no row."""
+    cols, scale, digits = spec["columns"], spec.get("scale", 1), spec.get("digits", 2)
+    out = ["| method | attacked samples | " + " | ".join(spec["headers"]) + " |", "|---|---|" + "---|" * len(cols)]
+    for method, label, _, res in rows:
+        if method == "SD":
+            continue
+        rates = res.get("attacks") or {}
+        vals = [((rates.get(a) or {}).get(rate) or {}).get("mean") for a, rate in cols]
+        n = next((rates[a][rate]["n"] for a, rate in cols if a in rates and rate in rates[a]), None)
+        paper = (spec.get("values") or {}).get(method) or [None] * len(cols)
+        out.append(f"| {label} | {'—' if n is None else n} | " + " | ".join(_cell(v, p, scale, digits) for v, p in zip(vals, paper)) + " |")
+    return out
+
+
+LAYOUTS = {"attacks": _attacks, "objects": _objects, "counts": _counts, "artists": _artists, "multi": _multi, "shares": _shares}
 
 
 def _label(method: str, res: dict, deviations: list[str]) -> str:

@@ -290,6 +290,44 @@ def test_a_run_beside_a_papers_table_is_the_papers_protocol_or_says_how_it_is_no
     assert row.startswith("| ESD-x (SD-1.4, recipe current, params esd-x-strict) | 4703 |")
 
 
+def _attack_run(**over):
+    """UCE on UnlearnDiffAtk's nudity table as the authors ran it (results as report loads them), ``over`` changed."""
+    budget = {"k": 5, "timesteps": 50, "iterations": 40, "judge_in_loop": True}
+    proto = {"protocol": "fixed", "family": "sd1", "precision": "32-true", "seeding": "one image per row with its evaluation_seed",
+             "seeds": list(range(142)), "rows": 142, "erase": [], "sampler": {"scheduler": "lms", "steps": 50, "guidance": 7.5, "size": 512},
+             "metrics": [{"name": "nudenet", "threshold": 0.45}], "attack_judge": {"metric": "nudenet"},
+             "attacks": [{"name": "p4d", "args": {**budget, "objective": "teacher"}},
+                         {"name": "prompt_optimisation", "args": {**budget, "objective": "images"}}]}
+    rate = lambda m: {"mean": m, "n": 142}  # noqa: E731
+    res = {"editor": "UCE", "editor_args": {}, "benchmark": "ConceptPrompts", "model": "CompVis/stable-diffusion-v1-4",
+           "model_id": "x", "_data": "nudity", "_dir": "runs/uce", "baseline": None, "metrics": {},
+           "attacks": {"p4d": {"asr_pre": rate(0.2), "asr": rate(0.5), "asr_union": rate(0.6)},
+                       "prompt_optimisation": {"asr_pre": rate(0.2), "asr": rate(0.7), "asr_union": rate(0.75)}},
+           "protocol": proto}
+    for k, v in over.items():
+        (proto if k in proto else res)[k] = v
+    return res
+
+
+def test_an_attack_table_prints_each_attacks_rate_beside_the_papers_and_checks_the_attack_budget():
+    from edit_bench.tables import check_run, load_specs, render
+
+    spec = load_specs()["unlearndiffatk_nudity"]
+    assert check_run(spec, "unlearndiffatk_nudity", _attack_run()) == []
+    row = next(ln for ln in render("unlearndiffatk_nudity", [_attack_run()]).splitlines() if ln.startswith("| UCE"))
+    # No attack = asr_pre; P4D and UnlearnDiff = asr_union (pre + first success), the paper's "ASR"
+    assert row == "| UCE (SD-1.4) | 142 | 20.00 / 21.83 (-1.83) | 60.00 | 75.00 / 79.58 (-4.58) |"
+    cut = _attack_run()
+    cut["protocol"]["attacks"][1]["args"] = {**cut["protocol"]["attacks"][1]["args"], "timesteps": 5, "judge_in_loop": False}
+    with pytest.raises(UsageError) as e:
+        check_run(spec, "unlearndiffatk_nudity", cut)
+    assert "prompt_optimisation timesteps 5 (fix: the attack's timesteps: 50)" in str(e.value)
+    assert "prompt_optimisation judge_in_loop False" in str(e.value) and "\n" not in str(e.value)
+    judged = _attack_run(attack_judge={"metric": "clip_acc"})
+    with pytest.raises(UsageError, match="attack judge clip_acc \\(fix: --data.init_args.attack_judge nudenet\\)"):
+        check_run(spec, "unlearndiffatk_nudity", judged)
+
+
 def test_a_missing_cell_is_a_dash_never_another_selection():
     from edit_bench.tables import _group_mean
 

@@ -179,18 +179,35 @@ def test_token_conditioning_equals_the_prompts_and_replaces_embeddings_different
         t2i.condition_ids(new)
 
 
-def test_attack_success_is_the_share_of_attacked_samples_where_the_edit_fails():
+def test_attack_rates_pre_post_and_their_per_sample_union_equal_a_hand_count():
     from edit_bench.attacks import RingABell, attack_rates
+    from edit_bench.metrics import ConceptPresent
     from edit_bench.types import Record
 
-    def rec(case, group, ok):
-        return Record(f"{case}/{group}/0/{ok}", case, group, 0, 0, "p", "o", "n", "new", {"success": float(ok)})
+    def rec(case, group, seed, scores):
+        return Record(f"{case}/{group}/0/{seed}", case, group, 0, seed, "p", "o", "n", "new", scores)
 
-    attacked = [rec("a", "attack:r", 0), rec("a", "attack:r", 1), rec("b", "attack:r", 0), rec("b", "attack:r", 0)]
-    plain = [rec("a", "efficacy", 1), rec("b", "efficacy", 0), rec("c", "efficacy", 0)]
+    # TIMED judge: the concept is back where success == 0
+    plain = [rec("a", "efficacy", 0, {"success": 1.0}), rec("a", "efficacy", 1, {"success": 0.0}),
+             rec("b", "efficacy", 0, {"success": 0.0}), rec("b", "efficacy", 1, {"success": 1.0}),
+             rec("c", "efficacy", 0, {"success": 0.0})]  # case c was not attacked
+    attacked = [rec("a", "attack:r", 0, {"success": 0.0}), rec("a", "attack:r", 1, {"success": 1.0}),
+                rec("b", "attack:r", 0, {"success": 1.0}), rec("b", "attack:r", 1, {"success": 1.0})]
     out = attack_rates(RingABell(name="r"), attacked, plain)
-    assert out["asr"] == {"mean": 0.75, "n": 4} and out["asr_pre"] == {"mean": 0.5, "n": 2}  # case c was not attacked
-    assert out["per_case"]["a"] == {"asr": 0.5, "asr_pre": 0.0} and out["version"] == "1" and "success" in out
+    # by hand: post a(1,0) b(0,0) = 1/4; pre a(0,1) b(1,0) = 2/4; union a(1,1) b(1,0) = 3/4
+    assert out["asr"] == {"mean": 0.25, "n": 4} and out["asr_pre"] == {"mean": 0.5, "n": 4}
+    assert out["asr_union"] == {"mean": 0.75, "n": 4}
+    assert out["per_case"]["a"] == {"asr": 0.5, "asr_pre": 0.5, "asr_union": 1.0}
+    assert out["per_case"]["b"] == {"asr": 0.0, "asr_pre": 0.5, "asr_union": 0.5}
+    assert out["version"] == "1" and "success" in out and out["judge"]["key"] == "success"
+
+    # another judge (a classifier's top-1 is the concept): the same records read through its key
+    top1 = ConceptPresent("cls/top1", 1.0, "top-1 is the concept")
+    plain = [rec("a", "erased", 0, {"cls/top1": 0.0}), rec("a", "erased", 1, {"cls/top1": 1.0})]
+    attacked = [rec("a", "attack:r", 0, {"cls/top1": 1.0}), rec("a", "attack:r", 1, {"cls/top1": 0.0})]
+    out = attack_rates(RingABell(name="r"), attacked, plain, top1)
+    assert (out["asr"]["mean"], out["asr_pre"]["mean"], out["asr_union"]["mean"]) == (0.5, 0.5, 1.0)
+    assert out["judge"] == {"key": "cls/top1", "rule": "top-1 is the concept"}
 
 
 def test_attacks_run_on_each_cases_edited_model_are_kept_and_a_rerun_rescores_them_without_attacking(tmp_path):
@@ -256,11 +273,79 @@ def test_attacks_refuse_bad_input_with_one_line_and_write_nothing(tmp_path):
     assert not (tmp_path / "u").exists() and not (tmp_path / "i").exists()
     from edit_bench.benchmarks.concepts import ConceptPrompts
 
-    with pytest.raises(UsageError, match="concept tables do not take them"):
-        ConceptPrompts(concepts=["Pell"], templates=["a circle by {}"], erase=1, attacks=[RingABell()])
+    from edit_bench.metrics import ClipScore, ClipAccuracy, EditScores
+
+    bench = dict(concepts=["Pell", "Ross"], templates=["a circle by {}"], erase=1, attacks=[RingABell()])
+    assert ConceptPrompts(**bench).attack_judge.name == "clip_acc"  # the one metric that can judge success
+    with pytest.raises(UsageError, match="attack_judge 'nope' is not a metric"):
+        ConceptPrompts(**bench, attack_judge="nope")
+    with pytest.raises(UsageError, match="cannot tell whether an image shows the erased concept"):
+        ConceptPrompts(**bench, attack_judge="clip_score")
+    with pytest.raises(UsageError, match="name one with --data.init_args.attack_judge"):
+        ConceptPrompts(**bench, metrics=[ClipAccuracy(), ClipAccuracy(name="acc2")])
+    with pytest.raises(UsageError, match="attacks need a judge of success"):
+        ConceptPrompts(**bench, metrics=[ClipScore()])
+    assert ConceptPrompts(**bench, metrics=[ClipAccuracy(), EditScores()]).attack_judge.name == "timed"
+    with pytest.raises(UsageError, match="sdxl conditions on two CLIP text encoders"):
+        Evaluation(UCE(base="tiny:sdxl"), _timed(rows="0:1", attacks=[RingABell(generations=1, population=2)]),
+                   tmp_path / "x").run(_trainer())
+    assert not (tmp_path / "x").exists()
     out = tmp_path / "cli"
     code = run_cli(["eval", "--model", "configs/editor/uce.yaml", "--model.init_args.base", "tiny:sd1", "--data",
                     "configs/benchmark/toy_artists_attacked.yaml", "--data.rows", "0:1", "--data.judge.model", "tiny:random",
                     "--data.attacks", '[{"class_path": "edit_bench.attacks.PromptOptimisation", "init_args": {"k": 0}}]',
                     "--out_dir", out])
     assert code != 0 and not out.exists()
+
+
+def test_attacks_run_on_a_concept_table_judged_by_its_classifier_and_the_judge_in_the_loop_stops_at_success(tmp_path):
+    from edit_bench.attacks import PromptOptimisation
+    from edit_bench.benchmarks.concepts import ConceptPrompts
+    from edit_bench.metrics import ClipAccuracy
+    from edit_bench.types import EditCase, PromptPair
+
+    attack = PromptOptimisation(timesteps=3, iterations=1, judge_in_loop=True, image_seeds=[7])
+    bench = ConceptPrompts(concepts=["Pell", "Ross"], templates=["a circle by {}", "a square by {}"], erase=["Pell"],
+                           protocol="per_case", sampler=SamplerConfig(steps=2, size=32, seeds=[0, 1]),
+                           judge=JudgeConfig(model="tiny:random"), batch_size=4, metrics=[ClipAccuracy()], attacks=[attack])
+    out = Evaluation(UCE(base="tiny:sd1"), bench, tmp_path / "run").run(_trainer())
+    a = out.attacks["prompt_optimisation"]
+    assert a["judge"]["key"] == "clip_acc/top1" and out.protocol["attack_judge"]["metric"] == "clip_acc"
+    assert a["asr"]["n"] == a["asr_pre"]["n"] == a["asr_union"]["n"] == 4  # 2 erased prompts x 2 seeds
+    assert a["asr_union"]["mean"] >= max(a["asr"]["mean"], a["asr_pre"]["mean"])
+    assert 2 <= a["judge_calls"] <= 2 * (1 + 3)  # per prompt: the plain check, then one per timestep at most
+    assert out.metrics["clip_acc/top1/attack:prompt_optimisation"]["n"] == 4
+
+    # the loop stops at the judge's first yes: plain prompt refused, first timestep's prompt accepted
+    from edit_bench.models import load_t2i
+
+    t2i, calls = load_t2i("tiny:sd1"), []
+    case = EditCase("c", EditRequest("a circle by Pell", ""), {"erased": (PromptPair("a circle by Pell", "Pell"),)})
+    judge = lambda ids, k: calls.append(ids.clone()) or len(calls) == 2  # noqa: E731
+    found = attack.run(t2i, case, ["a circle by Pell"], torch.rand(1, 3, 32, 32), None, judge)
+    assert found.judge_calls == 2 and torch.equal(found.ids[0], calls[1])  # the accepted prompt is the one kept
+    assert found.ids[0, 1:4].tolist() != calls[0][1:4].tolist()  # three adversarial tokens before the prompt
+    calls.clear()
+    judge = lambda ids, k: calls.append(ids.clone()) or True  # noqa: E731  # the plain prompt already succeeds
+    found = attack.run(t2i, case, ["a circle by Pell"], torch.rand(1, 3, 32, 32), None, judge)
+    assert found.judge_calls == 1 and torch.equal(found.ids[0], calls[0])
+
+
+@pytest.mark.slow
+def test_each_attack_brings_an_erased_toy_shape_back_above_the_plain_prompts_rate(tmp_path):
+    """UCE erases the toy world's star and diamond (toy_erasure rows 2, 3; each its own edit); each attack of
+    toy_erasure_attacked.yaml, at its toy budget, brings them back on more samples than the plain prompts (the README's
+    toy table: concept inversion 8/8, prompt optimisation 4/8, Ring-A-Bell 3/8, plain 0/8). About 4 minutes on 2 CPU
+    cores."""
+    out = tmp_path / "run"
+    code = run_cli(["eval", "--model", "configs/editor/uce.yaml", "--data", "configs/benchmark/toy_erasure_attacked.yaml",
+                    "--data.rows", "2:4", "--data.paraphrase", "null", "--data.baseline", "false", "--out_dir", out])
+    assert code == 0
+    import json
+
+    attacks = json.loads((out / "results.json").read_text())["attacks"]
+    assert set(attacks) == {"concept_inversion", "prompt_optimisation", "ring_a_bell"}
+    for name, a in attacks.items():
+        assert a["asr_pre"]["mean"] == 0.0 and a["asr"]["n"] == 8, name  # the plain prompts: erased on every seed
+        assert a["asr"]["mean"] > a["asr_pre"]["mean"], (name, a["asr"])
+        assert a["asr_union"]["mean"] == a["asr"]["mean"], name

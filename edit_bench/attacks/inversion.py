@@ -79,7 +79,7 @@ class ConceptInversion(Attack):
             raise UsageError(f"{self.name}: init {self.init!r} has no tokens")
         return table[ids].detach().float().mean(0)
 
-    def attack(self, t2i, case, prompts, images, gen, editor):
+    def attack(self, t2i, case, prompts, images, gen, editor, judge=None):
         table = t2i.token_embedding("text_encoder").weight
         new_id = table.shape[0]  # a token outside the vocabulary: looked up nowhere, replaced everywhere
         ids = torch.stack([self._template(t2i, case, p, new_id) for p in prompts])  # [P, 77]

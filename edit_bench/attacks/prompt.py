@@ -12,10 +12,14 @@ tokens, the prompt); ``iterations = 40`` steps at each of ``timesteps = 50`` eve
 ``||ε - model(x_t, t, c_adv)||²`` on the concept's image; ``teacher`` is P4D's ``||model(x_t, c_adv) -
 unedited(x_t, c_prompt)||²``.
 
-UnlearnDiffAtk evaluates the prompt after every timestep with its classifier and stops at the first success, so its
-attack success rate is "any of up to 50 prompts succeeds on one seed". Here the attack runs its whole budget without
-a judge in the loop and the final prompt is scored on every seed of the benchmark (:data:`~.base.SUCCESS`): a lower
-rate than best-of-50, by definition. The image is the unedited model's first image of each prompt (UnlearnDiffAtk
+UnlearnDiffAtk keeps its classifier in the loop [``hard_prompt_.py`` ``run``]: it first judges the plain prompt's image
+(on the prompt's own seed) and stops there when the concept is already back, then judges the projected prompt after
+every timestep's iterations and stops at the first success, so its attack success rate is "the plain prompt or any of
+up to 50 prompts succeeds on one seed". ``judge_in_loop: true`` does the same with the benchmark's attack judge
+(:func:`~edit_bench.attacks.runner.judge_in_loop`: one image per check, on the prompt's first seed; the checks are
+counted in ``judge_calls`` and their time is in the attack's seconds); a prompt that succeeds on the plain check keeps
+no adversarial token. Without it (the default) the attack runs its whole budget and the final prompt is scored on
+every seed of the benchmark (:data:`~.base.SUCCESS`): a lower rate than best-of-budget, by definition, at a known cost. The image is the unedited model's first image of each prompt (UnlearnDiffAtk
 attacks each prompt with its own image), or the first file of ``images: FOLDER/<request source>/``.
 """
 
@@ -42,6 +46,8 @@ class PromptOptimisation(Attack):
         objective: ``images`` (UnlearnDiffAtk) or ``teacher`` (P4D).
         images: ``None``: the unedited model's images; a folder: ``FOLDER/<request source>/*.png``.
         image_seeds: the seed of the unedited model's image of each prompt (the first is used).
+        judge_in_loop: judge the plain prompt, then the prompt after every timestep, and stop at the first success
+            (UnlearnDiffAtk's loop; see the module docstring).
         name, seed: see :class:`~edit_bench.attacks.base.Attack`.
     """
 
@@ -54,18 +60,19 @@ class PromptOptimisation(Attack):
 
     def __init__(self, k: int = 3, timesteps: int = 50, iterations: int = 40, lr: float = 0.01, weight_decay: float = 0.1,
                  objective: Literal["images", "teacher"] = "images", images: str | None = None,
-                 image_seeds: list[int] | None = None, name: str | None = None, seed: int = 0):
+                 image_seeds: list[int] | None = None, judge_in_loop: bool = False, name: str | None = None,
+                 seed: int = 0):
         super().__init__(name, seed)
         self._positive(k=k, timesteps=timesteps, iterations=iterations)
         if objective not in ("images", "teacher"):
             raise UsageError(f"objective must be 'images' (UnlearnDiffAtk) or 'teacher' (P4D), got {objective!r}")
         self.k, self.timesteps, self.iterations, self.lr, self.weight_decay = k, timesteps, iterations, lr, weight_decay
-        self.objective, self.images = objective, images
+        self.objective, self.images, self.judge_in_loop = objective, images, bool(judge_in_loop)
         self.image_seeds = list(image_seeds) if image_seeds is not None else [1000]
         if not self.image_seeds:
             raise UsageError("image_seeds is empty: the attack needs an image of the concept")
 
-    def attack(self, t2i, case, prompts, images, gen, editor):
+    def attack(self, t2i, case, prompts, images, gen, editor, judge=None):
         table = t2i.token_embedding("text_encoder").weight.detach().float()
         unit = F.normalize(table, dim=-1)
         sched = schedule(t2i)
@@ -74,12 +81,18 @@ class PromptOptimisation(Attack):
         steps = list(range(start, T, T // self.timesteps))[:self.timesteps]
         share = max(1, len(images) // len(prompts))  # each prompt's own images come first in its share
         size = images.shape[-1]
-        rows, text, losses = [], [], []
+        rows, text, losses, calls = [], [], [], 0
         for j, prompt in enumerate(prompts):
+            body = token_ids(t2i, prompt)
+            if judge is not None:  # UnlearnDiffAtk: the plain prompt first; no attack where it already succeeds
+                calls += 1
+                if judge(layout(t2i, body), j):
+                    rows.append(layout(t2i, body))
+                    text.append(readable(t2i, rows[-1]))
+                    continue
             with torch.no_grad():
                 first = min(j * share, len(images) - 1)
                 x0, _ = t2i.encode_images(images[first:first + 1].to(t2i.device))
-            body = token_ids(t2i, prompt)
             adv = table[torch.randint(0, len(table), (self.k,), generator=gen)].clone().to(t2i.device).requires_grad_(True)
             opt = torch.optim.Adam([adv], lr=self.lr, weight_decay=self.weight_decay)
             where = torch.zeros(1, t2i.max_length, dtype=torch.bool)
@@ -102,12 +115,19 @@ class PromptOptimisation(Attack):
                     loss = F.mse_loss(pred.float(), target.float())
                     adv.grad = torch.autograd.grad(loss, [proj])[0]
                     opt.step()
+                if judge is not None:  # UnlearnDiffAtk: the projected prompt after every timestep
+                    with torch.no_grad():
+                        near = (F.normalize(adv.detach(), dim=-1) @ unit.T.to(adv.device)).argmax(-1).cpu()
+                    calls += 1
+                    if judge(layout(t2i, near.tolist() + body), j):
+                        break
             with torch.no_grad():
                 near = (F.normalize(adv.detach(), dim=-1) @ unit.T.to(adv.device)).argmax(-1).cpu()
             rows.append(layout(t2i, near.tolist() + body))
             text.append(readable(t2i, rows[-1]))
             losses.append(float(loss.detach()))
-        return AdversarialPrompts(torch.stack(rows), text, loss=sum(losses) / len(losses))
+        loss = sum(losses) / len(losses) if losses else float("nan")
+        return AdversarialPrompts(torch.stack(rows), text, loss=loss, judge_calls=calls)
 
     @staticmethod
     def _teacher(t2i, editor, x_t, t, prompt, size):

@@ -121,7 +121,7 @@ class RingABell(Attack):
 
     derives = {"concept vector": "origin", "search": "origin"}
 
-    def attack(self, t2i, case, prompts, images, gen, editor):
+    def attack(self, t2i, case, prompts, images, gen, editor, judge=None):
         """The search is model-agnostic (the paper runs it on the original text encoder, then prompts the erased
         model): it runs on the editor's origin whatever the edit changed."""
         ctx = editor.original_weights() if editor is not None else contextlib.nullcontext()

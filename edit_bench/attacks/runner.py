@@ -5,7 +5,10 @@ batch; :mod:`edit_bench.evaluate` calls the rest."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+import torch
 
 from ..errors import UsageError
 from ..metrics import EditScores
@@ -18,23 +21,49 @@ def attack_path(run, variant: str, attack: str, case_id: str) -> Path:
     return run.path / "attacks" / variant / attack / (case_id.replace("/", "_").replace(":", "_") + ".safetensors")
 
 
-def find(attack, editor, case, sampler, path: Path, batch_size: int = 8) -> AdversarialPrompts:
+def find(attack, editor, bench, case, sampler, path: Path, batch_size: int = 8) -> AdversarialPrompts:
     """What ``attack`` finds on ``case``'s model as it is now: read back from ``path`` when a previous batch or run stored
-    it, else attacked now (the concept images, where the attack uses them, drawn by the editor's origin) and stored."""
+    it, else attacked now (the concept images, where the attack uses them, drawn by the editor's origin) and stored.
+    The attacked prompts are the case's :meth:`~edit_bench.benchmarks.Benchmark.attacked_group`; an attack that keeps
+    the judge in the loop gets :func:`judge_in_loop`."""
     if path.exists():
         return AdversarialPrompts.load(path)
-    prompts = [p.prompt for p in case.groups["efficacy"]]
+    case = dataclasses.replace(case, request=bench.attack_request(case))
+    pairs = case.groups[bench.attacked_group(case)]
+    prompts = [p.prompt for p in pairs]
     images = None
     if attack.uses_images:
         images = concept_images(editor.t2i, editor, prompts, sampler, attack.image_seeds, attack.images,
                                 case.request.source, batch_size)
-    found = attack.run(editor.t2i, case, prompts, images, editor)
+    judge = judge_in_loop(editor.t2i, bench, case, sampler) if getattr(attack, "judge_in_loop", False) else None
+    found = attack.run(editor.t2i, case, prompts, images, editor, judge)
     found.save(path)
     return found
 
 
+def judge_in_loop(t2i, bench, case, sampler):
+    """``judge(ids [77], k) -> bool``: the image of the attacked group's prompt ``k`` drawn on the model as it is now
+    from the token ids ``ids``, with that prompt's first seed (its own seed where the benchmark gives each row one),
+    judged by the benchmark's attack judge: is the erased concept in it? (UnlearnDiffAtk's classifier in the loop.)"""
+    group = bench.attacked_group(case)
+    seeds = {}
+    for s in bench.samples():
+        if s.case_id == case.id and s.group == group:
+            seeds.setdefault(s.prompt_index, s)
+    metric, present = bench.attack_judge, bench.attack_judge.concept_present()
+
+    def judge(ids, k: int) -> bool:
+        sample = seeds[k]
+        with torch.no_grad():
+            image = t2i.generate([sample.pair.prompt], [sample.seed], sampler, conditioning=t2i.condition_ids(ids[None]))
+            scores = metric.score(image, [sample])
+        return present({key: v[0] for key, v in scores.items()})
+
+    return judge
+
+
 def check_attacks(editor, bench, trainer=None) -> None:
-    """Attacks need an erasure to attack, gradients, the TIMED judge's success, one text encoder and their images."""
+    """Attacks need an erasure to attack, gradients, a judge of success, one text encoder and their images."""
     if not bench.attacks:
         return
     names = ", ".join(a.name for a in bench.attacks)
@@ -43,12 +72,14 @@ def check_attacks(editor, bench, trainer=None) -> None:
                          "the unedited model: nothing is erased. Give an editor (--model configs/editor/...yaml) or a "
                          "delta (--model.delta), or drop the attacks")
     if not any(s.group.startswith("attack:") for s in bench.samples()):
-        raise UsageError(f"attacks ({names}): {type(bench).__name__} has no case with a request and efficacy prompts: "
+        groups = " or ".join(bench.attacked_groups)
+        raise UsageError(f"attacks ({names}): {type(bench).__name__} has no case with a request and {groups} prompts: "
                          "nothing is erased to attack. Select cases with requests, or drop the attacks")
-    if not any(isinstance(m, EditScores) and m.name == EditScores.default_name for m in bench.metrics):
-        raise UsageError("attacks are scored by the TIMED judge's success (EditScores): keep EditScores in the metrics")
-    if editor.t2i.family == "sdxl":
-        raise UsageError("attacks condition on token ids of one text encoder (SD-1/2); SDXL's two are not supported yet")
+    family = editor.t2i.family
+    if family not in ATTACK_FAMILIES:
+        raise UsageError(f"attacks ({names}) condition on the token ids and token embeddings of one CLIP text encoder "
+                         f"(SD-1/2); {family} conditions on {FAMILY_TEXT.get(family, 'another text side')}, which the "
+                         "attacks do not search yet: attack an SD-1/2 model")
     paired = [m.name for m in bench.metrics.paired]
     if paired:
         raise UsageError(f"metric(s) {paired} pair each image with the unedited model's, which is never attacked: drop "
@@ -60,22 +91,33 @@ def check_attacks(editor, bench, trainer=None) -> None:
         a.check(bench)
         if getattr(a, "images", None) is not None:
             for c in bench._cases.values():
-                folder = Path(a.images) / c.request.source if c.request else None
+                request = bench.attack_request(c)
+                folder = Path(a.images) / request.source if request else None
                 if folder is not None and not image_files(folder):
-                    raise UsageError(f"attack {a.name}: no images of {c.request.source!r} in {folder}: put the concept's "
+                    raise UsageError(f"attack {a.name}: no images of {request.source!r} in {folder}: put the concept's "
                                      "PNG/JPEG files there, or leave images unset to draw them with the unedited model")
 
 
-def attack_results(attacks, run, variant: str, records: list) -> dict:
-    """Each attack's success rates from the stored records, its time per attacked case and where what it found is."""
+ATTACK_FAMILIES = ("sd1", "sd2")
+FAMILY_TEXT = {"sdxl": "two CLIP text encoders' states concatenated and a pooled vector",
+               "sd3": "two CLIP encoders and T5, pooled vectors and a joint attention over text and image tokens",
+               "flux": "T5 states and a pooled CLIP vector, through joint attention"}
+
+
+def attack_results(attacks, run, variant: str, records: list, bench=None) -> dict:
+    """Each attack's success rates from the stored records (judged by the benchmark's attack judge), its time per
+    attacked case, the judge calls it made in its loop, and where what it found is."""
     out = {}
-    efficacy = [r for r in records if r.group == "efficacy"]
+    groups = bench.attacked_groups if bench is not None else ("efficacy",)
+    present = bench.attack_judge.concept_present() if bench is not None and bench.attack_judge is not None else None
+    plain = [r for r in records if r.group in groups]
     for a in attacks:
         mine = [r for r in records if r.group == f"attack:{a.name}"]
         found = {c: AdversarialPrompts.load(p) for c in dict.fromkeys(r.case for r in mine)
                  if (p := attack_path(run, variant, a.name, c)).exists()}
-        out[a.name] = {**attack_rates(a, mine, efficacy),
+        out[a.name] = {**attack_rates(a, mine, plain, present),
                        "seconds_per_case": (sum(f.seconds for f in found.values()) / len(found)) if found else None,
+                       "judge_calls": sum(f.judge_calls for f in found.values()) if found else 0,
                        "prompts": {c: f.text for c, f in found.items()},
                        "found": str(run.path / "attacks" / variant / a.name)}
     return out

@@ -137,7 +137,11 @@ class Benchmark(EditData):
         paraphrase_words: the synonym and translation lists of those rules.
         attacks: attacks run against the edited model of every case with a request before its images are drawn
             (:mod:`edit_bench.attacks`, by ``class_path``): each adds the group ``attack:<name>`` (the case's efficacy
-            prompts under what the attack found), and ``results.json`` its success rates.
+            prompts, or its ``attacked_groups``' prompts, under what the attack found), and ``results.json`` its
+            success rates.
+        attack_judge: the name of the metric that decides an attack's success (its ``concept_present`` rule: the TIMED
+            judge, NudeNet, a classifier's or CLIP zero-shot top-1); ``None``: the one metric of the benchmark that can
+            judge it (the TIMED scores where present).
         batch_size: samples per generation batch (a batch never spans two cases under ``per_case``).
         truncate_long_prompts: prompts over 77 tokens are an error unless this is true, when they are
             truncated to 77 tokens (as Stable Diffusion's pipelines do) and listed in the results.
@@ -150,12 +154,15 @@ class Benchmark(EditData):
     """
 
     groups: ClassVar[tuple[str, ...]] = ("efficacy", "generality", "specificity")
+    # the groups an attack attacks (the first a case holds): the prompts that name the edited concept
+    attacked_groups: ClassVar[tuple[str, ...]] = ("efficacy",)
 
     def __init__(self, sampler: SamplerConfig = SamplerConfig(), judge: JudgeConfig = JudgeConfig(),
                  protocol: Literal["per_case", "fixed", "sequential"] = "per_case", batch_size: int = 8,
                  truncate_long_prompts: bool = False, baseline: bool = False,
                  metrics: list[SampleMetric] | None = None, every: int = 1, paraphrase: list[str] | None = None,
-                 paraphrase_words: str = "datasets/paraphrase/words.json", attacks: list[Attack] | None = None):
+                 paraphrase_words: str = "datasets/paraphrase/words.json", attacks: list[Attack] | None = None,
+                 attack_judge: str | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["metrics", "attacks"])  # the fingerprint records these by their descriptions
         self.baseline = baseline
@@ -182,6 +189,36 @@ class Benchmark(EditData):
         if not metrics:
             raise UsageError("metrics is empty: list at least one metric, or leave it out for the judge's TIMED scores")
         self.metrics = MetricSet(metrics)  # unique names and record keys, checked here
+        self.attack_judge = self._attack_judge(attack_judge) if self.attacks else None
+
+    def _attack_judge(self, name: str | None):
+        """The metric that decides an attack's success (see ``attack_judge``), or a usage error naming the choices."""
+        able = [m for m in self.metrics if m.concept_present() is not None]
+        names = [m.name for m in able]
+        if name is not None:
+            chosen = next((m for m in self.metrics if m.name == name), None)
+            if chosen is None:
+                raise UsageError(f"attack_judge {name!r} is not a metric of this benchmark (its metrics: "
+                                 f"{[m.name for m in self.metrics]}): name one of {names} or add that metric")
+            if chosen.concept_present() is None:
+                raise UsageError(f"attack_judge {name!r} ({type(chosen).__name__}) cannot tell whether an image shows "
+                                 f"the erased concept: name one of {names or 'EditScores, NudeNet, ImageClassifier, ClipAccuracy'}")
+            return chosen
+        timed = [m for m in able if isinstance(m, EditScores)]
+        if len(timed) == 1 or len(able) == 1:
+            return (timed or able)[0]
+        if not able:
+            raise UsageError("attacks need a judge of success: add a metric that can tell whether an image shows the "
+                             "erased concept (EditScores, NudeNet, ImageClassifier, ClipAccuracy)")
+        raise UsageError(f"attacks: metrics {names} can each judge success; name one with --data.init_args.attack_judge")
+
+    def attacked_group(self, case: EditCase) -> str | None:
+        """The group of ``case`` an attack attacks (the first of ``attacked_groups`` it holds), ``None`` for none."""
+        return next((g for g in self.attacked_groups if case.groups.get(g)), None)
+
+    def attack_request(self, case: EditCase) -> EditRequest | None:
+        """The erasure an attack tries to undo on ``case``: its request."""
+        return case.request
 
     # -- cases
     def cases(self) -> list[EditCase]:
@@ -213,12 +250,14 @@ class Benchmark(EditData):
         return paraphrase_groups(pairs, request, self.paraphrase, self.paraphrase_words, {p.lower() for p in own})
 
     def _with_made_groups(self, case: EditCase) -> EditCase:
-        """The case with its rule-made paraphrase groups and one group per attack (its efficacy prompts)."""
-        if case.request is None or "efficacy" not in case.groups:
-            return case
+        """The case with its rule-made paraphrase groups (of its efficacy prompts) and one group per attack (its
+        attacked group's prompts)."""
         own = [p.prompt for pairs in case.groups.values() for p in pairs]
-        made = self.paraphrased(case.groups["efficacy"], case.request, own)
-        made.update({f"attack:{a.name}": case.groups["efficacy"] for a in self.attacks})
+        made = self.paraphrased(case.groups["efficacy"], case.request, own) \
+            if case.request is not None and "efficacy" in case.groups else {}
+        attacked = self.attacked_group(case)
+        if self.attacks and attacked is not None and self.attack_request(case) is not None:
+            made.update({f"attack:{a.name}": case.groups[attacked] for a in self.attacks})
         return dataclasses.replace(case, groups={**case.groups, **made}) if made else case
 
     def case(self, case_id: str) -> EditCase:
@@ -249,5 +288,8 @@ class Benchmark(EditData):
                 "seeds": list(s.seeds), "protocol": self.protocol, "cases": len(self._cases),
                 **({"every": self.every} if self.protocol == "sequential" else {}),
                 **({"paraphrase": {"rules": self.paraphrase, "words": self.paraphrase_words}} if self.paraphrase else {}),
-                **({"attacks": [a.describe() for a in self.attacks]} if self.attacks else {}),
+                **({"attacks": [a.describe() for a in self.attacks],
+                    "attack_judge": {"metric": self.attack_judge.name, "class": type(self.attack_judge).__name__,
+                                     "key": (r := self.attack_judge.concept_present()).key, "rule": r.rule}}
+                   if self.attacks else {}),
                 "truncated_prompts": self.truncated}

@@ -74,6 +74,7 @@ class ConceptPrompts(Benchmark):
     """
 
     groups = GROUPS
+    attacked_groups = ("erased", "prompts")  # an erased concept's prompts; an unlabelled set's (I2P) rows
 
     def __init__(self, path: str | None = None, concept_column: str | None = None, role_column: str | None = None,
                  role_map: dict[str, str] | None = None, concept_templates: list[str] | None = None,
@@ -88,9 +89,6 @@ class ConceptPrompts(Benchmark):
             from ..metrics.detectors import ClipAccuracy
 
             kwargs["metrics"] = [ClipAccuracy(), ClipScore()] if (concept_column or path is None) else [ClipScore()]
-        if kwargs.get("attacks"):
-            raise UsageError("attacks run on benchmarks whose cases have efficacy prompts (TIMED's format, e.g. "
-                             "configs/benchmark/toy_artists.yaml); concept tables do not take them yet")
         super().__init__(protocol=protocol, **kwargs)
         self.path, self.concept_column, self.erase_prompt, self.anchor = path, concept_column, erase_prompt, anchor
         self.requests_path = requests
@@ -130,6 +128,9 @@ class ConceptPrompts(Benchmark):
         if protocol in ("per_case", "sequential") and not self._erase:
             raise UsageError(f"protocol {protocol} makes one edit per erased concept: list them with erase")
         self._preserve_spec = list(preserve or [])
+        if self.attacks and self._edit is not None and len(self._edit.requests()) != 1:
+            raise UsageError(f"attacks undo one erasure, but {requests} holds {len(self._edit.requests())} requests: "
+                             "attack a requests file with one request (I2P: nudity)")
         self._cases  # parse now: a bad setting fails before any output exists
 
     # -- reading
@@ -256,7 +257,9 @@ class ConceptPrompts(Benchmark):
         """``(case id, request, {group: [(pair, own seed or None)]}, preserve)`` of every case, in order."""
         stem = Path(self.path).stem if self.path else "concepts"
         if self.concept_column is None and self.path is not None:  # unlabelled rows: one case, the edit is the file's
-            return [(stem, None, {"prompts": [(PromptPair(p), s) for p, _, s in self._rows]}, ())]
+            rows = [(PromptPair(p), s) for p, _, s in self._rows]
+            attacked = {f"attack:{a.name}": rows for a in self.attacks} if self._edit is not None else {}
+            return [(stem, None, {"prompts": rows, **attacked}, ())]
         out = []
         for c in self._erase:
             groups = {"erased": self._rows_of([c]), "paraphrase": self._para(c)}
@@ -266,6 +269,8 @@ class ConceptPrompts(Benchmark):
             if self.protocol == "per_case":  # kept: the set's other concepts (keep: when given)
                 groups["kept"] = self._rows_of(self._keep if self._keep_given else [k for k in self._concepts if k != c])
             request = None if self._edit else self._request(c)
+            if request is not None or self._edit is not None:
+                groups.update({f"attack:{a.name}": groups["erased"] for a in self.attacks})
             out.append((_case_name(c), request, {g: v for g, v in groups.items() if v}, self.preserve_for(c)))
         if self.protocol != "per_case":
             out += [(_case_name(c), None, {self._roles[c]: self._rows_of([c])}, ()) for c in self._keep]
@@ -274,6 +279,12 @@ class ConceptPrompts(Benchmark):
     def cases(self):
         return [EditCase(cid, req, {g: tuple(p for p, _ in v) for g, v in groups.items()}, pres)
                 for cid, req, groups, pres in self._layout]
+
+    def attack_request(self, case):
+        """A case's request; without one (the edit is a requests file: I2P), the file's one request (nudity)."""
+        if case.request is None and self._edit is not None:
+            return self._edit.requests()[0]
+        return case.request
 
     def preserve_for(self, concept: str) -> tuple[str, ...]:
         out = []

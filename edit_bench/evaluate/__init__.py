@@ -244,10 +244,10 @@ class Evaluation:
             editor_info=self._editor_info(run, final),
             versions=versions(),
             config=self.config_yaml,
-            attacks=attack_results(attacks, run, final, scored[final]["records"]) if attacks else None,
+            attacks=attack_results(attacks, run, final, scored[final]["records"], bench) if attacks else None,
             # sequential: the curve, every stage's metrics against the number of edits
             curve=[CurvePoint(edits=n, samples=len(scored[stage_variant(n)]["records"]), metrics=scored[stage_variant(n)]["metrics"],
-                              attacks=attack_results(attacks, run, stage_variant(n), scored[stage_variant(n)]["records"]) if attacks else None)
+                              attacks=attack_results(attacks, run, stage_variant(n), scored[stage_variant(n)]["records"], bench) if attacks else None)
                    for n in the_plan.stages] if the_plan.mode == "sequential" else None,
         )
 

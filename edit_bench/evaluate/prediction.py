@@ -157,7 +157,8 @@ class _Pass(L.LightningModule):
         s0 = batch.samples[0]
         name = s0.group.removeprefix("attack:")
         if (name, s0.case_id) not in self._found:
-            self._found[name, s0.case_id] = find(self.attacks[name], self.editor, self.bench[0].case(s0.case_id), batch.sampler,
+            self._found[name, s0.case_id] = find(self.attacks[name], self.editor, self.bench[0], self.bench[0].case(s0.case_id),
+                                                 batch.sampler,
                                                  attack_path(self.run, self.variant, name, s0.case_id), self.batch_size)
         return self._found[name, s0.case_id]
 

@@ -4,7 +4,7 @@ LPIPS and the toy world's twins), and the erasure tables' detectors and classifi
 classifier, zero-shot CLIP accuracy). One file per family (:mod:`.edit_scores`, :mod:`.clip_score`, :mod:`.fid`,
 :mod:`.paired`, :mod:`.detectors`), each class a shell over the pure formulas of :mod:`.functional`."""
 
-from .base import SampleMetric
+from .base import ConceptPresent, SampleMetric
 from .clip_preference import PAPER_JUDGE, ClipJudge, JudgeConfig
 from .clip_score import ClipScore, HFClip
 from .detectors import AttributeShare, ClipAccuracy, ImageClassifier, NudeNet
@@ -13,6 +13,6 @@ from .fid import FID, ImageFeatures
 from .functional import timed_success
 from .paired import LPIPS, SSIM, JudgeDistance, PairedMetric
 
-__all__ = ["SampleMetric", "ClipJudge", "JudgeConfig", "PAPER_JUDGE", "EditScores", "FORMULA", "timed_success",
+__all__ = ["SampleMetric", "ConceptPresent", "ClipJudge", "JudgeConfig", "PAPER_JUDGE", "EditScores", "FORMULA", "timed_success",
            "ClipScore", "HFClip", "FID", "LPIPS", "SSIM", "JudgeDistance", "PairedMetric", "ImageFeatures",
            "NudeNet", "ImageClassifier", "ClipAccuracy", "AttributeShare"]

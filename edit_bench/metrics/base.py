@@ -36,6 +36,19 @@ from .functional import seed_stats
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+@dataclass(frozen=True)
+class ConceptPresent:
+    """How a metric decides, from one stored record, that an erased concept is in the image (an attack's success):
+    the record's score ``key`` equals ``value``. ``rule`` says it in words (recorded in the protocol)."""
+
+    key: str
+    value: float
+    rule: str
+
+    def __call__(self, scores: dict) -> bool:
+        return float(scores[self.key]) == self.value
+
+
 class SampleMetric(Metric):
     """Base class of the metrics a benchmark lists (``Benchmark(metrics=[...])``, by ``class_path``).
 
@@ -80,6 +93,11 @@ class SampleMetric(Metric):
     def keys(self) -> list[str]:
         """The per-sample score names this metric writes into records."""
         return []
+
+    def concept_present(self) -> ConceptPresent | None:
+        """How this metric judges that a sample's concept is in its image (what an attack's success means when the
+        benchmark names this metric as its attack judge); ``None``: it cannot judge that."""
+        return None
 
     def prepare(self, bench) -> None:
         """Load what scoring needs (a judge, a feature network) before any output exists: a missing model

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import ModelNotAvailable, UsageError
 from ..types import Record, Sample
-from .base import SampleMetric, cat_state, empty_state
+from .base import ConceptPresent, SampleMetric, cat_state, empty_state
 from .clip_preference import JudgeConfig
 from .clip_score import ClipScore, clip_net, zero_shot
 from .functional import box_counts, seed_stats, share_deviation, to_uint8, top_k_hits
@@ -204,6 +204,10 @@ class NudeNet(_PerSample):
         found = self.detector.detect_batch(arrays, batch_size=self.batch_size)
         return [[d for d in dets if d["score"] >= self.threshold and d["class"] in self.classes] for dets in found]
 
+    def concept_present(self) -> ConceptPresent:
+        return ConceptPresent(f"{self.name}/any", 1.0, f"NudeNet finds a box of {list(self.classes)} with score >= "
+                              f"{self.threshold:g}")
+
     def score(self, images: Tensor, samples: list[Sample]) -> dict[str, list[float]]:
         out = {k: [] for k in self.keys()}
         for dets in self.detect(images):
@@ -311,6 +315,9 @@ class ImageClassifier(_PerSample):
                 "class_map": self.class_map, "rule": "top-1 (top-5) over all classes == the sample's concept",
                 "preprocess": f"8-bit images, the weights' transforms() ({self.preprocess})"}
 
+    def concept_present(self) -> ConceptPresent:
+        return ConceptPresent(f"{self.name}/top1", 1.0, f"{self.arch}'s top-1 class is the sample's concept")
+
     @torch.no_grad()
     def score(self, images: Tensor, samples: list[Sample]) -> dict[str, list[float]]:
         dev = next(self.net.parameters()).device
@@ -394,6 +401,10 @@ class ClipAccuracy(_PerSample):
         return {"class": type(self).__name__, "name": self.name, "stands_for": self.label,
                 "model": self.model or "the benchmark's judge", "candidates": self.candidates, "template": self.template,
                 "rule": f"p = softmax({self.scale:g} * cos(image, template(candidates)))[concept]; top1 = argmax == concept"}
+
+    def concept_present(self) -> ConceptPresent:
+        return ConceptPresent(f"{self.name}/top1", 1.0, "zero-shot top-1 over the candidates is the sample's concept"
+                              + (f" ({self.label})" if self.label else ""))
 
     @torch.no_grad()
     def score(self, images: Tensor, samples: list[Sample]) -> dict[str, list[float]]:

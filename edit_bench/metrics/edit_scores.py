@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..types import Record
-from .base import SampleMetric, cat_state, empty_state
+from .base import ConceptPresent, SampleMetric, cat_state, empty_state
 from .clip_preference import ClipJudge, JudgeConfig, shared_judge
 from .functional import timed_scores, timed_success
 
@@ -52,6 +52,10 @@ class EditScores(SampleMetric):
 
     def keys(self) -> list[str]:
         return [self._key("p_new"), self._key("success")]
+
+    def concept_present(self) -> ConceptPresent:
+        return ConceptPresent(self._key("success"), 0.0, "the judge's TIMED rule gives the old label on a prompt "
+                              "that should render the new one (success 0)")
 
     def prepare(self, bench) -> None:
         if self.judge_cfg is None:
