@@ -122,6 +122,12 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch, half):
                 i = args.index("--rows") + 1
                 args = args[:i] + [args[i].split(",")[0]] + args[i + 1:] + [
                     "--allow-deviations", "--", "--data.sampler.seeds", "[0]", "--data.erase", "[circle]"]
+                if args[1] == "toy_unlearndiffatk":  # 10 x 10 steps per prompt, two attacks: the same two, 1 x 1
+                    args += ["--data.attacks", json.dumps([
+                        {"class_path": "edit_bench.attacks.PromptOptimisation", "init_args": {
+                            "name": "p4d", "timesteps": 1, "iterations": 1, "objective": "teacher", "judge_in_loop": True}},
+                        {"class_path": "edit_bench.attacks.PromptOptimisation", "init_args": {
+                            "timesteps": 1, "iterations": 1, "judge_in_loop": True}}])]
             assert run_cli(args, cwd=tmp_path) == 0, cmd
             if "--dry-run" not in args:
                 out = tmp_path / args[args.index("--out") + 1]

@@ -335,8 +335,8 @@ def test_attacks_run_on_a_concept_table_judged_by_its_classifier_and_the_judge_i
 def test_each_attack_brings_an_erased_toy_shape_back_above_the_plain_prompts_rate(tmp_path):
     """UCE erases the toy world's star and diamond (toy_erasure rows 2, 3; each its own edit); each attack of
     toy_erasure_attacked.yaml, at its toy budget, brings them back on more samples than the plain prompts (the README's
-    toy table: concept inversion 8/8, prompt optimisation 4/8, Ring-A-Bell 3/8, plain 0/8). About 4 minutes on 2 CPU
-    cores."""
+    toy table: concept inversion 8/8, prompt optimisation 4/8, Ring-A-Bell 3/8, plain 0/8). 11 minutes on 2 CPU cores
+    shared with two other jobs."""
     out = tmp_path / "run"
     code = run_cli(["eval", "--model", "configs/editor/uce.yaml", "--data", "configs/benchmark/toy_erasure_attacked.yaml",
                     "--data.rows", "2:4", "--data.paraphrase", "null", "--data.baseline", "false", "--out_dir", out])
