@@ -62,6 +62,40 @@ def _read_lines(files) -> list[dict]:
     return out
 
 
+def take_lock(lock: Path, command: str, what: str, option: str) -> dict:
+    """Create ``lock`` exclusively (``O_EXCL``) naming this process and return what it holds; a live holder is refused
+    in one line (``what`` is in use ..., choose another ``option``), a holder that is gone (its process no longer runs
+    on this host) is taken over. The caller removes the lock when it ends (if it still holds it)."""
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
+          "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_holder(lock)
+            if _alive(holder):
+                where = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
+                raise UsageError(
+                    f"{what} is in use by {where} (`{(holder or {}).get('command', '?')}` since "
+                    f"{(holder or {}).get('since', '?')}): wait for it to end, or choose another {option}; if that "
+                    f"process is gone from another machine, delete {lock}") from None
+            print(f"edit_bench: taking over {lock}: its holder (pid {(holder or {}).get('pid')} on "
+                  f"{(holder or {}).get('host')}) is no longer running")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return me
+    raise UsageError(f"{what}: could not take {lock} (another run keeps taking it): choose another {option}")
+
+
+def release_lock(lock: Path, me: dict) -> None:
+    """Remove ``lock`` if ``me`` (:func:`take_lock`'s) still holds it."""
+    with contextlib.suppress(OSError):
+        if _read_holder(lock) == me:
+            lock.unlink()
+
+
 class RunDir:
     """One run's folder. Rank 0 creates it; every rank appends its own records; nothing is ever rewritten
     in place.
@@ -96,34 +130,11 @@ class RunDir:
             raise UsageError(f"--out_dir {self.path} is a file; give a directory")
         self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / self.LOCK
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
-              "command": self.command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(3):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_holder(lock)
-                if _alive(holder):
-                    where = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
-                    raise UsageError(
-                        f"--out_dir {self.path} is in use by {where} (`{(holder or {}).get('command', '?')}` since "
-                        f"{(holder or {}).get('since', '?')}): wait for it to end, or choose another --out_dir; if that "
-                        f"process is gone from another machine, delete {lock}") from None
-                print(f"edit_bench: taking over {lock}: its holder (pid {(holder or {}).get('pid')} on "
-                      f"{(holder or {}).get('host')}) is no longer running")
-                lock.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            break
-        else:
-            raise UsageError(f"--out_dir {self.path}: could not take {lock} (another run keeps taking it): choose another --out_dir")
+        me = take_lock(lock, self.command, f"--out_dir {self.path}", "--out_dir")
         try:
             yield self
         finally:
-            with contextlib.suppress(OSError):
-                if _read_holder(lock) == me:
-                    lock.unlink()
+            release_lock(lock, me)
             if created:
                 with contextlib.suppress(OSError):
                     self.path.rmdir()  # only when empty

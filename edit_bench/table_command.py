@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .io import REPO_ROOT, write_atomic
+from .rundir import release_lock, take_lock
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 
@@ -131,9 +132,29 @@ def run_table(name: str, out: str | Path, rows: list[str] | None = None, launche
             print(f"# {r}\n{shlex.join(c)}")
         return {r: {"state": "dry-run", "command": shlex.join(c)} for r, c in cmds.items()}
     executor = _executor(launcher, out / ".submitit", slurm or {}) if launcher != "local" else None
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: give the table's folder")
     out.mkdir(parents=True, exist_ok=True)
+    lock = out / TABLE_LOCK  # one table command per folder: a second one would run the same rows twice
+    me = take_lock(lock, shlex.join(["python", "-m", "edit_bench", "table", name, "--out", str(out)]), f"--out {out}", "--out")
+    try:
+        return _run_rows(name, out, chosen, cmds, states_of(out), executor, launcher, published, allow_deviations)
+    finally:
+        release_lock(lock, me)
+
+
+TABLE_LOCK = ".table.lock"
+
+
+def states_of(out: Path) -> dict:
+    """The rows' states a previous table command left in ``out/table.json`` (``{}``: none)."""
     state_file = out / "table.json"
-    states = json.loads(state_file.read_text())["rows"] if state_file.is_file() else {}
+    return json.loads(state_file.read_text())["rows"] if state_file.is_file() else {}
+
+
+def _run_rows(name, out, chosen, cmds, states, executor, launcher, published, allow_deviations) -> dict:
+    """Run the pending rows (done ones are skipped), keeping ``out/table.json`` current; then render the table."""
+    state_file = out / "table.json"
 
     def save():
         write_atomic(state_file, json.dumps({"table": name, "launcher": launcher, "rows": states}, indent=1))

@@ -70,6 +70,21 @@ def test_bad_table_input_is_one_line_and_runs_nothing(tmp_path, capsys, monkeypa
     assert run_cli(["table", "toy_entities", "--out", tmp_path / "a", "--launcher", "slurm"]) == 2
     assert 'needs submitit: pip install -e ".[cluster]"' in capsys.readouterr().err
     assert not (tmp_path / "a").exists()  # nothing was written by any of them
+    # a second table command on a folder a live one holds: refused in one line, nothing run or rewritten
+    import os
+    import socket
+
+    from edit_bench.rundir import _process_start
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    holder = {"host": socket.gethostname(), "pid": os.getppid(), "start": _process_start(os.getppid()),
+              "command": "python -m edit_bench table toy_entities", "since": "now"}
+    (busy / ".table.lock").write_text(json.dumps(holder))
+    assert run_cli(["table", "toy_entities", "--out", busy, "--rows", "UCE"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {busy} is in use by pid {os.getppid()}" in err and len(err.strip().splitlines()) <= 2  # + the debug hint
+    assert sorted(p.name for p in busy.iterdir()) == [".table.lock"]
 
 
 def test_every_manifest_names_configs_that_exist_and_rows_the_table_can_hold():
