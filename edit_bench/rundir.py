@@ -184,9 +184,11 @@ class RunDir:
         if records:
             _append_lines(self.samples_dir(variant) / f"rank{rank}.jsonl", [json.dumps(r.to_json()) for r in records])
 
-    def log_edit(self, rank: int, case: str | None, edit_s: float, variant: str = "samples") -> None:
-        """Record one edit a rank made (``case=None``: the fixed protocol's single edit)."""
-        line = json.dumps({"event": uuid.uuid4().hex, "case": case, "edit_s": edit_s})
+    def log_edit(self, rank: int, case: str | None, edit_s: float, variant: str = "samples", change: dict | None = None) -> None:
+        """Record one edit a rank made (``case=None``: the fixed protocol's single edit), with how far it moved the
+        weights from the origin (``Editor.weight_change()['total']``)."""
+        line = json.dumps({"event": uuid.uuid4().hex, "case": case, "edit_s": edit_s,
+                           **({"change": change} if change else {})})
         _append_lines(self.samples_dir(variant) / f"edits-rank{rank}.jsonl", [line])
 
     def load_edits(self, variant: str = "samples") -> dict[str, dict]:

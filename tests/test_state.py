@@ -377,3 +377,28 @@ def test_a_resumed_sequential_run_attacks_with_the_unedited_models_images_and_te
         assert w.keys() == a.keys() and all(torch.equal(w[k], a[k]) for k in w), rel
     for w, a in zip(whole.curve, again.curve):
         assert a.attacks["p4d"]["asr"] == w.attacks["p4d"]["asr"], w.edits
+
+
+def test_weight_change_is_the_distance_from_the_origin_and_every_edit_logs_it(tmp_path):
+    """Editor.weight_change() against the delta computed by hand; an eval's results hold each edit's and their mean."""
+    from edit_bench.editors.uce import UCE
+    from edit_bench.types import EditRequest
+
+    ed = UCE(base="tiny:sd1")
+    assert ed.weight_change()["total"]["delta_norm"] == 0.0  # as loaded
+    ed.apply_edit([EditRequest("A banana", "A blue banana")])
+    got = ed.weight_change()
+    origin, params = ed.origin(), ed.edited_parameters()
+    delta = torch.cat([(p.detach().double() - origin[n].double()).flatten() for n, p in params.items()])
+    w0 = torch.cat([origin[n].double().flatten() for n in params])
+    assert abs(got["total"]["delta_norm"] - float(delta.norm())) < 1e-9 and got["total"]["params_edited"] == delta.numel()
+    assert abs(got["total"]["ratio"] - float(delta.norm() / w0.norm())) < 1e-12
+    assert abs(got["total"]["mean_abs_change"] - float(delta.abs().mean())) < 1e-12
+    assert set(got["total"]["by_kind"]) == {"unet:attn2.to_k", "unet:attn2.to_v"}
+    ed.restore()
+    assert ed.weight_change()["total"]["delta_norm"] == 0.0
+    res = Evaluation(UCE(base="tiny:sd1"), _timed(rows="0:2"), tmp_path / "run").run(_trainer())
+    wc = res.weight_change
+    assert wc["edits"] == 2 and len(wc["per_edit"]) == 2 and all(c.startswith("TIMED_") for c in wc["per_edit"])
+    each = [e["delta_norm"] for e in wc["per_edit"].values()]
+    assert abs(wc["mean"]["delta_norm"] - sum(each) / 2) < 1e-9 and all(d > 0 for d in each)

@@ -290,6 +290,35 @@ class Editor(L.LightningModule):
         finally:
             self.restore()
 
+    @torch.no_grad()
+    def weight_change(self) -> dict:
+        """How far the edited weights are from the origin now (the side-effect measure of Genμ and of "how much did the
+        edit touch"): per edited tensor ``delta_norm`` ``||W - W0||_F``, ``origin_norm`` ``||W0||_F`` and their ratio; in
+        ``total`` the same over all edited tensors, the mean absolute change per edited parameter (Genμ's
+        ``sum |theta - theta0| / #params`` over the edited ones), the parameter counts and ``by_kind`` (per component
+        kind: ``unet:attn2.to_v``, ``text_encoder:mlp.fc2``, ...)."""
+        params = self.edited_parameters()
+        if not params:
+            return {}
+        origin = self._origin_of(params)
+        per, d2, o2, abs_sum, n = {}, 0.0, 0.0, 0.0, 0
+        for name, p in params.items():
+            w0 = origin[name].to(p.device).double()
+            d = p.detach().double() - w0
+            dn, on = float(d.norm()), float(w0.norm())
+            per[name] = {"delta_norm": dn, "origin_norm": on, "ratio": dn / on if on else None}
+            d2, o2, abs_sum, n = d2 + dn ** 2, o2 + on ** 2, abs_sum + float(d.abs().sum()), n + p.numel()
+        total = {"delta_norm": d2 ** 0.5, "origin_norm": o2 ** 0.5, "ratio": (d2 / o2) ** 0.5 if o2 else None,
+                 "mean_abs_change": abs_sum / n, "params_edited": n, "tensors": len(params)}
+        kinds: dict[str, list[float]] = {}  # per component kind: the model part and the layer's own name
+        for name, v in per.items():
+            parts = name.removesuffix(".weight").removesuffix(".bias").split(".")
+            kinds.setdefault(f"{parts[0]}:{'.'.join(parts[-2:])}", [0.0, 0.0])
+            kinds[f"{parts[0]}:{'.'.join(parts[-2:])}"][0] += v["delta_norm"] ** 2
+            kinds[f"{parts[0]}:{'.'.join(parts[-2:])}"][1] += v["origin_norm"] ** 2
+        total["by_kind"] = {k: {"delta_norm": d ** 0.5, "ratio": (d / o) ** 0.5 if o else None} for k, (d, o) in kinds.items()}
+        return {"total": total, "tensors": per}
+
     # ------------------------------------------------------------------ delta checkpoints
     def delta_state_dict(self) -> dict[str, Tensor]:
         """``{name: W_edited - W_origin}`` in float32 for every edited parameter that changed."""

@@ -55,6 +55,22 @@ __all__ = ["Evaluation", "Results", "Plan", "plan", "provenance", "aggregate", "
            "SEQUENTIAL_STATE", "save_sequential_state", "load_sequential_state", "attack_path"]
 
 
+def weight_change(edits: list[dict]) -> dict | None:
+    """How far the run's edits moved the weights from the origin (every logged edit, this run's and a resumed run's):
+    the mean over edits of each total (``Editor.weight_change``) and each edit's own, by case."""
+    logged = [e for e in edits if e.get("change")]
+    if not logged:
+        return None
+    keys = [k for k, v in logged[0]["change"].items() if isinstance(v, (int, float))]
+    mean = {k: sum(e["change"][k] for e in logged if e["change"].get(k) is not None) / len(logged) for k in keys}
+    kinds = list(dict.fromkeys(k for e in logged for k in e["change"].get("by_kind", {})))
+    mean["by_kind"] = {k: {m: sum((e["change"]["by_kind"].get(k) or {}).get(m) or 0.0 for e in logged) / len(logged)
+                           for m in ("delta_norm", "ratio")} for k in kinds}
+    return {"mean": mean, "edits": len(logged),
+            "rule": "||W - W0||_F over the edited tensors, its ratio to ||W0||_F, the mean |W - W0| per edited parameter",
+            "per_edit": {str(e.get("case")): e["change"] for e in logged}}
+
+
 class Evaluation:
     """Edit, generate and score every sample of a benchmark; write ``OUT_DIR/results.json``.
 
@@ -200,7 +216,7 @@ class Evaluation:
                  for m in scoring if m.stores_features}
         return {"metrics": aggregate(scoring, records, feats), "records": records}
 
-    def _editor_info(self, run: RunDir, variant: str) -> dict:
+    def _editor_info(self, run: RunDir, variant: str) -> dict:  # noqa: D401
         """The editor's report of this run's edits: one rank's as is, several ranks' by rank."""
         files = sorted(run.samples_dir(variant).glob("editor-rank*.json"))
         if not files:  # nothing was left to edit
@@ -245,6 +261,7 @@ class Evaluation:
             versions=versions(),
             config=self.config_yaml,
             attacks=attack_results(attacks, run, final, scored[final]["records"], bench) if attacks else None,
+            weight_change=weight_change([e for v in edited for e in run.load_edits(v).values()]),
             # sequential: the curve, every stage's metrics against the number of edits
             curve=[CurvePoint(edits=n, samples=len(scored[stage_variant(n)]["records"]), metrics=scored[stage_variant(n)]["metrics"],
                               attacks=attack_results(attacks, run, stage_variant(n), scored[stage_variant(n)]["records"], bench) if attacks else None)

@@ -86,7 +86,8 @@ class _Pass(L.LightningModule):
         if self.variant == "baseline":
             self.editor.restore()  # the unedited model (a delta's baseline is the model without it)
         elif self.mode == "fixed":  # the one edit, on the accelerator, before any image
-            self.run.log_edit(self.global_rank, None, self.editor.apply_edit(self.requests, self.preserve), self.variant)
+            self.run.log_edit(self.global_rank, None, self.editor.apply_edit(self.requests, self.preserve), self.variant,
+                              self._change())
         elif self.mode == "sequential":
             self._reach_stage()
         elif self.mode == "as_is":
@@ -107,7 +108,8 @@ class _Pass(L.LightningModule):
             signals.check(f"{self.run.path}: the model after {i} edits is kept in {path.name}; rerun the same command to resume")
             request, preserve = self.sequence[i]
             dt = self.editor.apply_edit([request], preserve, on_current=True)
-            self.run.log_edit(self.global_rank, f"edit {i + 1}: {request.source} -> {request.target}", dt, self.variant)
+            self.run.log_edit(self.global_rank, f"edit {i + 1}: {request.source} -> {request.target}", dt, self.variant,
+                              self._change())
             if self.global_rank == 0:
                 save_sequential_state(editor, path, i + 1)
 
@@ -127,7 +129,7 @@ class _Pass(L.LightningModule):
         if batch.case is not None:
             edit_s = self.editor.activate(batch.case)
             if edit_s is not None:
-                self.run.log_edit(self.global_rank, batch.case.id, edit_s, self.variant)
+                self.run.log_edit(self.global_rank, batch.case.id, edit_s, self.variant, self._change())
         attacked = batch.samples[0].group.startswith("attack:")
         found = self._attacked(batch) if attacked else None  # before the clock: an attack is not generation
         self._sync()
@@ -150,6 +152,10 @@ class _Pass(L.LightningModule):
         records = [Record.from_sample(s, {k: float(v[i]) for k, v in scored.scores.items()}, share)
                    for i, s in enumerate(samples)]
         self.run.append_records(self.global_rank, records, self.variant)  # last: a record means the sample is done
+
+    def _change(self) -> dict | None:
+        """The edit's weight change from the origin, its total (per tensor it is in ``editor_info``' weight_change)."""
+        return self.editor.weight_change().get("total")
 
     def _attacked(self, batch: GenerationBatch):
         """What the batch's attack found on its case's model as it is now (:func:`edit_bench.attacks.runner.find`), kept

@@ -68,6 +68,7 @@ class Results:
     config: str
     attacks: dict | None = None  # attack name -> success rates, time per case, prompts found
     curve: list[CurvePoint] | None = None  # sequential runs: every stage
+    weight_change: dict | None = None  # how far each edit moved the weights from the origin (mean and per edit)
     loggers: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -75,7 +76,7 @@ class Results:
         out = dataclasses.asdict(self)
         if self.samples.baseline_cache is None:
             del out["samples"]["baseline_cache"]
-        for k in ("attacks", "curve"):
+        for k in ("attacks", "curve", "weight_change"):
             if out[k] is None:
                 del out[k]
         for c in out.get("curve") or []:
