@@ -143,6 +143,9 @@ class EditTrainer(L.Trainer):
         self._numerics()
         if model.edits == "none":
             raise UsageError(f"{type(model).__name__} changes nothing: fit needs an editor (--model configs/editor/...yaml)")
+        if model.edits == "sampling":
+            raise UsageError(f"{type(model).__name__} acts at generation time and changes no weight: there is no delta to "
+                             "fit or export (a diffusers pipeline cannot hold its guide); evaluate it with `eval`")
         model.check_inputs()
         requests, preserve = datamodule.requests(), datamodule.preserve()
         if model.trains and self.max_steps == 0:

@@ -34,7 +34,7 @@ LAYOUTS = ("tiny:sd1", "tiny:sd2", "tiny:sdxl")
 # The component each ``edits`` value may change; on an MMDiT the transformer holds both the text side's projections
 # (cross_attn_kv) and the rest of the denoiser.
 _COMPONENT = {"none": None, "cross_attn_kv": ("unet.", "transformer."), "text_encoder": ("text_encoder.", "text_encoder_2."),
-              "denoiser": ("unet.", "transformer.")}
+              "denoiser": ("unet.", "transformer."), "sampling": None}  # sampling: a generation-time editor, no tensor
 
 
 def check_capabilities(cls: type[Editor]) -> None:
@@ -57,6 +57,8 @@ def check_edit(editor: Editor, requests: Sequence[EditRequest] = REQUESTS, workd
     name = type(editor).__name__
     requests = list(requests) if editor.multi_request else list(requests)[:1]
     t2i = editor.t2i
+    if editor.edits == "sampling":
+        return _check_sampling_edit(editor, requests)
     too_long = [p for p in editor.derived_prompts(requests) if t2i.n_tokens(p) > t2i.max_length]
     assert not too_long, f"{name} builds prompts longer than {t2i.max_length} tokens from short requests: {too_long[:2]}"
     declared = editor.edited_parameters()
@@ -84,13 +86,34 @@ def check_edit(editor: Editor, requests: Sequence[EditRequest] = REQUESTS, workd
     assert not moved, f"{name}.restore() is not bitwise: {moved[:3]}"
 
 
+def _check_sampling_edit(editor: Editor, requests) -> None:
+    """A generation-time editor's form of the contract: its edit changes no tensor but changes the images (a guide is
+    installed), ``original_weights()`` draws the unedited images, and ``restore()`` gives them back bit for bit."""
+    from .types import SamplerConfig
+
+    name, t2i = type(editor).__name__, editor.t2i
+    requests = [EditRequest(r.source, "") for r in requests]  # a generation-time eraser steers away; it has no target
+    sampler = SamplerConfig(scheduler="ddim", steps=3, guidance=7.5, size=None, seeds=[0])
+    before = {n: p.detach().clone() for n, p in t2i.named_parameters()}
+    plain = t2i.generate(["A banana"], [0], sampler)
+    editor.apply_edit(requests)
+    assert not [n for n, p in t2i.named_parameters() if not torch.equal(p, before[n])], f"{name} changed tensors"
+    guided = t2i.generate(["A banana"], [0], sampler)
+    assert not torch.equal(guided, plain), f"{name} changed nothing in the images (a silent no-op)"
+    with editor.original_weights():
+        assert torch.equal(t2i.generate(["A banana"], [0], sampler), plain), f"{name}.original_weights() is not unedited"
+    assert torch.equal(t2i.generate(["A banana"], [0], sampler), guided), f"{name}.original_weights() lost the guide"
+    editor.restore()
+    assert torch.equal(t2i.generate(["A banana"], [0], sampler), plain), f"{name}.restore() is not the unedited model"
+
+
 def check_state(editor: Editor, workdir: str | Path | None = None) -> None:
     """Two edits in sequence (the second ``on_current``), ``original_weights()``, the sequential state saved and loaded
     into a fresh editor, and ``restore()``, all against the model as loaded (see the module doc)."""
     from .evaluate import load_sequential_state, save_sequential_state
 
     name = type(editor).__name__
-    if editor.edits == "none":
+    if editor.edits in ("none", "sampling"):  # no tensor to carry from one edit to the next (sampling: no sequence)
         return
     first, second = REQUESTS[0], REQUESTS[1]
 

@@ -53,6 +53,9 @@ def plan(editor: Editor, bench: Benchmark) -> Plan:
             raise UsageError(f"{name} edits, but {type(bench).__name__} has no requests: give the edit with "
                              "--data.requests FILE, or evaluate the unedited model (or a saved delta) with "
                              "--model configs/editor/unedited.yaml")
+        if bench.protocol == "sequential" and editor.edits == "sampling":
+            raise UsageError(f"{name} acts at generation time: its guide replaces, it does not accumulate, so it has no "
+                             "sequential form; use protocol per_case or fixed")
         if bench.protocol == "sequential":
             n = len(bench.requests())
             if n == 0:

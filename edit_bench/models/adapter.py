@@ -185,6 +185,7 @@ class T2IModel(nn.Module):
         self.scheduler_class = components.get("scheduler_class")  # the pipeline's own, e.g. "PNDMScheduler"
         self.force_zeros_for_empty_prompt = bool(components.get("force_zeros_for_empty_prompt", False))
         self.family = self.detect_family()
+        self.sampling = None  # a generation-time editor's guide (edit_bench.editors.guidance.Guide): None = plain CFG
         self.requires_grad_(False)
 
     # ----------------------------------------------------------------- structure
@@ -565,19 +566,29 @@ class T2IModel(nn.Module):
 
         cond = conditioning if conditioning is not None else self.condition(prompts)
         cfg = sampler.guidance != 1.0
-        both = Conditioning.cat([self.unconditional(n), cond]) if cfg else cond
+        guide = self.sampling  # a generation-time editor: its negative prompt, its extra rows, its combination
+        if guide is not None and not cfg:
+            raise UsageError(f"{guide.name} acts through classifier-free guidance, which sampler.guidance 1 turns off: "
+                             "give a guidance > 1")
+        rows = [guide.unconditional(self, n) if guide is not None else self.unconditional(n), cond]
+        rows += guide.extra_rows(self, n) if guide is not None else []
+        both = Conditioning.cat(rows) if cfg else cond
         step_kw = inspect.signature(sched.step).parameters
         extra = {}
         if "generator" in step_kw:
             extra["generator"] = gens
         if "eta" in step_kw:
             extra["eta"] = sampler.eta
-        for t in sched.timesteps:
-            x = torch.cat([latents, latents]) if cfg else latents
+        state: dict = {}  # the guide's state across steps (SLD's momentum)
+        for i, t in enumerate(sched.timesteps):
+            x = torch.cat([latents] * len(rows)) if cfg else latents
             eps = self.noise_prediction(sched.scale_model_input(x, t), t, both, size)
             if cfg:
-                eps_u, eps_c = eps.float().chunk(2)
-                eps = eps_u + sampler.guidance * (eps_c - eps_u)
+                parts = eps.float().chunk(len(rows))
+                if guide is None:
+                    eps = parts[0] + sampler.guidance * (parts[1] - parts[0])
+                else:
+                    eps = guide.combine(parts, sampler.guidance, i, state)
             latents = sched.step(eps.float(), t, latents, **extra).prev_sample
         return self.decode(latents)
 
