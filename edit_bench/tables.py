@@ -67,7 +67,10 @@ def method_name(res: dict, baseline: bool = False) -> str:
                 "esd-u": "ESD-u"}.get(params, f"ESD ({params})")
     if editor == "UCE" and args.get("debias"):
         return "UCE (debias)"
-    return {"ConceptAblation": "AC", "DiffQuickFix": "Diff-QuickFix", "MaceCFR": "MACE (CFR only)"}.get(editor, editor)
+    if editor == "SafeLatentDiffusion":  # the papers' names of SLD's four presets
+        return {"weak": "SLD-W", "medium": "SLD-M", "strong": "SLD-S", "max": "SLD-Max"}.get(args.get("preset", "medium"), "SLD")
+    return {"ConceptAblation": "AC", "DiffQuickFix": "Diff-QuickFix", "MaceCFR": "MACE (CFR only)",
+            "NegativePrompt": "SD-NP"}.get(editor, editor)
 
 
 MODEL_NAMES = {"CompVis/stable-diffusion-v1-4": "SD-1.4", "runwayml/stable-diffusion-v1-5": "SD-1.5",

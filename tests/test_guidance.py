@@ -65,3 +65,24 @@ def test_generation_time_erasers_refuse_what_they_cannot_do(tmp_path):
     ed.apply_edit([EditRequest("a banana", "")])
     with pytest.raises(UsageError, match="acts through classifier-free guidance"):
         ed.t2i.generate(["a rose"], [0], SamplerConfig(steps=2, guidance=1.0, size=32, seeds=[0]))
+
+
+def test_sld_and_sd_np_rows_are_named_as_the_papers_name_them_and_the_toy_world_runs_them(tmp_path):
+    from edit_bench.tables import load_specs, method_name
+    from helpers import run_cli
+    import json
+
+    assert method_name({"editor": "SafeLatentDiffusion", "editor_args": {"preset": "max"}}) == "SLD-Max"
+    assert method_name({"editor": "SafeLatentDiffusion", "editor_args": {"preset": "medium"}}) == "SLD-M"
+    assert method_name({"editor": "NegativePrompt", "editor_args": {}}) == "SD-NP"
+    assert load_specs()["mace_table2"]["values"]["SLD-M"][-1] == 212
+    out = tmp_path / "sld"
+    code = run_cli(["eval", "--model", "configs/editor/sld.yaml", "--model.init_args.preset", "max", "--data",
+                    "configs/benchmark/toy_objects.yaml", "--data.erase", "[star]", "--data.sampler.seeds", "[0]",
+                    "--out_dir", out])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["metrics"]["clip_acc/p/erased"]["mean"] < res["baseline"]["clip_acc/p/erased"]["mean"]  # the star fades
+    assert "weight_change" not in res and res["editor_info"]["guide"]["guidance_scale"] == 5000.0
+    assert run_cli(["fit", "--model", "configs/editor/sld.yaml", "--data", "configs/requests/nudity.yaml",
+                    "--out_dir", tmp_path / "fit"]) == 2 and not (tmp_path / "fit").exists()
