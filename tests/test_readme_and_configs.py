@@ -312,6 +312,10 @@ def test_editor_configs_build_and_edit(path):
     if args.get("debias"):  # up to 10 rounds of 64 measuring images (a minute): same code, 1 round of 2
         args["debias"] = {**args["debias"], "rounds": 1, "images": 2, "seeds": 1}
     ed = getattr(importlib.import_module(mod), name)(**args, base="tiny:sd1")
+    if ed.edits == "sampling":  # a generation-time eraser: it erases (no target) and installs a guide, no tensor
+        ed.apply_edit([EditRequest("A banana", "")])
+        assert not ed.edited_parameters() and ed.t2i.sampling is not None
+        return
     ed.apply_edit([EditRequest("A banana", "A blue banana")])
     assert bool(ed.edited_parameters()) == (ed.edits != "none")
 
