@@ -95,3 +95,41 @@ def test_every_manifest_names_configs_that_exist_and_rows_the_table_can_hold():
         if spec.get("runs"):
             _, rows = manifest(name)
             assert rows and all("--out_dir" not in a for a in rows.values()), name
+
+
+def test_every_toy_manifest_row_builds_its_editor_with_its_arguments():
+    """Each toy table row's editor, from its YAML and the row's --model.init_args overrides, resolves the tensors it
+    edits (a parameter set its recipe does not have, a bad argument: caught here rather than after a table's hours)."""
+    import importlib
+
+    from edit_bench.models import load_t2i
+    from edit_bench.table_command import manifest
+    from edit_bench.tables import load_specs
+
+    toy, seen = load_t2i("toy"), set()  # one model, shared: nothing is edited
+    for name, spec in load_specs().items():
+        if not name.startswith("toy_") or not spec.get("runs"):
+            continue
+        for row, args in manifest(name)[1].items():
+            if "--model" not in args:
+                continue
+            cfg = yaml.safe_load((ROOT / args[args.index("--model") + 1]).read_text())
+            kwargs = dict(cfg.get("init_args") or {})
+            for i, a in enumerate(args):
+                if a.startswith("--model.init_args."):
+                    v = yaml.safe_load(args[i + 1])
+                    if isinstance(v, str):  # "3e-4" is a string to YAML 1.1, a float to the CLI's typed parser
+                        try:
+                            v = float(v)
+                        except ValueError:
+                            pass
+                    kwargs[a.removeprefix("--model.init_args.")] = v
+            key = (cfg["class_path"], repr(sorted(kwargs.items())))
+            if key in seen:
+                continue
+            seen.add(key)
+            mod, _, cls = cfg["class_path"].rpartition(".")
+            editor = getattr(importlib.import_module(mod), cls)(**kwargs)
+            editor.use_model(toy)  # the rows' model, the toy world
+            editor.edited_parameters()  # resolves the row's parameter set, sites and layers
+    assert len(seen) >= 20
