@@ -86,3 +86,12 @@ def test_sld_and_sd_np_rows_are_named_as_the_papers_name_them_and_the_toy_world_
     assert "weight_change" not in res and res["editor_info"]["guide"]["guidance_scale"] == 5000.0
     assert run_cli(["fit", "--model", "configs/editor/sld.yaml", "--data", "configs/requests/nudity.yaml",
                     "--out_dir", tmp_path / "fit"]) == 2 and not (tmp_path / "fit").exists()
+
+
+def test_a_generation_time_eraser_without_guidance_is_refused_before_any_output(tmp_path, capsys):
+    from helpers import run_cli
+
+    out = tmp_path / "g1"
+    code = run_cli(["eval", "--model", "configs/editor/sd_np.yaml", "--data", "configs/benchmark/toy_objects.yaml",
+                    "--data.sampler.guidance", "1", "--out_dir", out])
+    assert code == 2 and "acts through classifier-free guidance" in capsys.readouterr().err and not out.exists()

@@ -56,6 +56,9 @@ def plan(editor: Editor, bench: Benchmark) -> Plan:
         if bench.protocol == "sequential" and editor.edits == "sampling":
             raise UsageError(f"{name} acts at generation time: its guide replaces, it does not accumulate, so it has no "
                              "sequential form; use protocol per_case or fixed")
+        if editor.edits == "sampling" and bench.sampler.guidance == 1.0:
+            raise UsageError(f"{name} acts through classifier-free guidance, which sampler.guidance 1 turns off: give "
+                             "--data.sampler.guidance > 1")
         if bench.protocol == "sequential":
             n = len(bench.requests())
             if n == 0:
