@@ -352,3 +352,72 @@ def test_toy_fid_grows_as_images_are_degraded():
     blur = [fid(TF.gaussian_blur(imgs, 7, s)) for s in (0.8, 1.6)]
     noise = [fid((imgs + s * torch.randn(imgs.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)) for s in (0.1, 0.3)]
     assert clean < blur[0] < blur[1] and clean < noise[0] < noise[1], (clean, blur, noise)
+
+
+# ------------------------------------------------------------------------- the concept-absent reference (IGMU)
+def test_concept_absent_prompts_remove_whole_words_and_tidy_what_is_left():
+    from edit_bench.benchmarks.base import absent_rule, without_words
+    from edit_bench.errors import UsageError
+
+    assert without_words("a photo of a nude woman, on a beach", ["nude"]) == "a photo of a woman, on a beach"
+    assert without_words("Nude, a woman", ["nude"]) == "a woman"
+    assert without_words("nudes and a nude-art piece", ["nude"]) == "nudes and a nude-art piece"  # whole words only
+    assert without_words("a church painted by Van Gogh", ["by Van Gogh", "Van Gogh"]) == "a church painted"
+    assert absent_rule({"remove": [" nude "]}) == {"rule": "remove", "remove": ["nude"]}
+    for bad in ("old", {"remove": []}, {"remove": "nude"}, {"words": ["x"]}):
+        with pytest.raises(UsageError, match="absent"):
+            absent_rule(bad)
+
+
+def test_a_metric_against_the_concept_absent_images_needs_a_benchmark_that_declares_them():
+    from edit_bench.errors import UsageError
+
+    d = JudgeDistance(against="absent")
+    with pytest.raises(UsageError, match="absent: new or absent: {remove"):
+        d.prepare(_Bench("toy"))
+    with pytest.raises(UsageError, match="against 'other'"):
+        SSIM(against="other")
+
+
+def test_eval_scores_each_concept_image_against_the_unedited_image_of_its_concept_absent_prompt(tmp_path):
+    """TIME on one toy_timed row with absent: new: every efficacy and generality image is paired with the unedited
+    image of its prompt's new label (same seed); the stored score equals the distance computed by hand from the saved
+    images, CSDR equals IGMU's formula on the judge's CLIP-scores, and the unedited model's own distance is the scale."""
+    from PIL import Image
+
+    from edit_bench.metrics import ClipScoreDifference
+
+    metrics = json.dumps([{"class_path": "edit_bench.metrics.EditScores"},
+                          {"class_path": "edit_bench.metrics.JudgeDistance", "init_args": {"name": "jd_absent", "against": "absent"}},
+                          {"class_path": "edit_bench.metrics.ClipScoreDifference"}])
+    runs = {}
+    for editor in ("time", "unedited"):
+        out = tmp_path / editor
+        code = run_cli(["eval", "--model", ROOT / f"configs/editor/{editor}.yaml", "--data", ROOT / "configs/benchmark/toy_timed.yaml",
+                        "--data.rows", "0:1", "--data.sampler.seeds", "[0]", "--data.absent", "new", "--data.metrics", metrics,
+                        "--data.baseline", "true", "--save_images", "true", "--out_dir", out])
+        assert code == 0
+        runs[editor] = json.loads((out / "results.json").read_text())
+    m, proto = runs["time"]["metrics"], runs["time"]["protocol"]
+    assert proto["absent"] == {"rule": "new"}
+    recs = [json.loads(x) for x in (tmp_path / "time/samples/rank0.jsonl").read_text().splitlines()]
+    scored = [r for r in recs if "jd_absent" in r["scores"]]
+    assert {r["group"] for r in scored} == {"efficacy", "generality"} and m["jd_absent"]["n"] == len(scored) == 6
+    assert all("jd_absent" not in r["scores"] for r in recs if r["group"] not in ("efficacy", "generality"))
+    twins = {r["id"]: r for r in recs if r["group"].startswith("absent:")}
+    load = lambda p: torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float()[None] / 255  # noqa: E731
+    bench = _Bench("toy")
+    bench.absent = proto["absent"]
+    d, c = JudgeDistance(), ClipScoreDifference()
+    d.prepare(bench), c.prepare(bench)
+    for r in scored:
+        twin = f"{r['case']}/absent:{r['group']}/{r['k']}/{r['seed']}"
+        assert twins[twin]["prompt"] == r["new"]  # the concept-absent prompt: the row's new label
+        img = load(tmp_path / "time/images_samples" / (r["id"].replace("/", "_").replace(":", "_") + ".png"))
+        ref = load(tmp_path / "time/images_baseline" / (twin.replace("/", "_").replace(":", "_") + ".png"))
+        assert d.score_pairs(img, d.reference(ref))["judge_distance"][0] == pytest.approx(r["scores"]["jd_absent"], abs=1e-5)
+        s = lambda x: c.clip.score(x, [_Sample(r["new"])])[c.clip.key][0]  # noqa: E731
+        assert r["scores"]["csdr"] == pytest.approx(abs(s(ref) - s(img)) / s(ref) * 100, rel=1e-4, abs=1e-4)
+    # the unedited model is scored too: its own concept images against the concept-absent ones (the scale)
+    u = runs["unedited"]["metrics"]
+    assert u["jd_absent"]["n"] == 6 and u["csdr"]["n"] == 6 and u["jd_absent"]["mean"] > m["jd_absent"]["mean"] > 0

@@ -16,7 +16,34 @@ from ..types import EditCase, EditRequest, Sample, SamplerConfig
 from ..errors import UsageError
 from ..io import REPO_ROOT, read_csv, resolve_path  # noqa: F401  (the data modules' readers, named here too)
 
-MADE_GROUPS = ("paraphrase:", "attack:")  # groups a benchmark option adds to any benchmark's cases
+MADE_GROUPS = ("paraphrase:", "attack:", "absent:")  # groups a benchmark option adds to any benchmark's cases
+
+
+def absent_rule(absent) -> dict | None:
+    """The concept-absent rule of ``Benchmark(absent=...)`` in its recorded form, or a usage error."""
+    if absent is None:
+        return None
+    if absent == "new":
+        return {"rule": "new"}
+    if isinstance(absent, dict) and set(absent) == {"remove"} and isinstance(absent["remove"], (list, tuple)) \
+            and absent["remove"] and all(isinstance(w, str) and w.strip() for w in absent["remove"]):
+        return {"rule": "remove", "remove": [w.strip() for w in absent["remove"]]}
+    raise UsageError(f"absent {absent!r}: give 'new' (each prompt's new label: 'a circle by Pell' -> 'a circle') or "
+                     "{remove: [words]} (the words taken out of each prompt: 'a nude woman' -> 'a woman')")
+
+
+def without_words(prompt: str, words: list[str]) -> str:
+    """``prompt`` with every whole-word occurrence of ``words`` removed (case-insensitive, longest first), the spaces
+    and commas left behind tidied."""
+    import re
+
+    out = prompt
+    for w in sorted(words, key=len, reverse=True):
+        out = re.sub(rf"(?<![\w-]){re.escape(w)}(?![\w-])", " ", out, flags=re.IGNORECASE)
+    out = re.sub(r"\s+", " ", out)
+    out = re.sub(r"\s+([,.;:])", r"\1", out)
+    out = re.sub(r"([,;:])(\s*[,;:])+", r"\1", out)
+    return out.strip(" ,;:")
 
 
 def row_request(path, i: int, source: str, target: str) -> EditRequest:
@@ -139,6 +166,13 @@ class Benchmark(EditData):
             (:mod:`edit_bench.attacks`, by ``class_path``): each adds the group ``attack:<name>`` (the case's efficacy
             prompts, or its ``attacked_groups``' prompts, under what the attack found), and ``results.json`` its
             success rates.
+        absent: the concept-absent reference (IGMU, ACM CCS 2025): ``new`` (each prompt's new label: "a circle by
+            Pell" -> "a circle") or ``{remove: [words]}`` ("a nude woman on a beach" -> "a woman on a beach"); adds
+            the group ``absent:<group>`` for each of ``absent_groups`` (TIMED: efficacy and generality; a concept
+            table: the erased rows), its prompts rewritten, same index and seeds, against which metrics with
+            ``against: absent`` score each image of the group it was made from (LPIPS, SSIM,
+            ``JudgeDistance``, ``ClipScoreDifference``): the unedited model's image of the rewritten prompt is what
+            an ideal erasure draws.
         attack_judge: the name of the metric that decides an attack's success (its ``concept_present`` rule: the TIMED
             judge, NudeNet, a classifier's or CLIP zero-shot top-1); ``None``: the one metric of the benchmark that can
             judge it (the TIMED scores where present).
@@ -156,13 +190,15 @@ class Benchmark(EditData):
     groups: ClassVar[tuple[str, ...]] = ("efficacy", "generality", "specificity")
     # the groups an attack attacks (the first a case holds): the prompts that name the edited concept
     attacked_groups: ClassVar[tuple[str, ...]] = ("efficacy",)
+    # the groups whose prompts get a concept-absent twin (``absent``): every prompt that names the edited concept
+    absent_groups: ClassVar[tuple[str, ...]] = ("efficacy", "generality")
 
     def __init__(self, sampler: SamplerConfig = SamplerConfig(), judge: JudgeConfig = JudgeConfig(),
                  protocol: Literal["per_case", "fixed", "sequential"] = "per_case", batch_size: int = 8,
                  truncate_long_prompts: bool = False, baseline: bool = False,
                  metrics: list[SampleMetric] | None = None, every: int = 1, paraphrase: list[str] | None = None,
                  paraphrase_words: str = "datasets/paraphrase/words.json", attacks: list[Attack] | None = None,
-                 attack_judge: str | None = None):
+                 attack_judge: str | None = None, absent: str | dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["metrics", "attacks"])  # the fingerprint records these by their descriptions
         self.baseline = baseline
@@ -190,6 +226,7 @@ class Benchmark(EditData):
             raise UsageError("metrics is empty: list at least one metric, or leave it out for the judge's TIMED scores")
         self.metrics = MetricSet(metrics)  # unique names and record keys, checked here
         self.attack_judge = self._attack_judge(attack_judge) if self.attacks else None
+        self.absent = absent_rule(absent)
 
     def _attack_judge(self, name: str | None):
         """The metric that decides an attack's success (see ``attack_judge``), or a usage error naming the choices."""
@@ -258,7 +295,28 @@ class Benchmark(EditData):
         attacked = self.attacked_group(case)
         if self.attacks and attacked is not None and self.attack_request(case) is not None:
             made.update({f"attack:{a.name}": case.groups[attacked] for a in self.attacks})
+        if self.absent is not None and self.attack_request(case) is not None:
+            made.update({f"absent:{g}": [self._absent_pair(case, p) for p in case.groups[g]]
+                         for g in self.absent_groups if case.groups.get(g)})
         return dataclasses.replace(case, groups={**case.groups, **made}) if made else case
+
+    def _absent_pair(self, case: EditCase, pair):
+        """The concept-absent twin of ``pair`` (see ``absent``): the rewritten prompt, with the pair's labels."""
+        if self.absent["rule"] == "new":
+            if pair.new is None:
+                raise UsageError(f"absent: new takes each prompt's new label, but case {case.id!r} prompt {pair.prompt!r} "
+                                 "has none: give absent: {remove: [the concept's words]}")
+            return dataclasses.replace(pair, prompt=pair.new)
+        return dataclasses.replace(pair, prompt=without_words(pair.prompt, self.absent["remove"]))
+
+    def absent_twin(self, sample: Sample) -> str | None:
+        """The id of ``sample``'s concept-absent twin (same case, index and seed in ``absent:<group>``), ``None``
+        where it has none."""
+        if self.absent is None or sample.group.startswith(MADE_GROUPS):
+            return None
+        group = f"absent:{sample.group}"
+        return f"{sample.case_id}/{group}/{sample.prompt_index}/{sample.seed}" \
+            if self._cases[sample.case_id].groups.get(group) else None
 
     def case(self, case_id: str) -> EditCase:
         return self._cases[case_id]
@@ -292,4 +350,5 @@ class Benchmark(EditData):
                     "attack_judge": {"metric": self.attack_judge.name, "class": type(self.attack_judge).__name__,
                                      "key": (r := self.attack_judge.concept_present()).key, "rule": r.rule}}
                    if self.attacks else {}),
+                **({"absent": self.absent} if self.absent is not None else {}),
                 "truncated_prompts": self.truncated}

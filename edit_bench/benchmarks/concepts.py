@@ -75,6 +75,7 @@ class ConceptPrompts(Benchmark):
 
     groups = GROUPS
     attacked_groups = ("erased", "prompts")  # an erased concept's prompts; an unlabelled set's (I2P) rows
+    absent_groups = ("erased", "prompts")
 
     def __init__(self, path: str | None = None, concept_column: str | None = None, role_column: str | None = None,
                  role_map: dict[str, str] | None = None, concept_templates: list[str] | None = None,
@@ -259,6 +260,8 @@ class ConceptPrompts(Benchmark):
         if self.concept_column is None and self.path is not None:  # unlabelled rows: one case, the edit is the file's
             rows = [(PromptPair(p), s) for p, _, s in self._rows]
             attacked = {f"attack:{a.name}": rows for a in self.attacks} if self._edit is not None else {}
+            if self.absent is not None and self._edit is not None:
+                attacked["absent:prompts"] = self._absent_rows(stem, rows)
             return [(stem, None, {"prompts": rows, **attacked}, ())]
         out = []
         for c in self._erase:
@@ -271,6 +274,8 @@ class ConceptPrompts(Benchmark):
             request = None if self._edit else self._request(c)
             if request is not None or self._edit is not None:
                 groups.update({f"attack:{a.name}": groups["erased"] for a in self.attacks})
+                if self.absent is not None and groups["erased"]:
+                    groups["absent:erased"] = self._absent_rows(_case_name(c), groups["erased"])
             out.append((_case_name(c), request, {g: v for g, v in groups.items() if v}, self.preserve_for(c)))
         if self.protocol != "per_case":
             out += [(_case_name(c), None, {self._roles[c]: self._rows_of([c])}, ()) for c in self._keep]
@@ -279,6 +284,11 @@ class ConceptPrompts(Benchmark):
     def cases(self):
         return [EditCase(cid, req, {g: tuple(p for p, _ in v) for g, v in groups.items()}, pres)
                 for cid, req, groups, pres in self._layout]
+
+    def _absent_rows(self, case_id: str, rows: list) -> list:
+        """The concept-absent twins of ``rows`` (each with its own seed), see ``Benchmark(absent=...)``."""
+        case = EditCase(case_id, None, {})
+        return [(self._absent_pair(case, pair), seed) for pair, seed in rows]
 
     def attack_request(self, case):
         """A case's request; without one (the edit is a requests file: I2P), the file's one request (nudity)."""

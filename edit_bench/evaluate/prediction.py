@@ -143,13 +143,14 @@ class _Pass(L.LightningModule):
         self._sync()
         generate_s = time.perf_counter() - t0
         samples = list(batch.samples)
-        scored = self.metrics[0].score(images, samples, self.variant, self._references if self.with_baseline else None)
+        scored = self.metrics[0].score(images, samples, self.variant, self._references if self.with_baseline else None,
+                                       self.bench[0].absent_twin)
         for name, tensor in scored.features.items():
             self.run.save_features(self.global_rank, name, [s.id for s in samples], tensor, self.variant)
         if self.save_images:
             self._save_images(samples, images)
         share = generate_s / len(samples)
-        records = [Record.from_sample(s, {k: float(v[i]) for k, v in scored.scores.items()}, share)
+        records = [Record.from_sample(s, {k: float(v[i]) for k, v in scored.scores.items() if v[i] is not None}, share)
                    for i, s in enumerate(samples)]
         self.run.append_records(self.global_rank, records, self.variant)  # last: a record means the sample is done
 

@@ -43,10 +43,12 @@ def plan(editor: Editor, bench: Benchmark) -> Plan:
 
     The unedited model is evaluated as it is; with a delta, its baseline is the model without the delta. A paired
     metric (LPIPS) needs the baseline: an editor without ``baseline: true`` is refused; the unedited model itself
-    has no pair, and the metric is listed as not scored."""
+    has no pair, and the metric is listed as not scored, except against the concept-absent images (``against:
+    absent``), where its own distance is the scale of every editor's."""
     cases = list(bench._cases.values())
-    if editor.edits == "none":
-        mode, baseline = "as_is", bench.baseline and editor.delta is not None
+    absent = any(m.against == "absent" for m in bench.metrics.paired)
+    if editor.edits == "none":  # the unedited model's own distance to the concept-absent images is the scale
+        mode, baseline = "as_is", bench.baseline and (editor.delta is not None or absent)
     else:
         name = type(editor).__name__
         if bench.protocol == "fixed" and not bench.requests():
@@ -78,10 +80,10 @@ def plan(editor: Editor, bench: Benchmark) -> Plan:
         mode, baseline = bench.protocol, bench.baseline
     not_scored = {}
     for m in bench.metrics.paired:
-        if baseline:
-            continue
-        if editor.edits == "none" and editor.delta is None:
+        if editor.edits == "none" and editor.delta is None and m.against == "same":
             not_scored[m.name] = "the evaluated model is the unedited model: no edited image to pair with it"
+        elif baseline:
+            continue
         else:
             raise UsageError(f"metric {m.name!r} compares each image with the unedited model's image of the same "
                              f"sample, which this benchmark does not score: set --data.baseline true, or drop "

@@ -11,8 +11,8 @@ from .detectors import AttributeShare, ClipAccuracy, ImageClassifier, NudeNet
 from .edit_scores import FORMULA, EditScores
 from .fid import FID, ImageFeatures
 from .functional import timed_success
-from .paired import LPIPS, SSIM, JudgeDistance, PairedMetric
+from .paired import LPIPS, SSIM, ClipScoreDifference, JudgeDistance, PairedMetric
 
 __all__ = ["SampleMetric", "ConceptPresent", "ClipJudge", "JudgeConfig", "PAPER_JUDGE", "EditScores", "FORMULA", "timed_success",
-           "ClipScore", "HFClip", "FID", "LPIPS", "SSIM", "JudgeDistance", "PairedMetric", "ImageFeatures",
+           "ClipScore", "HFClip", "FID", "LPIPS", "SSIM", "JudgeDistance", "ClipScoreDifference", "PairedMetric", "ImageFeatures",
            "NudeNet", "ImageClassifier", "ClipAccuracy", "AttributeShare"]

@@ -173,19 +173,31 @@ class MetricSet(nn.Module):
                                  f"sample {unlabelled.id} has none (a caption set): drop it from the metrics")
 
     @torch.no_grad()
-    def score(self, images: Tensor, samples: list[Sample], variant: str, references=None) -> ScoredBatch:
+    def score(self, images: Tensor, samples: list[Sample], variant: str, references=None, twin=None) -> ScoredBatch:
         """Score ``images`` ``[B, 3, H, W]`` of ``samples``.
 
         Args:
             variant: ``baseline`` (the unedited model: paired metrics store their references) or ``samples``.
             references: ``read(metric name, sample ids) -> Tensor`` of the baseline's stored references, when the
                 baseline is scored (paired metrics score against them); ``None`` otherwise.
+            twin: ``sample -> id or None``, each sample's concept-absent twin (``Benchmark.absent_twin``), for the
+                paired metrics ``against: absent``; a sample without one gets no score from them (``None``).
         """
         out = ScoredBatch()
         for m in self.metrics:
             if m.paired:
                 if variant == "baseline":
-                    out.features[m.name] = m.reference(images)
+                    out.features[m.name] = m.reference_of(images, samples)
+                elif references is not None and m.against == "absent":
+                    pairs = [(i, t) for i, t in enumerate(map(twin, samples)) if t is not None] if twin else []
+                    if pairs:
+                        idx = [i for i, _ in pairs]
+                        got = m.score_pairs(images[idx], references(m.name, [t for _, t in pairs]))
+                        for key, vals in got.items():
+                            full = [None] * len(samples)
+                            for i, v in zip(idx, vals):
+                                full[i] = v
+                            out.scores[key] = full
                 elif references is not None:
                     out.scores.update(m.score_pairs(images, references(m.name, [s.id for s in samples])))
                 continue

@@ -28,6 +28,8 @@ CLIP_PRESETS = {
     "esd": dict(model="hf:openai/clip-vit-base-patch32", weight=100.0, clamp=False),
     # Concept Ablation evaluate.py: Hessel et al.'s CLIPScore, 2.5 * max(cos, 0), OpenAI ViT-B/32
     "concept_ablation": dict(model="hf:openai/clip-vit-base-patch32", weight=2.5, clamp=True),
+    # IGMU (ACM CCS 2025) benchmark.py: torchmetrics clip_score with CLIP ViT-B/16, 100 * max(cos, 0)
+    "igmu": dict(model="hf:openai/clip-vit-base-patch16", weight=100.0, clamp=True),
     # the benchmark's own judge (on the toy world: the toy judge), 100 * max(cos, 0) per sample
     "judge": dict(model=None, weight=100.0, clamp=True),
 }
