@@ -341,7 +341,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m edit_bench report",
                                 description="Tables (markdown, CSV, ReFACT Table 1's layout) and image grids from eval runs")
     p.add_argument("runs", nargs="+", help="eval output directories (each with results.json)")
-    p.add_argument("--out", required=True, help="where to write table.md, table.csv, refact_table1.md, grid.png")
+    p.add_argument("--out", help="where to write table.md, table.csv, refact_table1.md, grid.png (required without --html)")
+    p.add_argument("--html", metavar="PAGE.html", help="also (or only, without --out) write one self-contained page: the "
+                                                      "table, every case's images side by side, the plots, the provenance")
+    p.add_argument("--html-prompts", type=int, default=2, metavar="K",
+                   help="--html: the first K prompts of each case and group, first seed (0 = every prompt and seed)")
+    p.add_argument("--html-thumb", type=int, default=128, metavar="PX", help="--html: the images' longest side")
     p.add_argument("--grid", type=int, default=0, help="rows (prompts) of an image grid; 0 = no grid")
     p.add_argument("--no-regenerate", action="store_true", help="use stored images only (eval --save_images true)")
     p.add_argument("--table", help="also lay the runs out as a published table, ours beside the paper's (e.g. "
@@ -354,18 +359,38 @@ def main(argv=None) -> None:
                                                                      "Lightning logger (its package installed)")
     p.add_argument("--logger_dir", default=None, help="the logger's save_dir (default: --out)")
     a = p.parse_args(argv)
+    if a.out is None and a.html is None:
+        p.error("give --out DIR (tables, grid) or --html PAGE.html (one page), or both")
+    if a.html_prompts < 0 or a.html_thumb < 16:
+        p.error("--html-prompts must be >= 0 (0 = all) and --html-thumb >= 16")
+    if a.logger and a.out is None:
+        p.error("--logger sends the tables of --out: give --out DIR")
     if a.logger:
         from .loggers import check_logger_args
 
         check_logger_args(["--trainer.logger", GRID_LOGGERS[a.logger]])
     runs = [load_run(r) for r in a.runs]
     check_comparable(runs)
+    if a.html:
+        from .report_html import check_html_inputs
+
+        check_html_inputs(runs, a.html)
     table = None
     if a.table:
         from .tables import render
 
         table = render(a.table, runs, a.published, a.allow_deviations)  # checked before anything is written
+    page = None
+    if a.html:  # made whole in memory first: a refusal (no images) leaves nothing written
+        from .report_html import build_page
+
+        page = build_page(runs, table, a.html_prompts, a.html_thumb, regenerate=not a.no_regenerate)
     rows = table_rows(runs)
+    if a.out is None:
+        write_atomic(a.html, page)
+        print(table if table is not None else markdown_table(rows))
+        print(f"edit_bench report: {a.html} ({len(page) / 1e6:.2f} MB)")
+        return
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "table.md", markdown_table(rows))
@@ -382,8 +407,12 @@ def main(argv=None) -> None:
         written.append("grid.png")
     if a.logger:
         written.append(log_report(a.logger, a.logger_dir or str(out), markdown_table(rows), out / "grid.png" if a.grid else None))
+    shown = [str(out / w) for w in written]
+    if page is not None:
+        write_atomic(a.html, page)
+        shown.append(f"{a.html} ({len(page) / 1e6:.2f} MB)")
     print(table if table is not None else markdown_table(rows))
-    print("edit_bench report: " + ", ".join(str(out / w) for w in written))
+    print("edit_bench report: " + ", ".join(shown))
 
 
 GRID_LOGGERS = {"tensorboard": "TensorBoardLogger", "wandb": "WandbLogger", "mlflow": "MLFlowLogger"}

@@ -85,3 +85,93 @@ def test_report_puts_the_unedited_model_beside_an_edit_and_pairs_quality_runs_by
     other["editor_args"] = {**other["editor_args"], "lam": 12345.0}  # another UCE: its FID is not this UCE's
     t1 = refact_table(table_rows([load_run(toy_runs["uce"]), other]))
     assert next(line for line in t1.splitlines() if "| UCE" in line).endswith("| — | — |")
+
+
+# ------------------------------------------------------------------------------------------ report --html
+def test_report_html_bad_input_is_one_line_and_writes_nothing(toy_runs, tmp_path, capsys):
+    page, out = tmp_path / "page.html", tmp_path / "out"
+    assert run_cli(["report", toy_runs["time"], toy_runs["uce_q"], "--html", page]) == 2
+    assert "the runs are of 2 benchmarks (toy_captions, toy_timed): one page compares runs of one benchmark" in capsys.readouterr().err
+    assert run_cli(["report", toy_runs["time"], toy_runs["uce"], "--html", page, "--out", out, "--no-regenerate"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "saved no images of" in err.splitlines()[0] and "drop --no-regenerate" in err.splitlines()[0]
+    assert not page.exists() and not out.exists()  # refused before the tables were written too
+    page.write_text("mine")
+    assert run_cli(["report", toy_runs["time"], "--html", page]) == 2
+    assert f"{page} exists: give a new path" in capsys.readouterr().err and page.read_text() == "mine"
+    assert run_cli(["report", toy_runs["time"], "--html", tmp_path / "page.txt"]) == 2
+    assert run_cli(["report", toy_runs["time"]]) == 2  # neither --out nor --html
+
+
+def _browser():
+    """A headless Chromium driven by Selenium, or a skip that says how to get them."""
+    import shutil
+
+    how = ("the page tests open the page in a real browser: install Chromium and its driver from the distribution "
+           "(Debian/Ubuntu: apt-get install chromium chromium-driver) and pip install -e \".[dev]\" (selenium)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip(how)
+    binary = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    driver = shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.skip(how)
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        opts.add_argument(a)
+    opts.binary_location = binary
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def test_report_html_page_in_a_real_browser(toy_runs, tmp_path):
+    """The page of TIME (stored images), UCE (images drawn again) and the unedited model, opened from disk in headless
+    Chromium: every image loads and carries its prompt, seed and verdict; sorting and filtering change what is shown;
+    the table's numbers are results.json's; it stays usable at a phone's width."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    page = tmp_path / "page.html"
+    assert run_cli(["report", toy_runs["time"], toy_runs["uce"], toy_runs["unedited"], "--html", page,
+                    "--html-prompts", "0"]) == 0
+    html_text = page.read_text()
+    assert "http://" not in html_text.replace("http://www.w3.org", "") and "https://" not in html_text  # no network
+    res = {k: json.loads((toy_runs[k] / "results.json").read_text()) for k in ("time", "uce", "unedited")}
+    d = _browser()
+    try:
+        d.get(page.as_uri())
+        run = lambda js, *a: d.execute_script(js, *a)  # noqa: E731
+        # every record of the three runs is on the page: 1 row x 11 prompts x 1 seed, paged 40 at a time
+        assert run("return JSON.parse(document.getElementById('data').textContent).strips.length") == 11
+        imgs = d.find_elements(By.CSS_SELECTOR, "#strips img")
+        assert len(imgs) == 11 * 4  # unedited, TIME, UCE, the unedited run
+        assert all(run("return arguments[0].complete && arguments[0].naturalWidth > 0", i) for i in imgs)
+        rec = json.loads((toy_runs["time"] / "samples/rank0.jsonl").read_text().splitlines()[0])
+        alt = imgs[1].get_attribute("alt")
+        assert rec["prompt"] in alt and f"seed {rec['seed']}" in alt and ("edit holds" in alt or "edit fails" in alt)
+        # the table holds results.json's numbers
+        cells = run("return [...document.querySelectorAll('#results tbody tr')].map(r => [r.children[0].textContent, "
+                    "[...r.children].map(c => c.dataset.value)])")
+        heads = run("return [...document.querySelectorAll('#results thead th')].map(h => h.textContent)")
+        col = heads.index("specificity")
+        by = {name.split(" ")[0]: vals for name, vals in cells}
+        assert float(by["TIME"][col]) == res["time"]["metrics"]["specificity"]["mean"]
+        assert float(by["UCE"][col]) == res["uce"]["metrics"]["specificity"]["mean"]
+        # sorting by a column orders the rows by it, both ways
+        order = lambda: [float(v[col]) for _, v in run(  # noqa: E731
+            "return [...document.querySelectorAll('#results tbody tr')].map(r => [0, [...r.children].map(c => c.dataset.value)])")]
+        button = d.find_elements(By.CSS_SELECTOR, "#results thead button")[col]
+        button.click()
+        assert order() == sorted(order())
+        button.click()
+        assert order() == sorted(order(), reverse=True)
+        # filtering by group shows that group's strips only
+        Select(d.find_element(By.ID, "group")).select_by_value("specificity")
+        groups = {s.get_attribute("data-group") for s in d.find_elements(By.CSS_SELECTOR, "#strips .strip")}
+        assert groups == {"specificity"} and len(d.find_elements(By.CSS_SELECTOR, "#strips .strip")) == 5
+        # a phone's width: nothing wider than the screen but the table's own scroll box
+        d.set_window_size(390, 844)
+        assert run("return document.documentElement.scrollWidth") <= 390 + 1
+    finally:
+        d.quit()
