@@ -347,6 +347,8 @@ def main(argv=None) -> None:
     p.add_argument("--html-prompts", type=int, default=2, metavar="K",
                    help="--html: the first K prompts of each case and group, first seed (0 = every prompt and seed)")
     p.add_argument("--html-thumb", type=int, default=128, metavar="PX", help="--html: the images' longest side")
+    p.add_argument("--html-images", choices=("auto", "embed", "folder"), default="auto",
+                   help="--html: images inside the page, or files in PAGE_files/ beside it (auto: embedded up to 2,000)")
     p.add_argument("--grid", type=int, default=0, help="rows (prompts) of an image grid; 0 = no grid")
     p.add_argument("--no-regenerate", action="store_true", help="use stored images only (eval --save_images true)")
     p.add_argument("--table", help="also lay the runs out as a published table, ours beside the paper's (e.g. "
@@ -384,10 +386,12 @@ def main(argv=None) -> None:
     if a.html:  # made whole in memory first: a refusal (no images) leaves nothing written
         from .report_html import build_page
 
-        page = build_page(runs, table, a.html_prompts, a.html_thumb, regenerate=not a.no_regenerate)
+        page, page_files = build_page(runs, table, a.html_prompts, a.html_thumb, not a.no_regenerate, a.html, a.html_images)
     rows = table_rows(runs)
     if a.out is None:
-        write_atomic(a.html, page)
+        from .report_html import write_page
+
+        write_page(a.html, page, page_files)
         print(table if table is not None else markdown_table(rows))
         print(f"edit_bench report: {a.html} ({len(page) / 1e6:.2f} MB)")
         return
@@ -409,7 +413,9 @@ def main(argv=None) -> None:
         written.append(log_report(a.logger, a.logger_dir or str(out), markdown_table(rows), out / "grid.png" if a.grid else None))
     shown = [str(out / w) for w in written]
     if page is not None:
-        write_atomic(a.html, page)
+        from .report_html import write_page
+
+        write_page(a.html, page, page_files)
         shown.append(f"{a.html} ({len(page) / 1e6:.2f} MB)")
     print(table if table is not None else markdown_table(rows))
     print("edit_bench report: " + ", ".join(shown))

@@ -13,10 +13,11 @@ What the page holds:
 - every run's provenance and protocol, one click away (``<details>``).
 
 Images: the runs' stored PNGs (``eval --save_images true``), else drawn again from each run's config (as ``--grid``
-does); ``--no-regenerate`` refuses a run without them. Each image is embedded as a PNG thumbnail (longest side
-``thumb`` px, 128 by default; a toy image of 32 px stays as it is). A large table is made usable by its sample choice
-and its paging: ``prompts`` prompts per case and group (the first seed of each; 0 = every prompt and seed) go in the
-page, and the page shows ``PAGE_SIZE`` strips at a time, so the browser only decodes the images on screen.
+does); ``--no-regenerate`` refuses a run without them. Each image becomes a thumbnail (longest side ``thumb`` px, 128
+by default; PNG up to 64 px, so a toy image of 32 px stays exact; JPEG above), embedded in the page up to
+``EMBED_LIMIT`` images and written to ``PAGE_files/`` beside it beyond (a browser holds neither a 500 MB page nor its
+JSON). A large table is made usable by its sample choice and its paging: ``prompts`` prompts per case and group (the
+first seed of each; 0 = every prompt and seed) go in the page, and it shows ``PAGE_SIZE`` strips at a time.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def check_html_inputs(runs: list[dict], page: str | Path) -> None:
     page = Path(page)
     if page.exists():
         raise UsageError(f"{page} exists: give a new path for the page (report never overwrites one)")
+    if folder_of(page).exists():
+        raise UsageError(f"{folder_of(page)} exists (where the page would put its images): give a new path for the page")
     if page.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--html {page}: the page's name must end in .html")
     data = sorted({r["_data"] for r in runs})
@@ -84,8 +87,9 @@ def verdict(scores: dict) -> str:
     return "no verdict (no judge scores this group)"
 
 
-def _thumb(img, size: int) -> str:
-    """A ``[3, H, W]`` image in [0, 1] as a PNG data URI, its longest side at most ``size``."""
+def _thumb(img, size: int) -> tuple[bytes, str]:
+    """A ``[3, H, W]`` image in [0, 1] as a thumbnail file's bytes and type, its longest side at most ``size``: PNG
+    up to 64 px (exact pixels: the toy world's images), JPEG (quality 85) above."""
     from PIL import Image
 
     arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
@@ -93,8 +97,15 @@ def _thumb(img, size: int) -> str:
     if max(im.size) > size:
         im.thumbnail((size, size), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    kind = "png" if max(im.size) <= 64 else "jpeg"
+    im.save(buf, format=kind.upper(), **({"optimize": True} if kind == "png" else {"quality": 85}))
+    return buf.getvalue(), kind
+
+
+def folder_of(page: str | Path) -> Path:
+    """The folder beside ``page`` that holds its images when they are not embedded: ``PAGE_files/``."""
+    page = Path(page)
+    return page.with_name(page.stem + "_files")
 
 
 def _images(r: dict, variant: str, ids: list[str], regenerate: bool) -> dict:
@@ -199,9 +210,13 @@ def _md_table_html(md: str) -> str:
     return "\n".join(out)
 
 
+EMBED_LIMIT = 2000  # images embedded in the page (base64) up to this many; beyond, files in PAGE_files/
+
+
 def build_page(runs: list[dict], published_md: str | None = None, prompts: int = 2, thumb: int = 128,
-               regenerate: bool = True) -> str:
-    """The page's HTML (see the module docstring)."""
+               regenerate: bool = True, page: str | Path = "page.html", images: str = "auto") -> tuple[str, dict]:
+    """The page's HTML and the image files to write beside it (``{name: bytes}`` in ``PAGE_files/``; none when the
+    images are embedded): ``images`` ``embed``, ``folder``, or ``auto`` (embedded up to ``EMBED_LIMIT`` images)."""
     from .report import _label, table_rows
     from .rundir import RunDir
 
@@ -230,6 +245,18 @@ def build_page(runs: list[dict], published_md: str | None = None, prompts: int =
                                                             "init_args": {"base": r0["_config"]["model"]["init_args"].get("base", "toy")}}}}
         unedited, unedited_records = _regenerate(spec, chosen, "baseline"), {}
     columns = ["unedited"] + [_label(r) for r in runs]
+    count = len(chosen) * len(columns)
+    folder = images == "folder" or (images == "auto" and count > EMBED_LIMIT)
+    files: dict[str, bytes] = {}
+
+    def source(img) -> str:
+        data, kind = _thumb(img, thumb)
+        if not folder:
+            return f"data:image/{kind};base64," + base64.b64encode(data).decode()
+        name = f"{len(files):06d}.{'png' if kind == 'png' else 'jpg'}"
+        files[name] = data
+        return f"{folder_of(Path(page)).name}/{name}"
+
     strips = []
     for sid in chosen:
         rec = records[0][sid]
@@ -239,7 +266,7 @@ def build_page(runs: list[dict], published_md: str | None = None, prompts: int =
             img = imgs.get(sid)
             r = recs.get(sid)
             v = verdict(r.scores) if r is not None else "not scored"
-            cells.append({"column": label, "src": _thumb(img, thumb) if img is not None else None, "verdict": v,
+            cells.append({"column": label, "src": source(img) if img is not None else None, "verdict": v,
                           "alt": f"{label}: {rec.prompt} (seed {rec.seed}) - {v}"})
         strips.append({"id": sid, "case": rec.case, "group": rec.group, "prompt": rec.prompt, "seed": rec.seed,
                        "cells": cells})
@@ -249,7 +276,27 @@ def build_page(runs: list[dict], published_md: str | None = None, prompts: int =
             "runs": [{"dir": r["_dir"], "label": _label(r), "editor": r["editor"], "model": r["model"],
                       "metrics": r["metrics"], "baseline": r.get("baseline"), "attacks": r.get("attacks"),
                       "curve": r.get("curve")} for r in runs]}
-    return _render(runs, rows, names, data, _plots(runs), published_md)
+    return _render(runs, rows, names, data, _plots(runs), published_md), files
+
+
+def write_page(page: str | Path, text: str, files: dict[str, bytes]) -> None:
+    """The page's image folder (written whole under a temporary name, then renamed), then the page itself."""
+    import shutil
+    import tempfile
+
+    from .io import write_atomic
+
+    page = Path(page)
+    if files:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder_of(page).name}.", dir=page.parent))
+        try:
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
+            tmp.rename(folder_of(page))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    write_atomic(page, text)
 
 
 def _cell(m: dict | None) -> str:
@@ -350,7 +397,7 @@ every number is read from the runs' <code>results.json</code>.</p></header>
       const cells = el("div", {{className: "cells"}});
       for (const c of s.cells) {{
         const f = el("figure", {{className: "cell"}});
-        if (c.src) f.append(el("img", {{src: c.src, alt: c.alt}}));
+        if (c.src) f.append(el("img", {{src: c.src, alt: c.alt, loading: "lazy"}}));
         else f.append(el("p", {{}}, "no image"));
         const cap = el("figcaption");
         cap.append(el("div", {{}}, c.column));

@@ -116,6 +116,8 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch, half):
             written = ["table.md", "table.csv", "refact_table1.md"] + (["grid.png"] if "--grid" in args else []) \
                 + ([args[args.index("--table") + 1] + ".md"] if "--table" in args else [])
             assert all((out / f).is_file() for f in written), cmd
+            if "--html" in args:
+                assert (tmp_path / args[args.index("--html") + 1]).read_text().startswith("<!DOCTYPE html>"), cmd
             continue
         if args[0] == "table":
             if "--dry-run" not in args:  # seven rows of five shapes x 4 seeds: same code, the first row, one shape, one seed

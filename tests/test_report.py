@@ -100,6 +100,9 @@ def test_report_html_bad_input_is_one_line_and_writes_nothing(toy_runs, tmp_path
     assert run_cli(["report", toy_runs["time"], "--html", page]) == 2
     assert f"{page} exists: give a new path" in capsys.readouterr().err and page.read_text() == "mine"
     assert run_cli(["report", toy_runs["time"], "--html", tmp_path / "page.txt"]) == 2
+    (tmp_path / "other_files").mkdir()  # where a page "other.html" would put its images
+    assert run_cli(["report", toy_runs["time"], "--html", tmp_path / "other.html"]) == 2
+    assert "other_files exists" in capsys.readouterr().err and not (tmp_path / "other.html").exists()
     assert run_cli(["report", toy_runs["time"]]) == 2  # neither --out nor --html
 
 
@@ -142,11 +145,18 @@ def test_report_html_page_in_a_real_browser(toy_runs, tmp_path):
     try:
         d.get(page.as_uri())
         run = lambda js, *a: d.execute_script(js, *a)  # noqa: E731
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        def loaded(img):  # images load lazily: each as it comes on screen
+            run("arguments[0].scrollIntoView()", img)
+            WebDriverWait(d, 10).until(lambda _: run("return arguments[0].complete && arguments[0].naturalWidth > 0", img))
+            return True
+
         # every record of the three runs is on the page: 1 row x 11 prompts x 1 seed, paged 40 at a time
         assert run("return JSON.parse(document.getElementById('data').textContent).strips.length") == 11
         imgs = d.find_elements(By.CSS_SELECTOR, "#strips img")
         assert len(imgs) == 11 * 4  # unedited, TIME, UCE, the unedited run
-        assert all(run("return arguments[0].complete && arguments[0].naturalWidth > 0", i) for i in imgs)
+        assert all(loaded(i) for i in imgs)
         rec = json.loads((toy_runs["time"] / "samples/rank0.jsonl").read_text().splitlines()[0])
         alt = imgs[1].get_attribute("alt")
         assert rec["prompt"] in alt and f"seed {rec['seed']}" in alt and ("edit holds" in alt or "edit fails" in alt)
@@ -173,5 +183,14 @@ def test_report_html_page_in_a_real_browser(toy_runs, tmp_path):
         # a phone's width: nothing wider than the screen but the table's own scroll box
         d.set_window_size(390, 844)
         assert run("return document.documentElement.scrollWidth") <= 390 + 1
+        # a large run's form: the images as files in PAGE_files/ beside the page, loaded from there
+        big = tmp_path / "big.html"
+        assert run_cli(["report", toy_runs["time"], toy_runs["unedited"], "--html", big, "--html-images", "folder"]) == 0
+        files = sorted((tmp_path / "big_files").iterdir())
+        assert files and "base64" not in big.read_text()
+        d.set_window_size(1280, 1000)
+        d.get(big.as_uri())
+        imgs = d.find_elements(By.CSS_SELECTOR, "#strips img")
+        assert len(imgs) == len(files) and all(loaded(i) for i in imgs)
     finally:
         d.quit()
