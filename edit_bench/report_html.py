@@ -350,6 +350,7 @@ th[aria-sort=descending] button::after {{ content: " ▼ (descending)"; }}
 .strip h4 {{ margin: 0 0 0.3em; font-size: 14px; }}
 .cells {{ display: flex; flex-wrap: wrap; gap: 0.5em; }}
 figure.cell {{ margin: 0; width: 140px; font-size: 12px; }}
+figure.cell figcaption {{ overflow-wrap: anywhere; }}
 figure.cell img {{ width: 128px; height: auto; image-rendering: pixelated; border: 1px solid #777; }}
 .verdict {{ font-style: italic; }}
 figure svg {{ max-width: 100%; height: auto; }}
