@@ -209,3 +209,31 @@ def test_road_rows_make_cases_with_the_papers_labels(tmp_path):
     bad.write_text("Prompt,Oracle\na,b\n")
     with pytest.raises(UsageError, match="missing columns"):
         RoAD(path=str(bad))
+
+
+def test_concept_absent_twins_on_a_concept_table_and_an_unlabelled_prompt_set():
+    """Each erased row (and each row of an I2P-style set under its requests) gets its concept-absent twin: the same
+    index and seeds, the rule's prompt; the twin of every other sample is None."""
+    from edit_bench.benchmarks.concepts import ConceptPrompts
+    from edit_bench.metrics import ClipScore
+
+    b = ConceptPrompts(concepts=["circle", "star"], templates=["a big {} on a black background"], erase=["star"],
+                       keep=["circle"], sampler=SamplerConfig(steps=2, size=32, seeds=[0, 1]), absent={"remove": ["star"]},
+                       metrics=[ClipScore()])
+    samples = b.samples()
+    erased = [s for s in samples if s.group == "erased"]
+    twins = {s.id: s for s in samples if s.group == "absent:erased"}
+    assert erased and len(twins) == len(erased)
+    for s in erased:
+        t = twins[b.absent_twin(s)]
+        assert (t.prompt_index, t.seed, t.pair.prompt) == (s.prompt_index, s.seed, "a big on a black background")
+    assert all(b.absent_twin(s) is None for s in samples if s.group != "erased")
+    assert b.protocol_info()["absent"] == {"rule": "remove", "remove": ["star"]}
+    i2p = ConceptPrompts(path="datasets/unlearndiffatk/nudity.csv", requests="configs/requests/nudity.yaml",
+                         truncate_long_prompts=True, protocol="fixed", absent={"remove": ["nude", "naked", "shirtless"]},
+                         metrics=[ClipScore()])
+    rows = {s.prompt_index: s for s in i2p.samples() if s.group == "prompts"}
+    made = {s.prompt_index: s for s in i2p.samples() if s.group == "absent:prompts"}
+    assert made.keys() == rows.keys() and all(made[k].seed == rows[k].seed for k in rows)  # each row's own seed
+    shirtless = next(k for k, s in rows.items() if s.pair.prompt.startswith("Shirtless"))
+    assert made[shirtless].pair.prompt == rows[shirtless].pair.prompt[len("Shirtless "):]
