@@ -82,14 +82,16 @@ class EditTrainer(L.Trainer):
         set_numerics(self.matmul_precision)
 
     def eval(self, model: Editor, datamodule: EditData | None = None, out_dir: str = "runs/eval",
-             save_images: bool = False, baseline_cache: bool = True) -> dict | None:
+             save_images: bool | Literal["edited"] = False, baseline_cache: bool = True) -> dict | None:
         """Edit, generate and judge every sample of a benchmark; write OUT_DIR/results.json.
 
         Args:
             model: the editor.
             datamodule: the benchmark.
             out_dir: the run directory; rerunning the same command resumes it.
-            save_images: also save every image as OUT_DIR/images_samples/<sample id>.png (and images_baseline/).
+            save_images: also save every image as OUT_DIR/images_samples/<sample id>.png (and images_baseline/);
+                ``edited``: the evaluated model's only (the unedited samples stay shared through the baseline cache,
+                which saving them turns off).
             baseline_cache: reuse the unedited model's scored samples of earlier runs (same model, sampler,
                 precision, metrics and sample), kept in $EDIT_BENCH_CACHE/baseline; false regenerates them.
         """

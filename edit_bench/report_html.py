@@ -108,12 +108,15 @@ def folder_of(page: str | Path) -> Path:
     return page.with_name(page.stem + "_files")
 
 
-def _images(r: dict, variant: str, ids: list[str], regenerate: bool) -> dict:
-    """``{sample id: image}`` of one run's variant: stored, or drawn again; ``None`` for a sample it never drew."""
-    from .report import _regenerate, _stored_image
+def _images(r: dict, variant: str, ids: list[str], regenerate: bool, allow_missing: bool = False) -> dict:
+    """``{sample id: image}`` of one run's variant: stored, or drawn again; ``None`` for a sample it never drew (and,
+    with ``allow_missing``, for one it did not store)."""
+    from .report_runs import _regenerate, _stored_image
 
     stored = {sid: _stored_image(r["_dir"], variant, sid) for sid in ids}
     missing = [sid for sid, v in stored.items() if v is None]
+    if missing and allow_missing:
+        return stored
     if missing:
         if not regenerate:
             raise UsageError(f"{r['_dir']} saved no images of {len(missing)} sample(s) (eval --save_images true); drop "
@@ -139,7 +142,7 @@ def _plots(runs: list[dict]) -> list[dict]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _label
+    from .report_runs import _label
 
     out = []
     curves = [(r, r["curve"]) for r in runs if r.get("curve")]
@@ -214,10 +217,13 @@ EMBED_LIMIT = 2000  # images embedded in the page (base64) up to this many; beyo
 
 
 def build_page(runs: list[dict], published_md: str | None = None, prompts: int = 2, thumb: int = 128,
-               regenerate: bool = True, page: str | Path = "page.html", images: str = "auto") -> tuple[str, dict]:
+               regenerate: bool = True, page: str | Path = "page.html", images: str = "auto",
+               allow_missing: bool = False) -> tuple[str, dict]:
     """The page's HTML and the image files to write beside it (``{name: bytes}`` in ``PAGE_files/``; none when the
-    images are embedded): ``images`` ``embed``, ``folder``, or ``auto`` (embedded up to ``EMBED_LIMIT`` images)."""
-    from .report import _label, table_rows
+    images are embedded): ``images`` ``embed``, ``folder``, or ``auto`` (embedded up to ``EMBED_LIMIT`` images).
+    ``allow_missing``: an image a run did not store is shown as missing instead of drawn again or refused (the
+    ``table`` command's page, whose rows store their images)."""
+    from .report_runs import _label, table_rows
     from .rundir import RunDir
 
     records = [RunDir(r["_dir"], "eval", {}).load_records("samples") for r in runs]
@@ -227,23 +233,30 @@ def build_page(runs: list[dict], published_md: str | None = None, prompts: int =
     if not common:
         raise UsageError("the runs share no sample: a page compares runs of the same benchmark and seeds")
     chosen = choose_samples(common, prompts)
-    base_run = next((i for i, r in enumerate(runs) if r.get("baseline")), None)
+    with_baseline = [i for i, r in enumerate(runs) if r.get("baseline")]
+    if allow_missing and with_baseline:  # the run that drew (and stored) the unedited images; later ones read the cache
+        from .report_runs import _stored_image
+
+        with_baseline.sort(key=lambda i: -sum(_stored_image(runs[i]["_dir"], "baseline", sid) is not None for sid in chosen[:8]))
+    base_run = with_baseline[0] if with_baseline else None
     base_records = RunDir(runs[base_run]["_dir"], "eval", {}).load_records("baseline") if base_run is not None else {}
     # every run's images first (a refusal comes before any thumbnail is made)
-    edited = [_images(r, "samples", chosen, regenerate) for r in runs]
+    edited = [_images(r, "samples", chosen, regenerate, allow_missing) for r in runs]
+    unedited, unedited_records = {}, {}
     if base_run is not None:
         with_base = [sid for sid in chosen if sid in base_records]
-        unedited = _images(runs[base_run], "baseline", with_base, regenerate)
+        unedited = _images(runs[base_run], "baseline", with_base, regenerate, allow_missing)
         unedited_records = base_records
-    else:  # no run scored its baseline: the unedited model, drawn again from the first run's config
-        from .report import _regenerate
+    if not any(v is not None for v in unedited.values()):
+        # no stored unedited image: the unedited model, drawn again from the first run's config (no edit to redo)
+        from .report_runs import _regenerate
 
-        if not regenerate:
-            raise UsageError("no run scored the unedited model (baseline: true) and --no-regenerate forbids drawing it")
+        if not regenerate and not allow_missing:
+            raise UsageError("no run stored the unedited model's images and --no-regenerate forbids drawing them")
         r0 = runs[0]
         spec = {**r0, "_config": {**r0["_config"], "model": {"class_path": "edit_bench.editors.unedited.Unedited",
                                                             "init_args": {"base": r0["_config"]["model"]["init_args"].get("base", "toy")}}}}
-        unedited, unedited_records = _regenerate(spec, chosen, "baseline"), {}
+        unedited = _regenerate(spec, chosen, "baseline")
     columns = ["unedited"] + [_label(r) for r in runs]
     count = len(chosen) * len(columns)
     folder = images == "folder" or (images == "auto" and count > EMBED_LIMIT)

@@ -116,8 +116,9 @@ def _executor(launcher: str, folder: Path, slurm: dict):
 
 def run_table(name: str, out: str | Path, rows: list[str] | None = None, launcher: str = "local", extra: list[str] = (),
               dry_run: bool = False, allow_deviations: bool = False, published: str | None = None,
-              slurm: dict | None = None) -> dict:
-    """Run the selected rows of table ``name`` into ``out`` and render the table; returns the rows' states."""
+              slurm: dict | None = None, html: bool = False) -> dict:
+    """Run the selected rows of table ``name`` into ``out`` and render the table; returns the rows' states. ``html``:
+    every row also stores its images, and ``out/NAME.html`` is the comparison page of the finished rows."""
     if launcher not in LAUNCHERS:
         raise UsageError(f"unknown launcher {launcher!r}: use one of {', '.join(LAUNCHERS)}")
     spec, manifest_rows = manifest(name, published)
@@ -126,7 +127,8 @@ def run_table(name: str, out: str | Path, rows: list[str] | None = None, launche
     if unknown:
         raise UsageError(f"table {name!r} has no row {unknown[0]!r}: its rows are {', '.join(manifest_rows)}")
     out = Path(out)
-    cmds = {r: _command(manifest_rows[r], out / _slug(r), list(extra)) for r in chosen}
+    extra = list(extra) + (["--save_images", "edited"] if html else [])  # the baseline stays shared through the cache
+    cmds = {r: _command(manifest_rows[r], out / _slug(r), extra) for r in chosen}
     if dry_run:
         for r, c in cmds.items():
             print(f"# {r}\n{shlex.join(c)}")
@@ -138,7 +140,7 @@ def run_table(name: str, out: str | Path, rows: list[str] | None = None, launche
     lock = out / TABLE_LOCK  # one table command per folder: a second one would run the same rows twice
     me = take_lock(lock, shlex.join(["python", "-m", "edit_bench", "table", name, "--out", str(out)]), f"--out {out}", "--out")
     try:
-        return _run_rows(name, out, chosen, cmds, states_of(out), executor, launcher, published, allow_deviations)
+        return _run_rows(name, out, chosen, cmds, states_of(out), executor, launcher, published, allow_deviations, html)
     finally:
         release_lock(lock, me)
 
@@ -152,7 +154,7 @@ def states_of(out: Path) -> dict:
     return json.loads(state_file.read_text())["rows"] if state_file.is_file() else {}
 
 
-def _run_rows(name, out, chosen, cmds, states, executor, launcher, published, allow_deviations) -> dict:
+def _run_rows(name, out, chosen, cmds, states, executor, launcher, published, allow_deviations, html=False) -> dict:
     """Run the pending rows (done ones are skipped), keeping ``out/table.json`` current; then render the table."""
     state_file = out / "table.json"
 
@@ -211,7 +213,25 @@ def _run_rows(name, out, chosen, cmds, states, executor, launcher, published, al
                 f"{r} ({states[r]['state']}, see {states[r]['log']})" for r in missing) + "\n"
         write_atomic(out / f"{name}.md", text)
         print(text)
+        if html:
+            _page(out, name, [load_run(states[r]["dir"]) for r in finished], text)
     return {r: states[r] for r in chosen}
+
+
+def _page(out: Path, name: str, runs: list[dict], text: str) -> None:
+    """``out/NAME.html``: the comparison page of the finished rows beside the paper's table, from the edited images the
+    rows stored (a row run before ``--html`` shows its images as missing) and the unedited model's drawn again (no
+    edit: a generation pass over the page's samples); rewritten at every table command."""
+    import shutil
+
+    from .report_html import build_page, folder_of, write_page
+
+    page = out / f"{name}.html"
+    html, files = build_page(runs, text, page=page, regenerate=False, allow_missing=True)
+    page.unlink(missing_ok=True)
+    shutil.rmtree(folder_of(page), ignore_errors=True)
+    write_page(page, html, files)
+    print(f"edit_bench table: {page} ({len(html) / 1e6:.2f} MB{f', {len(files)} images in {folder_of(page)}' if files else ''})")
 
 
 def _show(name: str, states: dict, chosen: list[str]) -> None:
@@ -228,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--allow-deviations", action="store_true", help="print rows whose protocol departs from the paper's "
                                                                    "with each deviation named (see report --table)")
     p.add_argument("--published", help="a published-values file instead of the shipped ones")
+    p.add_argument("--html", action="store_true", help="every row stores its images, and OUT/NAME.html is the comparison "
+                                                       "page of the finished rows beside the paper's table")
     for k, help_ in (("partition", "SLURM partition"), ("gpus_per_node", "GPUs per job (set --trainer.devices to match "
                      "after --)"), ("timeout_min", "each job's time limit in minutes"), ("cpus_per_task", "CPUs per job"),
                      ("mem_gb", "memory per job")):
@@ -238,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     slurm = {"slurm_partition": a.slurm_partition, "gpus_per_node": a.slurm_gpus_per_node, "timeout_min": a.slurm_timeout_min,
              "cpus_per_task": a.slurm_cpus_per_task, "mem_gb": a.slurm_mem_gb}
     states = run_table(a.name, a.out, [r.strip() for r in a.rows.split(",")] if a.rows else None, a.launcher, extra,
-                       a.dry_run, a.allow_deviations, a.published, slurm)
+                       a.dry_run, a.allow_deviations, a.published, slurm, a.html)
     failed = [r for r, s in states.items() if s["state"] == "failed"]
     if failed:
         raise UsageError(f"table {a.name}: row(s) {', '.join(failed)} failed (their logs are in {a.out}); the others are "

@@ -42,8 +42,15 @@ def test_a_table_runs_its_rows_marks_a_failed_one_resumes_and_shares_the_baselin
     assert "| UCE (tiny:sd1" in table and "Rows without a finished run: broken (failed" in table
     if pytest.importorskip("submitit", reason='the cluster launcher needs submitit: pip install -e ".[cluster]"'):
         assert run_cli(["table", "toy_entities", *common, "--rows", "UCE,TIME", "--launcher", "submitit-local",
-                        "--", *FAST]) == 0
-    assert "UCE done, TIME pending" in capsys.readouterr().out  # UCE is not run again
+                        "--html", "--", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "UCE done, TIME pending" in printed  # UCE is not run again
+    # the comparison page: TIME's edited images (stored by its row), UCE's shown as missing (run before --html), the
+    # unedited model's drawn again; the baseline stays shared through the cache (checked below)
+    page = (out / "toy_entities.html").read_text()
+    assert "Ours beside the paper" in page and page.count("data:image/png;base64,") > 0 and '"src": null' in page
+    assert (out / "TIME/images_samples").is_dir() and not (out / "TIME/images_baseline").exists()
+    assert f"edit_bench table: {out / 'toy_entities.html'}" in printed
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert rows["UCE"]["wall_s"] == states["UCE"]["wall_s"] and rows["TIME"]["state"] == "done" and rows["TIME"]["job_id"]
     table = (out / "toy_entities.md").read_text()

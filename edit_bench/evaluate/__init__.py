@@ -79,10 +79,11 @@ class Evaluation:
         bench: the benchmark.
         out_dir: the run directory; rerunning the same evaluation resumes it.
         config_yaml: the resolved config, kept as ``config.yaml`` (the CLI passes it).
-        save_images: also save every image as ``OUT_DIR/images_<variant>/<sample id>.png``.
+        save_images: also save every image as ``OUT_DIR/images_<variant>/<sample id>.png``; ``"edited"``: only the
+            evaluated model's (not the baseline's).
         baseline_cache: reuse (and add to) the unedited model's scored samples kept in
-            ``$EDIT_BENCH_CACHE/baseline`` (:mod:`edit_bench.baseline_cache`); when off, or when images are
-            saved, the baseline is generated whole.
+            ``$EDIT_BENCH_CACHE/baseline`` (:mod:`edit_bench.baseline_cache`); when off, or when every image is
+            saved (``save_images`` true), the baseline is generated whole.
     """
 
     def __init__(self, editor: Editor, bench: Benchmark, out_dir: str | Path, config_yaml: str = "", save_images: bool = False,
@@ -171,7 +172,8 @@ class Evaluation:
                 if pending:
                     try:
                         stage = int(variant.removeprefix("after-")) if the_plan.mode == "sequential" and variant != "baseline" else 0
-                        trainer.predict(_Pass(editor, bench, pending, the_plan, run, variant, self.save_images, with_cache, stage),
+                        save = self.save_images is True or (self.save_images == "edited" and variant != "baseline")
+                        trainer.predict(_Pass(editor, bench, pending, the_plan, run, variant, save, with_cache, stage),
                                         return_predictions=False)
                     finally:
                         editor.as_loaded()
@@ -200,7 +202,7 @@ class Evaluation:
 
     def _cache(self, prov: Provenance) -> BaselineCache | None:
         """The baseline cache of this evaluation's unedited samples (``None`` when off)."""
-        if not self.baseline_cache or self.save_images:
+        if not self.baseline_cache or self.save_images is True:  # a hit would come without its image
             return None
         return BaselineCache(prov.baseline(), [m.name for m in self.bench.metrics.stored])
 
