@@ -74,11 +74,17 @@ def _regenerate(res: dict, ids: list[str], variant: str):
     edited = variant == "samples" and editor.edits != "none"
     if edited and res["protocol"]["protocol"] == "fixed":
         editor.apply_edit(bench.requests(), bench.preserve())
-    for sid in ids:
-        s = by_id[sid]
-        if edited and res["protocol"]["protocol"] == "per_case":
-            editor.activate(bench.case(s.case_id))
-        with torch.no_grad():
-            images[sid] = editor.predict_step(GenerationBatch((s,), bench.sampler, None))[0].float().cpu()
+    per_case = edited and res["protocol"]["protocol"] == "per_case"
+    by_case: dict[str, list] = {}
+    for sid in ids:  # one edit per case, its samples in the benchmark's batches
+        by_case.setdefault(by_id[sid].case_id if per_case else "", []).append(by_id[sid])
+    for case_id, samples in by_case.items():
+        if per_case:
+            editor.activate(bench.case(case_id))
+        for i in range(0, len(samples), bench.batch_size):
+            chunk = tuple(samples[i:i + bench.batch_size])
+            with torch.no_grad():
+                out = editor.predict_step(GenerationBatch(chunk, bench.sampler, None)).float().cpu()
+            images.update({s.id: img for s, img in zip(chunk, out)})
     editor.restore()
     return images
