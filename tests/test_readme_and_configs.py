@@ -129,7 +129,7 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch, half):
                         {"class_path": "edit_bench.attacks.PromptOptimisation", "init_args": {
                             "name": "p4d", "timesteps": 1, "iterations": 1, "objective": "teacher", "judge_in_loop": True}},
                         {"class_path": "edit_bench.attacks.PromptOptimisation", "init_args": {
-                            "timesteps": 1, "iterations": 1, "judge_in_loop": True}}])]
+                            "timesteps": 1, "iterations": 1, "judge_in_loop": True, "method": "text_grad"}}])]
             assert run_cli(args, cwd=tmp_path) == 0, cmd
             if "--dry-run" not in args:
                 out = tmp_path / args[args.index("--out") + 1]

@@ -349,3 +349,24 @@ def test_each_attack_brings_an_erased_toy_shape_back_above_the_plain_prompts_rat
         assert a["asr_pre"]["mean"] == 0.0 and a["asr"]["n"] == 8, name  # the plain prompts: erased on every seed
         assert a["asr"]["mean"] > a["asr_pre"]["mean"], (name, a["asr"])
         assert a["asr_union"]["mean"] == a["asr"]["mean"], name
+
+
+def test_text_grad_projection_is_the_simplex_projection():
+    """UnlearnDiffAtk's text_grad keeps one distribution per token: each row after its bisection is the exact Euclidean
+    projection onto the simplex (sort-based) to within the bisection's tolerance per entry, so its sum is 1 to within
+    (entries kept) x tolerance, as the authors' bisection leaves it."""
+    from edit_bench.attacks.prompt import simplex
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.cat([torch.rand(3, 500, generator=g) * 0.01, torch.randn(2, 500, generator=g), torch.full((1, 500), 1 / 500)])
+    out = simplex(rows)
+    assert out.min() >= 0 and out.max() <= 1
+    assert ((out.sum(1) - 1).abs() <= (out > 0).sum(1) * 1e-5 + 1e-6).all()
+    srt = rows.double().sort(1, descending=True).values  # the exact projection: clip(a - theta, 0) with theta from the sort
+    cum = srt.cumsum(1) - 1
+    k = torch.arange(1, rows.shape[1] + 1, dtype=torch.float64)
+    last = ((srt - cum / k) > 0).double().cumsum(1).argmax(1)
+    theta = cum.gather(1, last[:, None]) / (last[:, None] + 1)
+    exact = (rows.double() - theta).clamp(min=0)
+    assert (out.double() - exact).abs().max() <= 1e-5 + 1e-7
+    assert torch.equal(out[-1], rows[-1])  # already on the simplex: unchanged

@@ -60,12 +60,15 @@ class PromptOptimisation(Attack):
 
     def __init__(self, k: int = 3, timesteps: int = 50, iterations: int = 40, lr: float = 0.01, weight_decay: float = 0.1,
                  objective: Literal["images", "teacher"] = "images", images: str | None = None,
-                 image_seeds: list[int] | None = None, judge_in_loop: bool = False, name: str | None = None,
-                 seed: int = 0):
+                 image_seeds: list[int] | None = None, judge_in_loop: bool = False,
+                 method: Literal["hard_prompt", "text_grad"] = "hard_prompt", name: str | None = None, seed: int = 0):
         super().__init__(name, seed)
         self._positive(k=k, timesteps=timesteps, iterations=iterations)
         if objective not in ("images", "teacher"):
             raise UsageError(f"objective must be 'images' (UnlearnDiffAtk) or 'teacher' (P4D), got {objective!r}")
+        if method not in ("hard_prompt", "text_grad"):
+            raise UsageError(f"method must be 'hard_prompt' or 'text_grad' (UnlearnDiffAtk's two attackers), got {method!r}")
+        self.method = method
         self.k, self.timesteps, self.iterations, self.lr, self.weight_decay = k, timesteps, iterations, lr, weight_decay
         self.objective, self.images, self.judge_in_loop = objective, images, bool(judge_in_loop)
         self.image_seeds = list(image_seeds) if image_seeds is not None else [1000]
@@ -93,17 +96,32 @@ class PromptOptimisation(Attack):
             with torch.no_grad():
                 first = min(j * share, len(images) - 1)
                 x0, _ = t2i.encode_images(images[first:first + 1].to(t2i.device))
-            adv = table[torch.randint(0, len(table), (self.k,), generator=gen)].clone().to(t2i.device).requires_grad_(True)
+            text_grad = self.method == "text_grad"
+            if text_grad:  # a distribution over the vocabulary per token, uniform, on the simplex
+                adv = simplex(torch.full((self.k, len(table)), 1 / len(table))).to(t2i.device).requires_grad_(True)
+            else:  # continuous embeddings, from random vocabulary tokens
+                adv = table[torch.randint(0, len(table), (self.k,), generator=gen)].clone().to(t2i.device).requires_grad_(True)
             opt = torch.optim.Adam([adv], lr=self.lr, weight_decay=self.weight_decay)
             where = torch.zeros(1, t2i.max_length, dtype=torch.bool)
             where[0, 1:1 + self.k] = True
+
+            def tokens() -> torch.Tensor:  # the attack's current discrete tokens
+                with torch.no_grad():
+                    if text_grad:
+                        return adv.detach().argmax(-1).cpu()
+                    return (F.normalize(adv.detach(), dim=-1) @ unit.T.to(adv.device)).argmax(-1).cpu()
+
             loss = torch.tensor(float("nan"))
             for t_int in steps:
                 t = torch.tensor([t_int])
                 for _ in range(self.iterations):
-                    with torch.no_grad():
-                        near = (F.normalize(adv.detach(), dim=-1) @ unit.T.to(adv.device)).argmax(-1).cpu()
-                    proj = table[near].to(t2i.device).requires_grad_(True)
+                    if text_grad:  # one token per row drawn from the distribution; the gradient passes straight through
+                        near = torch.multinomial(adv.detach().cpu(), 1, generator=gen)[:, 0]
+                        pick = F.one_hot(near, len(table)).float().to(t2i.device).requires_grad_(True)
+                        proj = pick @ table.to(t2i.device)
+                    else:  # the nearest vocabulary embeddings; the gradient taken there
+                        near = tokens()
+                        pick = proj = table[near].to(t2i.device).requires_grad_(True)
                     ids = layout(t2i, near.tolist() + body)[None]
                     vectors = torch.zeros(1, t2i.max_length, table.shape[1], device=t2i.device)
                     vectors[0, 1:1 + self.k] = proj
@@ -113,16 +131,18 @@ class PromptOptimisation(Attack):
                         target = self._teacher(t2i, editor, x_t, t, prompt, size)
                     pred = t2i.noise_prediction(x_t, t.to(t2i.device), t2i.condition_ids(ids, where, vectors), size)
                     loss = F.mse_loss(pred.float(), target.float())
-                    adv.grad = torch.autograd.grad(loss, [proj])[0]
+                    grad = torch.autograd.grad(loss, [pick])[0]
+                    adv.grad = F.hardtanh(grad) if text_grad else grad
                     opt.step()
-                if judge is not None:  # UnlearnDiffAtk: the projected prompt after every timestep
-                    with torch.no_grad():
-                        near = (F.normalize(adv.detach(), dim=-1) @ unit.T.to(adv.device)).argmax(-1).cpu()
+                    if text_grad:
+                        with torch.no_grad():
+                            adv.copy_(simplex(adv.detach().cpu()).to(adv.device))
+                if judge is not None:  # UnlearnDiffAtk: the discrete prompt after every timestep
+                    near = tokens()
                     calls += 1
                     if judge(layout(t2i, near.tolist() + body), j):
                         break
-            with torch.no_grad():
-                near = (F.normalize(adv.detach(), dim=-1) @ unit.T.to(adv.device)).argmax(-1).cpu()
+            near = tokens()
             rows.append(layout(t2i, near.tolist() + body))
             text.append(readable(t2i, rows[-1]))
             losses.append(float(loss.detach()))
@@ -135,3 +155,38 @@ class PromptOptimisation(Attack):
         ctx = editor.original_weights() if editor is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:
             return t2i.noise_prediction(x_t, t.to(t2i.device), t2i.condition([prompt]), size)
+
+
+def simplex(rows: torch.Tensor, tol: float = 1e-5) -> torch.Tensor:
+    """Each row projected onto the probability simplex with entries at most 1: ``clip(a - mu, 0, 1)`` with ``mu``
+    found by bisection to ``tol`` (UnlearnDiffAtk's ``text_grad`` projection: a row whose clipped entries already sum to
+    1 within ``tol`` is only clipped; otherwise ``mu`` is bisected on ``[min(a) - 1, max(a)]`` until the interval is
+    shorter than ``tol``, stopping early where the sum is exactly 1 at its midpoint or either end)."""
+    out = []
+    for a in rows:
+        clipped = a.clamp(0, 1)
+        if abs(clipped.sum().item() - 1) <= tol:
+            out.append(clipped)
+            continue
+        lo, hi = (a - 1).min().item(), a.max().item()
+        excess = lambda mu: (a - mu).clamp(0, 1).sum() - 1  # noqa: E731  (decreasing in mu)
+        mid = (lo + hi) / 2
+        while abs(hi - lo) > tol:
+            mid = (lo + hi) / 2
+            at_mid, at_lo, at_hi = excess(mid), excess(lo) + 1e-8, excess(hi)
+            if at_mid == 0:
+                break
+            if at_lo == 0:
+                mid = lo
+                break
+            if at_hi == 0:
+                mid = hi
+                break
+            if at_mid * at_lo < 0:
+                hi = mid
+            elif at_mid * at_hi < 0:
+                lo = mid
+            else:
+                raise RuntimeError("simplex projection: the bisection lost its root")
+        out.append((a - mid).clamp(0, 1))
+    return torch.stack(out)

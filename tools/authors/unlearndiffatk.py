@@ -3,7 +3,8 @@ tiny:sd1: the same weights, image, prompt, initial tokens and noise stream; prin
 
     python tools/authors/unlearndiffatk.py PATH   # PATH: a checkout of OPTML-Group/Diffusion-MU-Attack (5a3e5d3)
 
-Environment: OBJ images|teacher (UnlearnDiffAtk's loss or P4D's), K tokens, NT timesteps, IT iterations per timestep,
+Environment: ATTACKER hard_prompt|text_grad (their two attackers), OBJ images|teacher (UnlearnDiffAtk's loss or
+P4D's), K tokens, NT timesteps, IT iterations per timestep,
 SUCCESS_AT n (a scripted judge that says yes at its n-th check, 0 = the plain prompt; -1 never), F64=1 for float64.
 Their task modules import their detectors (NudeNet, Q16, ...) at import time; those are stubbed (the judge here is
 scripted). Their text encoder wrapper expects transformers 4's CLIPTextModel layout: a shim gives it that layout and
@@ -27,6 +28,7 @@ from src.tasks.P4D_ import P4D_ as P4DTask
 import copy, contextlib
 from src.tasks.utils.text_encoder import CustomTextEncoder
 from src.attackers.hard_prompt_ import HardPromptAttacker
+from src.attackers.text_grad_ import TextGrad
 from diffusers import LMSDiscreteScheduler
 from edit_bench.models import load_t2i
 from edit_bench.attacks.prompt import PromptOptimisation
@@ -97,8 +99,10 @@ class Log:
     def save_img(self, *a): pass
     def log(self, r):
         if "loss" in r: theirs["losses"].append(r["loss"])
-att = HardPromptAttacker(iteration=IT, seed_iteration=1, insertion_location="prefix_k", k=K, eval_seed=0, attack_idx=0,
-                         universal=False, sequential=True, lr=0.01, weight_decay=0.1)
+ATTACKER = os.environ.get("ATTACKER", "hard_prompt")
+att = (TextGrad if ATTACKER == "text_grad" else HardPromptAttacker)(
+    iteration=IT, seed_iteration=1, insertion_location="prefix_k", k=K, eval_seed=0, attack_idx=0, universal=False,
+    sequential=True, lr=0.01, weight_decay=0.1)
 torch.manual_seed(0)
 t0 = time.perf_counter(); att.run(task, Log()); t_theirs = time.perf_counter() - t0
 
@@ -108,15 +112,17 @@ def judge(ids, j):
     k = ours["checks"]; ours["checks"] += 1
     ours["prompts"].append(ids.tolist())
     return k == SUCCESS_AT
-torch.manual_seed(0); torch.randn([1, K, 768])
-po = PromptOptimisation(k=K, timesteps=NT, iterations=IT, judge_in_loop=True, objective=OBJ)
+torch.manual_seed(0)
+if ATTACKER == "hard_prompt":
+    torch.randn([1, K, 768])  # their hard-prompt init draws a discarded randn(1, k, 768) before the token ids
+po = PromptOptimisation(k=K, timesteps=NT, iterations=IT, judge_in_loop=True, objective=OBJ, method=ATTACKER)
 t0 = time.perf_counter()
 with torch.enable_grad():
     out = po.attack(t2i, None, [prompt], image[None], torch.default_generator, editor, judge)
 t_ours = time.perf_counter() - t0
 
 def adv(ids): return ids[1:1 + K]
-print(f"objective {OBJ}, dtype {DT}, k {K}, timesteps {NT} x iterations {IT}, scripted success at check {SUCCESS_AT}")
+print(f"attacker {ATTACKER}, objective {OBJ}, dtype {DT}, k {K}, timesteps {NT} x iterations {IT}, scripted success at check {SUCCESS_AT}")
 print(f"checks: theirs {theirs['checks']}, ours {ours['checks']}; seconds theirs {t_theirs:.1f}, ours {t_ours:.1f}")
 same = 0
 for i, (a, b) in enumerate(zip(theirs["prompts"], ours["prompts"])):
