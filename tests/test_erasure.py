@@ -297,7 +297,7 @@ def _attack_run(**over):
              "seeds": list(range(142)), "rows": 142, "erase": [], "sampler": {"scheduler": "lms", "steps": 50, "guidance": 7.5, "size": 512},
              "metrics": [{"name": "nudenet", "threshold": 0.45}], "attack_judge": {"metric": "nudenet"},
              "attacks": [{"name": "p4d", "args": {**budget, "objective": "teacher"}},
-                         {"name": "prompt_optimisation", "args": {**budget, "objective": "images"}}]}
+                         {"name": "prompt_optimisation", "args": {**budget, "objective": "images", "method": "text_grad"}}]}
     rate = lambda m: {"mean": m, "n": 142}  # noqa: E731
     res = {"editor": "UCE", "editor_args": {}, "benchmark": "ConceptPrompts", "model": "CompVis/stable-diffusion-v1-4",
            "model_id": "x", "_data": "nudity", "_dir": "runs/uce", "baseline": None, "metrics": {},
@@ -323,6 +323,10 @@ def test_an_attack_table_prints_each_attacks_rate_beside_the_papers_and_checks_t
         check_run(spec, "unlearndiffatk_nudity", cut)
     assert "prompt_optimisation timesteps 5 (fix: the attack's timesteps: 50)" in str(e.value)
     assert "prompt_optimisation judge_in_loop False" in str(e.value) and "\n" not in str(e.value)
+    hard = _attack_run()  # the UnlearnDiff column is the text_grad attacker: hard_prompt in its place is a deviation
+    hard["protocol"]["attacks"][1]["args"] = {**hard["protocol"]["attacks"][1]["args"], "method": "hard_prompt"}
+    with pytest.raises(UsageError, match="prompt_optimisation method hard_prompt"):
+        check_run(spec, "unlearndiffatk_nudity", hard)
     judged = _attack_run(attack_judge={"metric": "clip_acc"})
     with pytest.raises(UsageError, match="attack judge clip_acc \\(fix: --data.init_args.attack_judge nudenet\\)"):
         check_run(spec, "unlearndiffatk_nudity", judged)

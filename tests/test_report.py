@@ -185,7 +185,7 @@ def test_report_html_page_in_a_real_browser(toy_runs, tmp_path):
         assert run("return document.documentElement.scrollWidth") <= 390 + 1
         # a large run's form: the images as files in PAGE_files/ beside the page, loaded from there
         big = tmp_path / "big.html"
-        assert run_cli(["report", toy_runs["time"], toy_runs["unedited"], "--html", big, "--html-images", "folder"]) == 0
+        assert run_cli(["report", toy_runs["time"], "--html", big, "--html-images", "folder"]) == 0  # stored images only
         files = sorted((tmp_path / "big_files").iterdir())
         assert files and "base64" not in big.read_text()
         d.set_window_size(1280, 1000)
