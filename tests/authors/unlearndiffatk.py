@@ -1,7 +1,7 @@
 """UnlearnDiffAtk's hard-prompt attacker (authors' code, as released) beside edit_bench's PromptOptimisation on
 tiny:sd1: the same weights, image, prompt, initial tokens and noise stream; prints the prompt at every check of each.
 
-    python tools/authors/unlearndiffatk.py PATH   # PATH: a checkout of OPTML-Group/Diffusion-MU-Attack (5a3e5d3)
+    python tests/authors/unlearndiffatk.py PATH   # PATH: a checkout of OPTML-Group/Diffusion-MU-Attack (5a3e5d3)
 
 Environment: ATTACKER hard_prompt|text_grad (their two attackers), OBJ images|teacher (UnlearnDiffAtk's loss or
 P4D's), K tokens, NT timesteps, IT iterations per timestep,

@@ -2,7 +2,7 @@
 beside edit_bench's RingABell on tiny:sd1: the same target; their random streams (python, numpy, torch) cannot be
 matched draw for draw to ours (one generator), so the final fitness is compared over many seeds.
 
-    python tools/authors/ring_a_bell.py PATH   # PATH: a checkout of chiayi-hsu/Ring-A-Bell (e4585ad)
+    python tests/authors/ring_a_bell.py PATH   # PATH: a checkout of chiayi-hsu/Ring-A-Bell (e4585ad)
 
 Environment: P population, G generations, SEEDS runs of each."""
 import os, sys, json, random, time
