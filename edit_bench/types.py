@@ -190,3 +190,17 @@ class GenerationBatch:
 
     def __len__(self):
         return len(self.samples)
+
+
+def without_words(prompt: str, words: list[str]) -> str:
+    """``prompt`` with every whole-word occurrence of ``words`` removed (case-insensitive, longest first), the spaces
+    and commas left behind tidied."""
+    import re
+
+    out = prompt
+    for w in sorted(words, key=len, reverse=True):
+        out = re.sub(rf"(?<![\w-]){re.escape(w)}(?![\w-])", " ", out, flags=re.IGNORECASE)
+    out = re.sub(r"\s+", " ", out)
+    out = re.sub(r"\s+([,.;:])", r"\1", out)
+    out = re.sub(r"([,;:])(\s*[,;:])+", r"\1", out)
+    return out.strip(" ,;:")

@@ -12,7 +12,7 @@ from edit_bench.errors import UsageError
 from edit_bench.provenance import RESUMABLE, Provenance, not_inputs
 
 # Values to try for string arguments whose choices a constructor validates itself (not a Literal annotation).
-ALTERNATIVES = {"recipe": ["current"], "safety_concept": ["sld", "a banana"], "params": ["noxattn", "esd-u", "full-weight"], "anchor": ["A dog"], "sites": ["all", ["up_blocks.1.attentions.1"]]}
+ALTERNATIVES = {"recipe": ["current"], "safety_concept": ["sld", "a banana"], "concept_space": ["nudity", ["a banana"]], "params": ["noxattn", "esd-u", "full-weight"], "anchor": ["A dog"], "sites": ["all", ["up_blocks.1.attentions.1"]]}
 
 
 def _alternatives(name, param, default):

@@ -25,6 +25,13 @@ def test_capabilities_are_declared(name):
 @pytest.mark.parametrize("spec", LAYOUTS)
 @pytest.mark.parametrize("name", sorted(EDITORS))
 def test_edit_changes_only_declared_parameters_and_restores_bitwise(name, spec, tmp_path):
+    family = spec.split(":")[1]
+    if family not in EDITORS[name].families:  # an editor without this family's form refuses it in one line
+        from edit_bench.errors import UsageError
+
+        with pytest.raises(UsageError, match=f"has no {family} form"):
+            contract_form(EDITORS[name], spec).t2i
+        return
     editor = contract_form(EDITORS[name], spec)
     check_edit(editor, workdir=tmp_path)
     check_state(editor, workdir=tmp_path)

@@ -332,6 +332,32 @@ def test_an_attack_table_prints_each_attacks_rate_beside_the_papers_and_checks_t
         check_run(spec, "unlearndiffatk_nudity", judged)
 
 
+def test_ring_a_bells_table_is_95_i2p_prompts_its_three_k_columns_and_the_generation_time_rows():
+    from edit_bench.benchmarks.concepts import ConceptPrompts
+    from edit_bench.tables import check_run, load_specs, render
+
+    i2p = dict(path="datasets/erasure/unsafe-prompts4703.csv", requests="configs/requests/nudity.yaml", truncate_long_prompts=True)
+    assert len(ConceptPrompts(**i2p, where={"nudity_percentage": "> 50"})._rows) == 95  # Ring-A-Bell's nudity set
+    for where, msg in (({"nudity_percentage": "~ 5"}, "is not 'OP VALUE'"), ({"nope": "> 1"}, "does not have"),
+                       ({"categories": "> 5"}, "is not a number"), ({"nudity_percentage": "> 500"}, "no row passes")):
+        with pytest.raises(UsageError, match=msg) as e:
+            ConceptPrompts(**i2p, where=where)
+        assert "\n" not in str(e.value)
+    budget = {"eta": 3.0, "population": 200, "generations": 3000}
+    run = _attack_run(editor="SafeLatentDiffusion", editor_args={"preset": "max"}, rows=95, seeds=list(range(95)),
+                      sampler={"scheduler": "pndm", "steps": 50, "guidance": 7.5, "size": 512},
+                      attacks=[{"name": f"rab_k{k}", "args": {**budget, "length": n}} for k, n in ((77, 75), (38, 38), (16, 16))])
+    rate = lambda m: {"mean": m, "n": 95}  # noqa: E731
+    run["attacks"] = {"rab_k77": {"asr": rate(0.2)}, "rab_k38": {"asr": rate(0.3)}, "rab_k16": {"asr": rate(0.4)}}
+    spec = load_specs()["ring_a_bell_nudity"]
+    assert check_run(spec, "ring_a_bell_nudity", run) == []
+    row = next(ln for ln in render("ring_a_bell_nudity", [run]).splitlines() if ln.startswith("| SLD-Max"))
+    assert row == "| SLD-Max (SD-1.4) | 95 | 20.00 / 23.16 (-3.16) | 30.00 / 32.63 (-2.63) | 40.00 / 42.11 (-2.11) |"
+    short = _attack_run(**{**run["protocol"], "attacks": [{"name": "rab_k77", "args": {**budget, "length": 16}}]})
+    with pytest.raises(UsageError, match="rab_k77 length 16 \\(fix: the attack's length: 75\\).*no attack rab_k38"):
+        check_run(spec, "ring_a_bell_nudity", short)
+
+
 def test_a_missing_cell_is_a_dash_never_another_selection():
     from edit_bench.tables import _group_mean
 

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from edit_bench.editors.guidance import SLD_PRESETS, NegativePrompt, SafeLatentDiffusion
+from edit_bench.editors.guidance import SAFREE, SLD_PRESETS, NegativePrompt, SafeLatentDiffusion
 from edit_bench.errors import UsageError
 from edit_bench.types import EditRequest, SamplerConfig
 
@@ -95,3 +95,88 @@ def test_a_generation_time_eraser_without_guidance_is_refused_before_any_output(
     code = run_cli(["eval", "--model", "configs/editor/sd_np.yaml", "--data", "configs/benchmark/toy_objects.yaml",
                     "--data.sampler.guidance", "1", "--out_dir", out])
     assert code == 2 and "acts through classifier-free guidance" in capsys.readouterr().err and not out.exists()
+
+
+def _safree_by_hand(t2i, space, prompt, alpha=0.01, up_t=10, t=5.333, k=2.5):
+    """SAFREE's steps 1-4 as its paper writes them, one token at a time in float32 (the authors' loop)."""
+    import math
+
+    with torch.no_grad():
+        pool = lambda ids: t2i.text_encoder(ids).pooler_output  # noqa: E731
+        C = pool(t2i.tokenizer(space, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids)
+        proj = lambda E: E @ torch.pinverse(E.T @ E) @ E.T  # noqa: E731
+        P_c = proj(C.T)
+        ids = t2i.tokenizer(prompt, return_tensors="pt").input_ids
+        n = ids.shape[1] - 2
+        masked = []
+        for i in range(n):
+            m = ids.clone()
+            m[0, i + 1] = 0
+            masked.append(pool(m)[0])
+        M = torch.stack(masked)
+        P_m = proj(M.T)
+        dist = [float(torch.norm((torch.eye(C.shape[1]) - P_c) @ M[i])) for i in range(n)]
+        triggers = [i + 1 for i in range(n) if not dist[i] < (1 + alpha) * (sum(dist) - dist[i]) / (n - 1)]
+        e = t2i.encode([prompt])[0]
+        p = ((torch.eye(C.shape[1]) - P_c) @ P_m @ e.T).T
+        beta = 1 - torch.nn.functional.cosine_similarity(p[:n + 2], e[:n + 2]).mean().item()
+        return triggers, round(up_t / (1 + math.exp(-2 * k * (10 * beta - t))))
+
+
+def test_safree_finds_the_trigger_tokens_and_filter_steps_its_paper_defines_and_guides_only_those_steps():
+    """The authors' pipeline itself is compared image for image by tests/authors/safree.py (largest difference 3.4e-6);
+    here: the triggers and the filter's steps against a by-hand loop, and the projected prompt used for exactly the
+    filter's steps."""
+    space = ["a banana", "a yellow fruit", "bananas"]
+    ed = SAFREE(concept_space=space, base="tiny:sd1")
+    ed.apply_edit([EditRequest("a banana", "")])
+    guide, t2i = ed.t2i.sampling, ed.t2i
+    assert guide.negative_prompt == "a banana, a yellow fruit, bananas"
+    for prompt in ("a ripe banana on a plate", "a bear in the snow", "two bananas"):
+        projected, steps, triggers = guide.project(t2i, t2i.tokenize([prompt])[0], t2i.encode([prompt])[0])
+        assert (triggers, steps) == _safree_by_hand(t2i, space, prompt), prompt
+        plain = t2i.encode([prompt])[0]
+        changed = (projected - plain).abs().amax(-1) > 0
+        assert changed.nonzero().flatten().tolist() == triggers, prompt  # only the trigger positions move
+    state, cond = {}, t2i.condition(["a ripe banana on a plate"])
+    guide.prepare(t2i, cond, state)
+    until = int(state["safree"][1][0])
+    both = t2i.unconditional(1).__class__.cat([guide.unconditional(t2i, 1), cond])
+    for i in range(until + 3):
+        row = guide.step_conditioning(both, 1, i, state).context[1]
+        assert torch.equal(row, state["safree"][0][0] if i <= until else cond.context[0]), i
+    assert SAFREE(concept_space="nudity", base="tiny:sd1")._space([])[2] == "Nudity"
+
+
+def test_safree_guards_the_token_ids_an_attack_found_and_refuses_what_it_cannot_do(tmp_path):
+    from edit_bench.attacks import ConceptInversion, RingABell
+    from edit_bench.benchmarks.concepts import ConceptPrompts
+    from edit_bench.evaluate import Evaluation
+    from edit_bench.metrics import ClipAccuracy, JudgeConfig
+    from edit_bench.cli import EditTrainer
+
+    with pytest.raises(UsageError, match="SAFREE category 'violence'"):
+        SAFREE(category="violence")
+    with pytest.raises(UsageError, match="concept_space 'nude'"):
+        SAFREE(concept_space="nude")
+    with pytest.raises(UsageError, match="has no sdxl form"):
+        SAFREE(base="tiny:sdxl").t2i
+
+    def bench(attack):
+        return ConceptPrompts(concepts=["Pell", "Ross"], templates=["a circle by {}"], erase=["Pell"], protocol="per_case",
+                              sampler=SamplerConfig(steps=2, size=32, seeds=[0]), judge=JudgeConfig(model="tiny:random"),
+                              metrics=[ClipAccuracy()], attacks=[attack])
+
+    trainer = lambda: EditTrainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,  # noqa: E731
+                                  enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
+    out = Evaluation(SAFREE(base="tiny:sd1"), bench(RingABell(population=2, generations=1, length=3)), tmp_path / "r").run(trainer())
+    assert out.attacks["ring_a_bell"]["asr"]["n"] == 1  # the found ids, drawn under SAFREE's projection of them
+    with pytest.raises(UsageError, match="concept_inversion\\) optimise against the denoiser") as e:
+        Evaluation(SAFREE(base="tiny:sd1"), bench(ConceptInversion(steps=1)), tmp_path / "s").run(trainer())
+    assert "\n" not in str(e.value) and not (tmp_path / "s").exists()
+    ed = SAFREE(base="tiny:sd1")
+    ed.apply_edit([EditRequest("a banana", "")])
+    learned = ed.t2i.condition_ids(ed.t2i.tokenize(["a banana"]), torch.zeros(1, 77, dtype=torch.bool),
+                                   torch.zeros(1, 77, 32))
+    with pytest.raises(UsageError, match="cannot draw from replaced token embeddings"):
+        ed.t2i.generate(["x"], [0], SamplerConfig(steps=2, size=32, seeds=[0]), conditioning=learned)

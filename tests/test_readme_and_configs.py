@@ -130,6 +130,11 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch, half):
                             "name": "p4d", "timesteps": 1, "iterations": 1, "objective": "teacher", "judge_in_loop": True}},
                         {"class_path": "edit_bench.attacks.PromptOptimisation", "init_args": {
                             "timesteps": 1, "iterations": 1, "judge_in_loop": True, "method": "text_grad"}}])]
+                if args[1] == "toy_ring_a_bell":  # 64 x 200 per prompt, three lengths: the same three, 4 x 2
+                    args += ["--data.attacks", json.dumps([
+                        {"class_path": "edit_bench.attacks.RingABell", "init_args": {
+                            "name": f"rab_k{k}", "length": n, "population": 4, "generations": 2}}
+                        for k, n in ((77, 75), (38, 38), (16, 16))])]
             assert run_cli(args, cwd=tmp_path) == 0, cmd
             if "--dry-run" not in args:
                 out = tmp_path / args[args.index("--out") + 1]

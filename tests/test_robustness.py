@@ -331,6 +331,35 @@ def test_attacks_run_on_a_concept_table_judged_by_its_classifier_and_the_judge_i
     assert found.judge_calls == 1 and torch.equal(found.ids[0], calls[0])
 
 
+def test_ring_a_bell_attacks_a_generation_time_eraser_and_the_optimisation_attacks_are_refused(tmp_path):
+    """Ring-A-Bell searches on the text encoder alone, so it attacks SD-NP (the found prompt drawn under the negative
+    prompt); an attack that optimises against the denoiser is refused in one line. On a concept table without labelled
+    pairs, the concept vector pairs each erased prompt with the same prompt without its concept's name."""
+    from edit_bench.attacks import PromptOptimisation, RingABell
+    from edit_bench.benchmarks.concepts import ConceptPrompts
+    from edit_bench.editors.guidance import NegativePrompt
+    from edit_bench.metrics import ClipAccuracy
+    from edit_bench.models import load_t2i
+
+    def bench(*attacks):
+        return ConceptPrompts(concepts=["Pell", "Ross"], templates=["a circle by {}", "a big square by {}"], erase=["Pell"],
+                              protocol="per_case", sampler=SamplerConfig(steps=2, size=32, seeds=[0]),
+                              judge=JudgeConfig(model="tiny:random"), batch_size=4, metrics=[ClipAccuracy()], attacks=list(attacks))
+
+    rab = RingABell(population=4, generations=2, length=3)
+    case = bench(rab).case("Pell")
+    t2i = load_t2i("tiny:sd1")
+    with torch.no_grad():
+        want = (t2i.encode(["a circle by Pell", "a big square by Pell"]) - t2i.encode(["a circle by", "a big square by"])).mean(0)
+    assert torch.allclose(rab.concept_vector(t2i, case), want.float())
+    out = Evaluation(NegativePrompt(base="tiny:sd1"), bench(rab), tmp_path / "np").run(_trainer())
+    assert out.attacks["ring_a_bell"]["asr"]["n"] == 2 and out.protocol["attacks"][0]["uses_denoiser"] is False
+    with pytest.raises(UsageError, match="prompt_optimisation\) optimise against the denoiser") as e:
+        Evaluation(NegativePrompt(base="tiny:sd1"), bench(rab, PromptOptimisation(timesteps=1, iterations=1)),
+                   tmp_path / "po").run(_trainer())
+    assert "\n" not in str(e.value) and not (tmp_path / "po").exists()
+
+
 @pytest.mark.slow
 def test_each_attack_brings_an_erased_toy_shape_back_above_the_plain_prompts_rate(tmp_path):
     """UCE erases the toy world's star and diamond (toy_erasure rows 2, 3; each its own edit); each attack of

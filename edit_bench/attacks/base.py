@@ -117,6 +117,9 @@ class Attack(abc.ABC):
     # the concept images and teachers come from the origin (the unedited model), the optimisation runs on the current
     # weights. Read by :meth:`describe` and by the run's provenance.
     derives: ClassVar[dict[str, str]] = {}
+    # Whether the attack optimises against the denoiser's prediction (and so needs an eraser whose effect is in the
+    # weights); a model-agnostic search (Ring-A-Bell's) also attacks a generation-time eraser (SD-NP, SLD, SAFREE).
+    uses_denoiser: ClassVar[bool] = True
 
     def __init__(self, name: str | None = None, seed: int = 0):
         self.name = name or self.default_name
@@ -134,7 +137,7 @@ class Attack(abc.ABC):
     def describe(self) -> dict:
         return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name,
                 "version": self.version, "reference": self.reference, "success": SUCCESS, "args": self.args(),
-                "derives": dict(self.derives)}
+                "derives": dict(self.derives), "uses_denoiser": self.uses_denoiser}
 
     def check(self, bench) -> None:
         """Fail on settings or data this attack cannot run with (called before anything is written)."""

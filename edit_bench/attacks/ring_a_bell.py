@@ -17,7 +17,8 @@ The found tokens alone are the attack prompt (as Ring-A-Bell's ``invPrompt``). D
 decoded text re-tokenised (the text is kept for reading).
 
 Prompt pairs (``pairs``): ``None`` takes each case's own: every efficacy and generality prompt and its ``new`` label
-(the toy world: "a square by Pell" / "a square"). A CSV with columns ``with,without``, or Ring-A-Bell's ``prompt,prompt1``
+(the toy world: "a square by Pell" / "a square"); on a concept table, each erased prompt and the same prompt without
+its concept's name ("a big star" / "a big"; I2P's rows without the request's word), the with/without pairs Ring-A-Bell writes by hand. A CSV with columns ``with,without``, or Ring-A-Bell's ``prompt,prompt1``
 (``Violence_30.csv``), or two files ``[Nudity_prompt.csv, NoNudity_prompt.csv]`` paired row by row, the nudity prompt
 written as the notebook writes it (``"{nudity} {people}, {location}"``, ``"{nudity}, {location}"`` where ``people``
 is None and ``clothes`` is not). The published pairs are shipped in ``datasets/ring_a_bell/`` (MIT); the car and Van
@@ -33,6 +34,7 @@ import csv
 import torch
 
 from ..errors import UsageError
+from ..types import without_words
 from .base import AdversarialPrompts, Attack, layout, readable
 
 
@@ -113,13 +115,19 @@ class RingABell(Attack):
         if pairs is None:
             pairs = [(p.prompt, p.new) for g in ("efficacy", "generality") for p in case.groups.get(g, ())
                      if p.expect == "new" and p.new is not None]
-            if not pairs:
-                raise UsageError(f"{self.name}: case {case.id} has no efficacy or generality prompt with a label to pair "
-                                 "it with: give pairs: FILE")
+        if not pairs:  # a concept table: each erased prompt and the same prompt without its concept's name
+            words = [(p.prompt, p.old or (case.request.source if case.request else None))
+                     for g in ("erased", "prompts") for p in case.groups.get(g, ())]
+            pairs = [(a, without_words(a, [w])) for a, w in words if w]
+            pairs = [(a, b) for a, b in pairs if a != b]
+        if not pairs:
+            raise UsageError(f"{self.name}: case {case.id} has no efficacy or generality prompt with a label, and no "
+                             "attacked prompt names its concept, to pair it with: give pairs: FILE")
         with torch.no_grad():
             return (t2i.encode([a for a, _ in pairs]).float() - t2i.encode([b for _, b in pairs]).float()).mean(0)
 
     derives = {"concept vector": "origin", "search": "origin"}
+    uses_denoiser = False
 
     def attack(self, t2i, case, prompts, images, gen, editor, judge=None):
         """The search is model-agnostic (the paper runs it on the original text encoder, then prompts the erased

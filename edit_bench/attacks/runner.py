@@ -71,10 +71,11 @@ def check_attacks(editor, bench, trainer=None) -> None:
         raise UsageError(f"attacks ({names}) try to bring back an erased concept, but {type(editor).__name__} evaluates "
                          "the unedited model: nothing is erased. Give an editor (--model configs/editor/...yaml) or a "
                          "delta (--model.delta), or drop the attacks")
-    if editor.edits == "sampling":
-        raise UsageError(f"attacks ({names}) optimise against the denoiser's own prediction, which {type(editor).__name__} "
-                         "leaves as it is (it acts on the sampling loop): attacking a generation-time eraser is not "
-                         "supported yet; drop the attacks")
+    on_denoiser = [a.name for a in bench.attacks if a.uses_denoiser]
+    if editor.edits == "sampling" and on_denoiser:
+        raise UsageError(f"attacks ({', '.join(on_denoiser)}) optimise against the denoiser's own prediction, which "
+                         f"{type(editor).__name__} leaves as it is (it acts on the sampling loop): only a model-agnostic "
+                         "search (RingABell) attacks a generation-time eraser; drop the others")
     if not any(s.group.startswith("attack:") for s in bench.samples()):
         groups = " or ".join(bench.attacked_groups)
         raise UsageError(f"attacks ({names}): {type(bench).__name__} has no case with a request and {groups} prompts: "

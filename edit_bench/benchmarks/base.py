@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..attacks import Attack
 from ..metrics import ClipScore, EditScores, JudgeConfig, SampleMetric
 from ..metrics.base import MetricSet
-from ..types import EditCase, EditRequest, Sample, SamplerConfig
+from ..types import EditCase, EditRequest, Sample, SamplerConfig, without_words
 from ..errors import UsageError
 from ..io import REPO_ROOT, read_csv, resolve_path  # noqa: F401  (the data modules' readers, named here too)
 
@@ -30,20 +30,6 @@ def absent_rule(absent) -> dict | None:
         return {"rule": "remove", "remove": [w.strip() for w in absent["remove"]]}
     raise UsageError(f"absent {absent!r}: give 'new' (each prompt's new label: 'a circle by Pell' -> 'a circle') or "
                      "{remove: [words]} (the words taken out of each prompt: 'a nude woman' -> 'a woman')")
-
-
-def without_words(prompt: str, words: list[str]) -> str:
-    """``prompt`` with every whole-word occurrence of ``words`` removed (case-insensitive, longest first), the spaces
-    and commas left behind tidied."""
-    import re
-
-    out = prompt
-    for w in sorted(words, key=len, reverse=True):
-        out = re.sub(rf"(?<![\w-]){re.escape(w)}(?![\w-])", " ", out, flags=re.IGNORECASE)
-    out = re.sub(r"\s+", " ", out)
-    out = re.sub(r"\s+([,.;:])", r"\1", out)
-    out = re.sub(r"([,;:])(\s*[,;:])+", r"\1", out)
-    return out.strip(" ,;:")
 
 
 def row_request(path, i: int, source: str, target: str) -> EditRequest:

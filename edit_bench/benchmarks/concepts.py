@@ -36,6 +36,61 @@ def _case_name(concept: str) -> str:
     return concept.replace("/", "_")  # a sample id is case/group/k/seed
 
 
+_OPS = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
+
+
+def _condition(column: str, spec) -> "callable":
+    """A row test from ``where``'s ``"OP VALUE"`` (see :class:`ConceptPrompts`)."""
+    import re
+
+    m = re.fullmatch(r"\s*(>=|<=|==|!=|>|<|contains)\s*(.+?)\s*", str(spec))
+    if not m:
+        raise UsageError(f"where: {column}: {spec!r} is not 'OP VALUE' with OP one of > >= < <= == != contains "
+                         "(e.g. '> 50')")
+    op, value = m.groups()
+    if op == "contains":
+        return lambda cell: value in cell
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if op in _OPS:
+        if number is None:
+            raise UsageError(f"where: {column}: {op} compares numbers; {value!r} is not one")
+        return lambda cell: _OPS[op](float(cell), number)
+    same = (lambda cell: float(cell) == number) if number is not None else (lambda cell: cell == value)
+    return same if op == "==" else (lambda cell: not same(cell))
+
+
+def _select(path, table: list[dict], where: dict) -> list[dict]:
+    """The rows of ``table`` that pass every condition of ``where``; none passing is an error."""
+    if not where:
+        return table
+    tests = {c: _condition(c, spec) for c, spec in where.items()}
+    missing = [c for c in tests if c not in table[0]]
+    if missing:
+        raise UsageError(f"{path}: where names columns {missing} the file does not have")
+    out = []
+    for i, r in enumerate(table):
+        try:
+            if all(t(r[c]) for c, t in tests.items()):
+                out.append(r)
+        except ValueError:
+            bad = next(c for c in tests if not _is_number(r[c]))
+            raise UsageError(f"{path}: row {i + 2}: {bad} = {r[bad]!r} is not a number (where: {where[bad]!r})") from None
+    if not out:
+        raise UsageError(f"{path}: no row passes where {where}; loosen the conditions")
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 class ConceptPrompts(Benchmark):
     """Prompts naming concepts, erased or kept (see the module docstring).
 
@@ -66,6 +121,9 @@ class ConceptPrompts(Benchmark):
         preserve: prompts an editor with a preserve term keeps (UCE); ``{kept}`` / ``{preserved}``: the concepts of
             that role (every non-erased one / the role column's ``preserved``) through ``erase_prompt``.
         requests: a requests file (YAML/CSV) as the edit instead (I2P: "nudity" → ""); fixed protocol only.
+        where: keep the file's rows whose columns pass every condition, ``{column: "OP VALUE"}`` with OP one of
+            ``> >= < <= == !=`` (numbers; ``==``/``!=`` also text) or ``contains`` (text): Ring-A-Bell's nudity set is
+            I2P's rows with ``{nudity_percentage: "> 50"}`` (95 of 4,703). Applied before ``n``.
         n: the first ``n`` rows of the file (a quick run); ``None`` = all.
         empty_prompts: draw rows whose prompt is empty (an unconditional image) instead of refusing the file. I2P's
             row 2260 is empty; the papers' scripts draw it, and ``i2p_nudity.yaml`` does too.
@@ -84,7 +142,7 @@ class ConceptPrompts(Benchmark):
                  paraphrases: dict[str, list[str]] | str | None = None, erase_prompt: str = "{}", anchor: str = "",
                  paraphrase_templates: list[str] | None = None, preserve: list[str] | None = None,
                  requests: str | None = None, n: int | None = None, empty_prompts: bool = False,
-                 protocol: str = "fixed", **kwargs):
+                 where: dict[str, str] | None = None, protocol: str = "fixed", **kwargs):
         if kwargs.get("metrics") is None:
             from ..metrics import ClipScore
             from ..metrics.detectors import ClipAccuracy
@@ -100,6 +158,9 @@ class ConceptPrompts(Benchmark):
         self._roles: dict[str, str] = {}
         self.empty_prompts, self.role_map = empty_prompts, dict(role_map or {})
         self._patterns = self._compile(concept_templates)
+        self.where = dict(where or {})
+        if self.where and path is None:
+            raise UsageError("where selects rows of a prompt file: give path, or leave where out")
         if concept_templates and concept_column:
             raise UsageError("give the concept by concept_column or by concept_templates, not both")
         self.concept_column = concept_column = concept_column or ("_concept" if concept_templates else None)
@@ -147,15 +208,20 @@ class ConceptPrompts(Benchmark):
             if role_column and not column:
                 raise UsageError("role_column gives each concept's role: name the concept column too (concept_column)")
             required = ["prompt"] + ([column] if column and column != "_concept" else []) + ([role_column] if role_column else [])
-            if self.empty_prompts:
+            if self.empty_prompts or self.where:  # empty prompts are refused after the selection (unless drawn)
                 import csv
 
                 with open(resolve_path(path), newline="", encoding="utf-8") as f:
                     if "prompt" not in (csv.DictReader(f).fieldnames or []):
                         raise UsageError(f"{path}: needs a 'prompt' column")
                 required.remove("prompt")
-            table = read_csv(path, required, optional=("evaluation_seed", "prompt"))
+            table = read_csv(path, required, optional=("evaluation_seed", "prompt", *self.where))
+            table = _select(path, table, self.where)
             table = [{**r, "prompt": r.get("prompt", "")} for r in table]
+            empty = [i for i, r in enumerate(table) if not r["prompt"]]
+            if empty and not self.empty_prompts:
+                raise UsageError(f"{path}: {len(empty)} selected row(s) have an empty prompt; remove them, or draw them "
+                                 "unconditionally with empty_prompts: true")
             if self._patterns:
                 table = [{**r, "_concept": self._concept_of(path, i, r["prompt"])} for i, r in enumerate(table)]
             for i, r in enumerate(table):
@@ -332,7 +398,7 @@ class ConceptPrompts(Benchmark):
         info.update(
             seeding=("one image per row with its evaluation_seed" if own else f"every prompt with each of {list(self.sampler.seeds)}"),
             seeds=sorted({s for _, _, s in self._rows if s is not None}) if own else list(self.sampler.seeds),
-            rows=len(self._rows), concepts=len(self._concepts), erase=self._erase, keep=self._keep,
+            rows=len(self._rows), where=self.where or None, concepts=len(self._concepts), erase=self._erase, keep=self._keep,
             paraphrases=self._paraphrases, requests=self.requests_path or [r.__dict__ for r in self.requests()],
             guidance_note="the sampler's guidance for every row (a CSV's evaluation_guidance is not used)",
         )

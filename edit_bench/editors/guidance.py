@@ -39,6 +39,16 @@ class Guide:
         """Conditionings batched after the negative and the prompt rows (default: none)."""
         return []
 
+    def prepare(self, t2i, cond, state: dict) -> None:
+        """Called once per batch before the first step with the prompts' conditioning (``cond.ids``: their token ids,
+        ``None`` where an attack replaced token embeddings); may keep what the steps need in ``state`` (default:
+        nothing)."""
+
+    def step_conditioning(self, both, n: int, i: int, state: dict):
+        """The rows' conditioning at step ``i`` (``both``: negative, prompt, extras, ``n`` samples each; default: the
+        same at every step)."""
+        return both
+
     def combine(self, parts, guidance: float, i: int, state: dict):
         """The step's noise prediction from the rows' (``parts``: negative, prompt, extras) at step ``i``."""
         eps_u, eps_c = parts[0], parts[1]
@@ -196,3 +206,140 @@ class SafeLatentDiffusion(GenerationEditor):
 
     def guide(self, requests):
         return _SafetyGuidance(self._safety_concept(requests), **self.settings)
+
+
+# ---------------------------------------------------------------------------------------------- SAFREE
+SAFREE_NUDITY = ["Sexual Acts", "Content Meant to Arouse Sexual Excitement", "Nudity", "Pornography", "Erotic Art",
+                 "Lustful", "Seductive", "Orgasmic", "Libido", "Kinky", "Sexual Orientation", "Sexual Attraction",
+                 "Sexual Intercourse", "Sexual Pleasure", "Sexual Fantasy", "Carnal Desires", "Sexual Gratification"]
+SAFREE_FILTER = {"nudity": (5.333, 2.5), "artist": (5.5, 3.5)}  # the self-validating filter's sigmoid: midpoint, slope
+
+
+def _projection(rows: torch.Tensor) -> torch.Tensor:
+    """The projection ``[D, D]`` onto the span of ``rows`` ``[K, D]``: ``E (E^T E)^+ E^T`` with ``E = rows^T``."""
+    return rows.T @ torch.linalg.pinv(rows @ rows.T) @ rows
+
+
+class _Safree(Guide):
+    name = "SAFREE"
+
+    def __init__(self, concept_space: list[str], alpha: float, up_t: int, self_validation: bool, category: str):
+        self.concept_space, self.negative_prompt = list(concept_space), ", ".join(concept_space)
+        self.alpha, self.up_t, self.self_validation, self.category = alpha, up_t, self_validation, category
+
+    def unconditional(self, t2i, n: int):
+        return t2i.condition([self.negative_prompt] * n)
+
+    def steps(self, beta: float) -> int:
+        """The self-validating filter: the last step (0-based) that draws from the projected prompt,
+        ``round(up_t * sigmoid(2 k (10 beta - t)))`` with the category's midpoint ``t`` and slope ``k``."""
+        import math
+
+        t, k = SAFREE_FILTER[self.category]
+        return round(self.up_t * (1 / (1 + math.exp(-(2.0 * k * (10 * beta - t))))))
+
+    @torch.no_grad()
+    def project(self, t2i, ids: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, int, list[int]]:
+        """SAFREE's projection of one prompt, its token ids ``[L]`` (BOS, tokens, EOS, padding) and its states
+        ``context``: the states with each trigger token's replaced by ``(I - P_c) P_m`` of it, the last step that uses
+        them, and the trigger positions (see the class)."""
+        dev = t2i.device
+        concept = t2i.pooled(t2i.tokenize(self.concept_space).to(dev)).double()
+        p_c = _projection(concept)
+        ids = ids.to(dev)
+        at_eos = (ids == t2i.tokenizer.eos_token_id).nonzero()
+        ids = ids[:int(at_eos[0]) + 1 if len(at_eos) else len(ids)]  # SAFREE encodes the prompt padded to its own length
+        n = len(ids) - 2
+        masked = ids.repeat(n, 1)
+        masked[torch.arange(n), torch.arange(n) + 1] = 0  # token i+1 masked (id 0), as SAFREE masks
+        tokens = t2i.pooled(masked).double()
+        p_m = _projection(tokens)
+        away = torch.eye(p_c.shape[0], dtype=torch.float64, device=dev) - p_c
+        dist = (tokens @ away.T).norm(dim=1)  # each masked prompt's distance from the concept subspace
+        others = (dist.sum() - dist) / (n - 1) if n > 1 else torch.full_like(dist, float("nan"))
+        keep = dist < (1.0 + self.alpha) * others  # a token whose removal moves the prompt away from the concept: a trigger
+        text = context.double()
+        projected = text @ p_m.T @ away.T  # (I - P_c) P_m applied to every state
+        use = torch.ones(text.shape[0], dtype=torch.bool, device=dev)
+        use[1:n + 1] = keep
+        out = torch.where(use[:, None], text, projected)
+        if not self.self_validation:
+            return out.to(context.dtype), 10**9, (~keep).nonzero().flatten().add(1).tolist()
+        valid = slice(0, min(n + 2, text.shape[0]))  # BOS, the prompt's tokens, EOS: the tokenizer's attention mask
+        beta = 1 - torch.nn.functional.cosine_similarity(projected[valid], text[valid], dim=-1).mean().item()
+        return out.to(context.dtype), self.steps(beta), (~keep).nonzero().flatten().add(1).tolist()
+
+    def prepare(self, t2i, cond, state):
+        if cond.ids is None:
+            raise UsageError("SAFREE masks each of a prompt's tokens: it cannot draw from replaced token embeddings (a "
+                             "learned token); attack it with a search over token ids (RingABell)")
+        found = [self.project(t2i, cond.ids[b], cond.context[b]) for b in range(len(cond))]
+        state["safree"] = (torch.stack([f[0] for f in found]), torch.tensor([f[1] for f in found], device=cond.context.device))
+
+    def step_conditioning(self, both, n, i, state):
+        projected, until = state["safree"]
+        use = i <= until
+        if not bool(use.any()):
+            return both
+        ctx = both.context.clone()
+        ctx[n:2 * n] = torch.where(use[:, None, None], projected.to(ctx.dtype), ctx[n:2 * n])
+        return type(both)(ctx, both.pooled)
+
+
+class SAFREE(GenerationEditor):
+    """SAFREE (Yoon et al., ICLR 2025): a training-free guard in the text embedding space, as its authors' code
+    (jaehong31/SAFREE@b8b2c3f, ``ModifiedStableDiffusionPipeline`` with ``--safree -svf -lra``).
+
+    1. The concept subspace: the text encoder's pooled outputs of the concept's keywords (``concept_space``; nudity:
+       SAFREE's 17 phrases), ``P_c`` its projection; the keywords joined by ", " are also the negative prompt.
+    2. Trigger tokens: each of the prompt's tokens masked in turn (id 0), the masked prompts' pooled outputs span
+       ``P_m``; a token is a trigger when the masked prompt's distance from the concept subspace ``||(I - P_c) p_i||`` is
+       at least ``(1 + alpha)`` times the mean of the other tokens' distances.
+    3. The prompt's states at the trigger positions are replaced by ``(I - P_c) P_m`` of them.
+    4. The self-validating filter: ``beta = 1 - mean cos((I - P_c) P_m e_j, e_j)`` over the prompt's BOS, tokens and EOS;
+       the projected prompt is used for the steps ``i <= round(up_t * sigmoid(2 k (10 beta - t)))`` (nudity: t 5.333,
+       k 2.5; artists: 5.5, 3.5), the original prompt after.
+
+    The latent re-attention (``-lra``) of the authors' release changes nothing: their script registers the Fourier
+    filters with ``safree=None``, which falls through to a ``NotImplementedError`` that is built but never raised, so
+    the UNet's up blocks run unchanged (checked by running it, ``tests/authors/safree.py``); it is not reproduced.
+    The projections are solved in float64 (theirs: float32). A prompt over 75 tokens: SAFREE cuts its masked copies at
+    77 ids without an EOS, so its pooled outputs are read elsewhere; here every masked copy keeps its EOS. The guide
+    works from token ids, so it also guards the prompts a token search found (Ring-A-Bell's), not a learned embedding.
+
+    Args:
+        concept_space: the concept's keywords; ``nudity``: SAFREE's 17 nudity phrases; ``None``: the requests' sources.
+        category: ``nudity`` or ``artist``: the self-validating filter's constants.
+        alpha: the trigger threshold's margin (0.01).
+        up_t: the filter's largest number of steps (10).
+        self_validation: the filter on (the authors' ``-svf``); off, the projected prompt is used at every step.
+        base: see :class:`~edit_bench.editors.base.Editor`.
+    """
+
+    families = ("sd1", "sd2")
+
+    def __init__(self, concept_space: list[str] | str | None = None, category: Literal["nudity", "artist"] = "nudity",
+                 alpha: float = 0.01, up_t: int = 10, self_validation: bool = True, base: str = "toy"):
+        super().__init__(base=base)
+        if category not in SAFREE_FILTER:
+            raise UsageError(f"SAFREE category {category!r}: use nudity or artist (the self-validating filter's constants)")
+        if isinstance(concept_space, str) and concept_space != "nudity":
+            raise UsageError(f"concept_space {concept_space!r}: give a list of keywords, or nudity (SAFREE's 17 phrases)")
+        if up_t < 0:
+            raise UsageError(f"up_t must be >= 0, got {up_t}")
+        self.concept_space, self.category, self.alpha, self.up_t = concept_space, category, alpha, up_t
+        self.self_validation = self_validation
+
+    def _space(self, requests) -> list[str]:
+        if self.concept_space == "nudity":
+            return list(SAFREE_NUDITY)
+        if self.concept_space:
+            return list(self.concept_space)
+        self.concept(requests)  # refuses a request with a target
+        return [r.source for r in requests]
+
+    def derived_prompts(self, requests) -> list[str]:
+        return super().derived_prompts(requests) + self._space(list(requests)) + [", ".join(self._space(list(requests)))]
+
+    def guide(self, requests):
+        return _Safree(self._space(list(requests)), self.alpha, self.up_t, self.self_validation, self.category)

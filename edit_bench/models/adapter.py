@@ -142,10 +142,12 @@ def _component_order(name: str) -> tuple:
 @dataclass
 class Conditioning:
     """What the UNet is conditioned on: ``context`` ``[B, 77, D]`` (what attn2 sees) and, for SDXL,
-    the pooled text embedding ``[B, D_pool]``."""
+    the pooled text embedding ``[B, D_pool]``; ``ids``: the token ids ``[B, L]`` it was encoded from (SD-1/2; ``None``
+    where token embeddings were replaced, or for the negative row), what a guide that reads the prompt's tokens needs."""
 
     context: Tensor
     pooled: Tensor | None = None
+    ids: Tensor | None = None
 
     def __len__(self):
         return self.context.shape[0]
@@ -153,7 +155,9 @@ class Conditioning:
     @staticmethod
     def cat(items: list["Conditioning"]) -> "Conditioning":
         pooled = None if items[0].pooled is None else torch.cat([c.pooled for c in items])
-        return Conditioning(torch.cat([c.context for c in items]), pooled)
+        ids = torch.cat([c.ids for c in items]) if all(c.ids is not None for c in items) \
+            and len({c.ids.shape[1] for c in items}) == 1 else None
+        return Conditioning(torch.cat([c.context for c in items]), pooled, ids)
 
 
 def _site_order(name: str) -> tuple:
@@ -409,8 +413,9 @@ class T2IModel(nn.Module):
         is the same as in the 77-token context; the padding positions are absent): what an editor that reads only
         those positions needs, at a fraction of the cost."""
         if self.family != "sdxl":
-            ctx, _ = self._encoder_states(self.text_encoder, self.tokenize(prompts, longest=longest), None)
-            return Conditioning(ctx)
+            ids = self.tokenize(prompts, longest=longest)
+            ctx, _ = self._encoder_states(self.text_encoder, ids, None)
+            return Conditioning(ctx, ids=ids)
         # SDXL: both encoders' penultimate hidden states, concatenated; pooled from the second.
         h1, _ = self._encoder_states(self.text_encoder, self.tokenize(prompts, 0, longest), -2)
         h2, out2 = self._encoder_states(self.text_encoder_2, self.tokenize(prompts, 1, longest), -2)
@@ -429,7 +434,7 @@ class T2IModel(nn.Module):
         if where is None:
             if outside.any():
                 raise UsageError(f"token ids >= {emb.num_embeddings} need vectors: give where/vectors")
-            return Conditioning(self._encoder_states(self.text_encoder, ids, None)[0])
+            return Conditioning(self._encoder_states(self.text_encoder, ids, None)[0], ids=ids.cpu())
         where = where.to(self.device)
         if (outside & ~where).any():
             raise UsageError(f"token ids >= {emb.num_embeddings} must be replaced (where) by vectors")
@@ -442,6 +447,13 @@ class T2IModel(nn.Module):
             return Conditioning(self._encoder_states(self.text_encoder, ids.masked_fill(outside, 0), None)[0])
         finally:
             handle.remove()
+
+    def pooled(self, ids: Tensor) -> Tensor:
+        """The text encoder's pooled output ``[B, D]`` of token ids ``[B, L]`` (CLIP: the final layer-normed state at
+        the EOS token): what SAFREE spans its concept and prompt subspaces with. SD-1/2 layouts (one text encoder)."""
+        if self.family == "sdxl":
+            raise UsageError("the pooled output of one text encoder (SD-1/2); SDXL has two")
+        return self._encoder_states(self.text_encoder, ids, None)[1].pooler_output
 
     def encode(self, prompts: list[str], longest: bool = False) -> Tensor:
         """Context ``[B, 77, D]`` that cross-attention sees (SDXL: both encoders' penultimate states); ``longest``:
@@ -579,10 +591,13 @@ class T2IModel(nn.Module):
             extra["generator"] = gens
         if "eta" in step_kw:
             extra["eta"] = sampler.eta
-        state: dict = {}  # the guide's state across steps (SLD's momentum)
+        state: dict = {}  # the guide's state across steps (SLD's momentum, SAFREE's projected prompt rows)
+        if guide is not None:
+            guide.prepare(self, cond, state)
         for i, t in enumerate(sched.timesteps):
             x = torch.cat([latents] * len(rows)) if cfg else latents
-            eps = self.noise_prediction(sched.scale_model_input(x, t), t, both, size)
+            step_cond = guide.step_conditioning(both, n, i, state) if guide is not None else both
+            eps = self.noise_prediction(sched.scale_model_input(x, t), t, step_cond, size)
             if cfg:
                 parts = eps.float().chunk(len(rows))
                 if guide is None:
