@@ -184,10 +184,12 @@ def test_ancestral_samplers_do_not_depend_on_the_batch(scheduler, eta):
 
 @pytest.mark.parametrize("family,unet_m,text_m", [("sd1", 859.52, 123.06), ("sd2", 865.91, 340.39)])
 def test_random_full_size_models_have_the_real_parameter_counts(family, unet_m, text_m):
-    """random:sd1 / random:sd2 are the full-size architectures (SD-1.5's UNet: 859.52 M parameters)."""
+    """random:sd1 / random:sd2 are the full-size architectures (SD-1.5's UNet: 859.52 M parameters), built on the meta
+    device (the architecture without drawing its billion random numbers)."""
     from edit_bench.models import load_t2i
 
-    t2i = load_t2i(f"random:{family}")
+    with torch.device("meta"):
+        t2i = load_t2i(f"random:{family}")
     assert round(sum(p.numel() for p in t2i.unet.parameters()) / 1e6, 2) == unet_m
     assert round(sum(p.numel() for p in t2i.text_encoder.parameters()) / 1e6, 2) == text_m
     assert len(t2i.cross_attn()) == 16 and t2i.native_size == {"sd1": 512, "sd2": 768}[family]
