@@ -421,3 +421,29 @@ def test_eval_scores_each_concept_image_against_the_unedited_image_of_its_concep
     # the unedited model is scored too: its own concept images against the concept-absent ones (the scale)
     u = runs["unedited"]["metrics"]
     assert u["jd_absent"]["n"] == 6 and u["csdr"]["n"] == 6 and u["jd_absent"]["mean"] > m["jd_absent"]["mean"] > 0
+
+
+def test_toy_attributes_read_the_colour_and_background_each_prompt_asks_for():
+    """The toy twin of 'did erasing nudity keep the people': the analyser reads rendered scenes; a scene drawn with
+    another background, or with no shape at all (an erased one), is not kept; a prompt that names no background is
+    refused before any output."""
+    from edit_bench.errors import UsageError
+    from edit_bench.metrics import ToyAttributes
+    from edit_bench.models.toy import world
+    from edit_bench.types import PromptPair, Sample
+
+    prompts = ["a red star on a black background", "a blue circle on a gray background", "a yellow square on a white background"]
+    samples = [Sample("c", "erased", k, 0, PromptPair(p, "star")) for k, p in enumerate(prompts)]
+    drawn = [world.parse(prompts[0]), world.Scene("circle", "blue", background="white"), world.parse(prompts[2])]
+    m = ToyAttributes()
+    m.check_samples(samples)
+    out = m.score(world.render(drawn, seeds=[0, 1, 2]), samples)
+    assert out == {"kept/colour": [1.0, 1.0, 1.0], "kept/background": [1.0, 0.0, 1.0], "kept/all": [1.0, 0.0, 1.0]}
+    empty = torch.full((1, 3, 32, 32), 0.06)  # a black background and no shape: the colour asked for is gone
+    assert m.score(empty, samples[:1]) == {"kept/colour": [0.0], "kept/background": [1.0], "kept/all": [0.0]}
+    with pytest.raises(UsageError, match="names no background"):
+        m.check_samples([Sample("c", "erased", 0, 0, PromptPair("a red star", "star"))])
+    with pytest.raises(UsageError, match="is not one"):
+        m.check_samples([Sample("c", "erased", 0, 0, PromptPair("a photo of a cat", "cat"))])
+    with pytest.raises(UsageError, match="choose among"):
+        ToyAttributes(attributes=["size"])

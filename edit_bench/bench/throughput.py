@@ -98,6 +98,16 @@ class Split:
         self._handles.clear()
 
 
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux: ``/proc``), ``None`` elsewhere."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        return float(Path("/proc/uptime").read_text().split()[0]) - start
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _peak_reset(device):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -176,7 +186,22 @@ def run_bench(trainer, editor, bench, matmul_precision: str = "highest", reedit_
         raise UsageError(f"--loops takes ours, authors or both (comma-separated); got {loops!r}")
     if reedit_per_seed is None:
         reedit_per_seed = bool(getattr(editor, "reference_reedits_per_seed", False))
-    Evaluation(editor, bench, "unused").validate()  # loads the model and judge; bad input fails before any timing
+    startup = {"process_s": _process_age()}  # interpreter, imports, parsing and instantiating the config
+    t0 = time.perf_counter()
+    editor.t2i  # the model (and a delta)
+    startup["model_load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for m in bench.metrics:
+        m.prepare(bench)  # the judge and every metric's network
+    startup["metrics_load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    Evaluation(editor, bench, "unused").validate()  # bad input fails before any timing
+    startup["validate_s"] = time.perf_counter() - t0
+    from ..evaluate import provenance
+
+    t0 = time.perf_counter()
+    provenance(editor, bench, trainer, matmul_precision).run()  # the fingerprint: file digests, the source's hash
+    startup["provenance_s"] = time.perf_counter() - t0
     device = trainer.strategy.root_device
     t2i = editor.t2i
     n_images = len(bench.samples()) * (2 if bench.baseline and editor.edits != "none" else 1)
@@ -184,7 +209,8 @@ def run_bench(trainer, editor, bench, matmul_precision: str = "highest", reedit_
               "device": str(device), "precision": str(trainer.precision), "images": n_images,
               "samples": len(bench.samples()), "baseline": bool(bench.baseline and editor.edits != "none"),
               "sampler": bench.sampler.__dict__, "reedit_per_seed": reedit_per_seed,
-              "judge": {k: getattr(bench.judge_cfg, k) for k in ("model", "dtype", "preprocess")}, "loops": {}}
+              "judge": {k: getattr(bench.judge_cfg, k) for k in ("model", "dtype", "preprocess")},
+              "startup_s": {k: None if v is None else round(v, 3) for k, v in startup.items()}, "loops": {}}
     warm = bench.samples()[:bench.batch_size]  # first-call set-up (kernels, allocators) is not timed
     with torch.no_grad():
         t2i.to(device).generate([s.pair.prompt for s in warm], [s.seed for s in warm], bench.sampler)
@@ -243,7 +269,11 @@ def format_bench(r: dict) -> str:
             f"{r['sampler']['scheduler']} {r['sampler']['steps']} steps, judge {r['judge']['model']} "
             f"({r['judge']['dtype']}, {r['judge']['preprocess']} preprocessing)")
     cols = ["loop", "wall s", "images/s", "edits", *(f"{p} s" for p in PARTS), "other s", "peak RSS MB (process)", "peak CUDA MB"]
-    lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    st = r.get("startup_s") or {}
+    names = {"process_s": "process start to bench (imports, config)", "model_load_s": "model load",
+             "metrics_load_s": "judge and metrics load", "validate_s": "checks", "provenance_s": "provenance digests"}
+    startup = "; ".join(f"{label} {st[k]:.2f} s" for k, label in names.items() if st.get(k) is not None)
+    lines = [head, f"start-up: {startup}" if startup else "", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, x in r["loops"].items():
         row = [name, f"{x['wall_s']:.2f}", f"{x['images_per_s']:.2f}", str(x["edits"]),
                *(f"{x['split_s'][p]:.2f}" for p in (*PARTS, "other")), f"{x['peak_rss_mb']:.0f}",

@@ -7,7 +7,7 @@ classifier, zero-shot CLIP accuracy). One file per family (:mod:`.edit_scores`, 
 from .base import ConceptPresent, SampleMetric
 from .clip_preference import PAPER_JUDGE, ClipJudge, JudgeConfig
 from .clip_score import ClipScore, HFClip
-from .detectors import AttributeShare, ClipAccuracy, ImageClassifier, NudeNet
+from .detectors import AttributeShare, ClipAccuracy, ImageClassifier, NudeNet, ToyAttributes
 from .edit_scores import FORMULA, EditScores
 from .fid import FID, ImageFeatures
 from .functional import timed_success
@@ -15,4 +15,4 @@ from .paired import LPIPS, SSIM, ClipScoreDifference, JudgeDistance, PairedMetri
 
 __all__ = ["SampleMetric", "ConceptPresent", "ClipJudge", "JudgeConfig", "PAPER_JUDGE", "EditScores", "FORMULA", "timed_success",
            "ClipScore", "HFClip", "FID", "LPIPS", "SSIM", "JudgeDistance", "ClipScoreDifference", "PairedMetric", "ImageFeatures",
-           "NudeNet", "ImageClassifier", "ClipAccuracy", "AttributeShare"]
+           "NudeNet", "ImageClassifier", "ClipAccuracy", "AttributeShare", "ToyAttributes"]

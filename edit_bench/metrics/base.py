@@ -99,6 +99,9 @@ class SampleMetric(Metric):
         benchmark names this metric as its attack judge); ``None``: it cannot judge that."""
         return None
 
+    def check_samples(self, samples: list[Sample]) -> None:
+        """Refuse samples this metric cannot score (called before any output exists; default: any)."""
+
     def prepare(self, bench) -> None:
         """Load what scoring needs (a judge, a feature network) before any output exists: a missing model
         fails here with its message. ``bench`` gives defaults such as the benchmark's judge."""
@@ -168,6 +171,7 @@ class MetricSet(nn.Module):
         """Refuse a metric that needs what the samples lack (labels) before any output exists."""
         unlabelled = next((s for s in samples if s.pair.old is None), None)
         for m in self.metrics:
+            m.check_samples(samples)
             if m.needs_labels and unlabelled is not None:
                 raise UsageError(f"metric {m.name!r} ({type(m).__name__}) judges each image between two labels, but "
                                  f"sample {unlabelled.id} has none (a caption set): drop it from the metrics")
