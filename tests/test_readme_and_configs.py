@@ -239,6 +239,16 @@ def test_readme_benchmark_scripts_run(tmp_path):
                                                                     for n in (1, 2)}
             assert all(x["seconds"] > 0 for x in rows)
             continue
+        if words[2] == "edit_bench.bench.gpu":  # one GPU, random:sd1 and random:flux: same code, tiny models on the CPU
+            from edit_bench.bench import gpu
+
+            out = tmp_path / "gpu.json"
+            assert gpu.main(words[3:] + ["--base", "tiny:sd1", "--flux", "tiny:flux", "--device", "cpu", "--variants", "fp32",
+                                         "--batch", "2", "--batches", "1", "--steps", "2", "--size", "32", "--authors_images", "1",
+                                         "--train_steps", "1", "--anchors", "1", "--concepts", "2", "--corpus_samples", "8",
+                                         "--flux_steps", "2", "--flux_size", "32", "--flux_batch", "1", "--out", str(out)]) == 0
+            assert set(json.loads(out.read_text())) >= {"generation", "authors", "train", "edits", "flux"}
+            continue
         detectors = words[2] == "edit_bench.bench.detectors"
         mmdit = any(b in words for b in ("toy-mmdit", "random:flux"))  # the same family, tiny
         r = subprocess.run([sys.executable, *words[1:], "--base", "tiny:flux" if mmdit else "tiny:sd1", "--steps", "1"]
