@@ -442,6 +442,7 @@ def test_the_gpu_bench_script_runs_every_section_on_tiny_models(tmp_path, capsys
     code = gpu.main(["--base", "tiny:sd1", "--flux", "tiny:flux", "--device", "cpu", "--variants", "fp32,bf16,fp16_cl",
                      "--compile_backend", "no-such-backend", "--batch", "2", "--batches", "1", "--steps", "2", "--size", "32",
                      "--authors_images", "1", "--train_steps", "1", "--anchors", "1", "--concepts", "3", "--corpus_samples", "8",
+                     "--attack_population", "4", "--check_steps", "2", "--inversion_batch", "1",
                      "--flux_steps", "2", "--flux_size", "32", "--flux_batch", "1", "--out", str(out)])
     assert code == 0
     r = json.loads(out.read_text())
@@ -451,6 +452,7 @@ def test_the_gpu_bench_script_runs_every_section_on_tiny_models(tmp_path, capsys
     assert r["train"]["ESD-x"]["s_per_step"] > 0 and r["train"]["ConceptAblation"]["s_per_step"] > 0
     assert {"UCE", "SPEED", "OCE"} <= set(r["edits"]) and r["edits"]["OCE"]["concepts"] == 3
     assert r["flux"]["fp32"]["images_per_s"] > 0
+    assert r["attacks"]["costs"]["text_grad_s"] > 0 and r["attacks"]["tables"]["unlearndiffatk_nudity"]["prompts"] == 142
     assert gpu.main(["--device", "cpu", "--variants", "fp64"]) == 2
     assert "unknown variant(s) ['fp64']" in capsys.readouterr().err
     assert gpu.main(["--device", "cpu", "--batch", "0"]) == 2

@@ -246,8 +246,23 @@ def test_readme_benchmark_scripts_run(tmp_path):
             assert gpu.main(words[3:] + ["--base", "tiny:sd1", "--flux", "tiny:flux", "--device", "cpu", "--variants", "fp32",
                                          "--batch", "2", "--batches", "1", "--steps", "2", "--size", "32", "--authors_images", "1",
                                          "--train_steps", "1", "--anchors", "1", "--concepts", "2", "--corpus_samples", "8",
+                                         "--attack_population", "4", "--check_steps", "2", "--inversion_batch", "1",
                                          "--flux_steps", "2", "--flux_size", "32", "--flux_batch", "1", "--out", str(out)]) == 0
-            assert set(json.loads(out.read_text())) >= {"generation", "authors", "train", "edits", "flux"}
+            assert set(json.loads(out.read_text())) >= {"generation", "authors", "train", "edits", "attacks", "flux"}
+            continue
+        if words[2] == "edit_bench.bench.cpu_levers":  # the toy UNet at batch 88: same code, tiny, 4 rows, 1 repeat
+            from edit_bench.bench import cpu_levers
+
+            assert cpu_levers.main(words[3:] + ["--base", "tiny:sd1", "--size", "32", "--batch", "4", "--repeats", "1"]) == 0
+            continue
+        if words[2] == "edit_bench.bench.attack_cost":  # random:sd1 at 512 px on the CPU: same code, tiny, 32 px
+            from edit_bench.bench import attack_cost
+
+            out = tmp_path / "attack_cost.json"
+            assert attack_cost.main(words[3:] + ["--base", "tiny:sd1", "--size", "32", "--population", "4", "--check_steps", "2",
+                                                 "--json", str(out)]) == 0
+            r = json.loads(out.read_text())
+            assert r["costs"]["hard_prompt_s"] > 0 and r["tables"]["ring_a_bell_nudity"]["prompts"] == 95
             continue
         detectors = words[2] == "edit_bench.bench.detectors"
         mmdit = any(b in words for b in ("toy-mmdit", "random:flux"))  # the same family, tiny

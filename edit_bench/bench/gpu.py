@@ -13,7 +13,9 @@ is downloaded) under the TIMED protocol's sampler (PNDM 50 steps, guidance 7.5, 
    drawn first, timed apart);
 4. ``edits``: seconds for UCE, SPEED and OCE to erase ``--concepts`` concepts at once (UCE's artists; OCE's caption
    prior built first, timed apart);
-5. ``flux``: the generation measure on ``--flux`` (default ``random:flux``, FLUX.1-dev's sampler, 28 steps, 1024 px)
+5. ``attacks``: each attack's seconds per step and the projected hours of each published attack table
+   (:mod:`edit_bench.bench.attack_cost`, ConceptInversion at the paper's 16 images per step);
+6. ``flux``: the generation measure on ``--flux`` (default ``random:flux``, FLUX.1-dev's sampler, 28 steps, 1024 px)
    in bf16, where its memory allows (an out-of-memory batch is reported as such, never a crash).
 
 Everything is printed as it is measured and written to ``--out`` as JSON. What cannot run is said in one line before
@@ -231,10 +233,13 @@ def main(argv=None) -> int:
     p.add_argument("--anchors", type=int, default=4, help="Concept Ablation's anchor images")
     p.add_argument("--concepts", type=int, default=100)
     p.add_argument("--corpus_samples", type=int, default=30_000, help="OCE's caption prior (its default 30,000)")
+    p.add_argument("--attack_population", type=int, default=200, help="Ring-A-Bell's population (its 200)")
+    p.add_argument("--check_steps", type=int, default=50, help="sampler steps of an attack's judge check (LMS 50)")
+    p.add_argument("--inversion_batch", type=int, default=16, help="ConceptInversion's images per step (CCE's 16)")
     p.add_argument("--flux_steps", type=int, default=28)
     p.add_argument("--flux_size", type=int, default=None)
     p.add_argument("--flux_batch", type=int, default=4)
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: generation,authors,train,edits,flux")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: generation,authors,train,edits,attacks,flux")
     p.add_argument("--out", default=None, help="also write the numbers here (JSON)")
     a = p.parse_args(argv)
     from ..models import load_t2i
@@ -248,9 +253,9 @@ def main(argv=None) -> int:
             raise UsageError("--batch, --batches, --steps, --authors_images, --train_steps, --concepts and --flux_batch "
                              "must be >= 1")
         skip = {s for s in a.skip.split(",") if s}
-        unknown = skip - {"generation", "authors", "train", "edits", "flux"}
+        unknown = skip - {"generation", "authors", "train", "edits", "attacks", "flux"}
         if unknown:
-            raise UsageError(f"--skip {sorted(unknown)}: use generation, authors, train, edits, flux")
+            raise UsageError(f"--skip {sorted(unknown)}: use generation, authors, train, edits, attacks, flux")
         variants, notes = check_variants([v for v in a.variants.split(",") if v], device, a.compile_backend)
     except UsageError as e:
         print(f"edit_bench.bench.gpu: error: {e}", file=sys.stderr)
@@ -282,6 +287,14 @@ def main(argv=None) -> int:
         result["train"] = train(a.base, a.train_steps, a.anchors, a.size, device, log)
     if "edits" not in skip:
         result["edits"] = edits(a.base, a.concepts, a.corpus_samples, device, log)
+    if "attacks" not in skip:
+        from .attack_cost import project, step_costs
+
+        costs = step_costs(a.base, a.device, a.size, a.inversion_batch, a.attack_population, a.check_steps, log)
+        result["attacks"] = {"costs": costs, "tables": project(costs)}
+        for name, t in result["attacks"]["tables"].items():
+            log(f"{name}: {t['total_hours']} h per row on this device (upper bound: " +
+                ", ".join(f"{k} {v} h" for k, v in t["hours"].items()) + ")")
     if "flux" not in skip and a.flux != "none":
         try:
             flux = load_t2i(a.flux, dtype=torch.bfloat16 if device.type == "cuda" else None).to(device)
