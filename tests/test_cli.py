@@ -430,8 +430,9 @@ def test_bench_times_our_loop_and_the_authors_loop_on_the_same_samples(tmp_path,
 
 
 def test_the_gpu_bench_script_runs_every_section_on_tiny_models(tmp_path, capsys):
-    """`python -m edit_bench.bench.gpu` is prepared for the first lent GPU; here every section on tiny:sd1 / tiny:flux on
-    the CPU (fp16 autocast and compile are dropped with one line each on a CPU), so it cannot rot."""
+    """`python -m edit_bench.bench.gpu` is prepared for the first lent GPU; here its generation, authors' and flux
+    sections on tiny:sd1 / tiny:flux on the CPU, with a variant and a backend it must drop in one line each (the README's
+    command runs every section, train, edits and attacks included, in test_readme_benchmark_scripts_run)."""
     import json
 
     import torch
@@ -442,17 +443,15 @@ def test_the_gpu_bench_script_runs_every_section_on_tiny_models(tmp_path, capsys
     code = gpu.main(["--base", "tiny:sd1", "--flux", "tiny:flux", "--device", "cpu", "--variants", "fp32,bf16,fp16_cl",
                      "--compile_backend", "no-such-backend", "--batch", "2", "--batches", "1", "--steps", "2", "--size", "32",
                      "--authors_images", "1", "--train_steps", "1", "--anchors", "1", "--concepts", "3", "--corpus_samples", "8",
-                     "--attack_population", "4", "--check_steps", "2", "--inversion_batch", "1",
-                     "--flux_steps", "2", "--flux_size", "32", "--flux_batch", "1", "--out", str(out)])
+                     "--skip", "train,edits,attacks", "--flux_steps", "2", "--flux_size", "32", "--flux_batch", "1",
+                     "--out", str(out)])
     assert code == 0
     r = json.loads(out.read_text())
     assert set(r["generation"]) == {"fp32", "bf16"} and all(v["images_per_s"] > 0 for v in r["generation"].values())
     assert "fp16_cl: float16 autocast on a CPU" in capsys.readouterr().err
     assert r["authors"]["images_per_s"] > 0 and r["speedup_best_over_authors"] > 0
-    assert r["train"]["ESD-x"]["s_per_step"] > 0 and r["train"]["ConceptAblation"]["s_per_step"] > 0
-    assert {"UCE", "SPEED", "OCE"} <= set(r["edits"]) and r["edits"]["OCE"]["concepts"] == 3
-    assert r["flux"]["fp32"]["images_per_s"] > 0
-    assert r["attacks"]["costs"]["text_grad_s"] > 0 and r["attacks"]["tables"]["unlearndiffatk_nudity"]["prompts"] == 142
+    assert r["flux"]["fp32"]["images_per_s"] > 0 and not {"train", "edits", "attacks"} & set(r)
+    assert gpu.main(["--device", "cpu", "--skip", "nothing"]) == 2
     assert gpu.main(["--device", "cpu", "--variants", "fp64"]) == 2
     assert "unknown variant(s) ['fp64']" in capsys.readouterr().err
     assert gpu.main(["--device", "cpu", "--batch", "0"]) == 2
