@@ -5,8 +5,9 @@ hours of each published attack table (``edit_bench/published/attacks.yaml``) on 
 A step: one optimisation step of ``PromptOptimisation`` (``hard_prompt``, and ``text_grad``: a forward and a backward
 through the text encoder and the denoiser at one timestep; P4D's teacher adds one forward of the unedited model, timed
 as ``teacher``), one step of ``ConceptInversion`` at ``--inversion_batch`` images, one generation of ``RingABell``
-(the whole population through the text encoder); and one judge check (an image at the table's sampler). Each is the
-difference of two runs with different budgets divided by the budget's difference, so fixed costs cancel.
+(the whole population through the text encoder); and one judge check (an image at the table's sampler: one step's
+image plus the per-step cost times the other steps). Each is the difference of two runs with different budgets divided
+by the budget's difference, so fixed costs cancel.
 
 A table's projection is an upper bound: every prompt runs its whole budget (a judge in the loop stops at the first
 success) and checks after every timestep; the images of the table's own rows are not counted.
@@ -67,9 +68,12 @@ def step_costs(base: str, device: str = "cpu", size: int | None = None, inversio
     log(f"RingABell: {out['ring_a_bell_s']:.3f} s per generation of {population}")
     sampler = SamplerConfig(scheduler="lms" if t2i.family != "flux" else "flow_euler", steps=check_steps, guidance=7.5,
                             size=side, seeds=[0])
-    with torch.no_grad():
-        t2i.generate(prompts, [0], SamplerConfig(scheduler=sampler.scheduler, steps=1, guidance=7.5, size=side, seeds=[0]))
-        out["check_s"] = _timed(lambda: t2i.generate(prompts, [0], sampler))
+    with torch.no_grad():  # one and two steps: the per-step cost, then the check's steps (a full image on a CPU: an hour)
+        one = SamplerConfig(scheduler=sampler.scheduler, steps=1, guidance=7.5, size=side, seeds=[0])
+        two = SamplerConfig(scheduler=sampler.scheduler, steps=2, guidance=7.5, size=side, seeds=[0])
+        t2i.generate(prompts, [0], one)
+        t1, t2 = _timed(lambda: t2i.generate(prompts, [0], one)), _timed(lambda: t2i.generate(prompts, [0], two))
+        out["check_s"] = t1 + (check_steps - 1) * max(t2 - t1, 0.0)
     out["check_steps"] = check_steps
     log(f"a judge check (one image, {check_steps} steps): {out['check_s']:.3f} s")
     return out
