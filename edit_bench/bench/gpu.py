@@ -220,12 +220,13 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m edit_bench.bench.gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--base", default="random:sd1")
-    p.add_argument("--flux", default="random:flux", help="the MMDiT measured last ('none': skip)")
+    p.add_argument("--flux", default="random:flux", help="the MMDiT measured last ('none': skip; random:flux builds its "
+                   "12 B random parameters on the CPU first, minutes)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--compile_backend", default="inductor")
     p.add_argument("--batch", type=int, default=44, help="images per batch (twice as many UNet rows)")
-    p.add_argument("--batches", type=int, default=2, help="timed batches per variant")
+    p.add_argument("--batches", type=int, default=1, help="timed batches per variant (after one warm-up batch)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (TIMED: PNDM 50)")
     p.add_argument("--size", type=int, default=None, help="image side (default: the model's native size)")
     p.add_argument("--authors_images", type=int, default=4)
@@ -269,12 +270,23 @@ def main(argv=None) -> int:
     t2i = load_t2i(a.base).to(device)
     sampler = SamplerConfig(scheduler="pndm", steps=a.steps, guidance=7.5, size=a.size, seeds=[0])
     log(f"{a.base} on {result['device']}: PNDM {a.steps} steps, guidance 7.5, {a.size or t2i.native_size} px, batch {a.batch}")
+    sections = result["section_s"] = {}
+    clock = t_all  # the model's load is the first section
+
+    def done(name):
+        nonlocal clock
+        sections[name] = round(time.perf_counter() - clock, 1)
+        log(f"[{name}: {sections[name]:.0f} s]")
+        clock = time.perf_counter()
+
+    done("load")
     if "generation" not in skip and variants:
         result["generation"] = generation(t2i, sampler, variants, a.batch, a.batches, device, a.compile_backend, log)
         first = result["generation"][variants[0]]
         if "error" in first:  # the first batch does not fit: the fix, before anything else runs
             print(f"edit_bench.bench.gpu: error: {first['error']}", file=sys.stderr)
             return 2
+        done("generation")
     if "authors" not in skip:
         t2i.fast_path()  # the authors' loop: eager fp32
         result["authors"] = authors(load_t2i(a.base).to(device), sampler, a.authors_images, device, log)
@@ -282,11 +294,14 @@ def main(argv=None) -> int:
         if best:
             result["speedup_best_over_authors"] = round(best / result["authors"]["images_per_s"], 2)
             log(f"best variant over the authors' loop: {result['speedup_best_over_authors']}x")
+        done("authors")
     del t2i
     if "train" not in skip:
         result["train"] = train(a.base, a.train_steps, a.anchors, a.size, device, log)
+        done("train")
     if "edits" not in skip:
         result["edits"] = edits(a.base, a.concepts, a.corpus_samples, device, log)
+        done("edits")
     if "attacks" not in skip:
         from .attack_cost import project, step_costs
 
@@ -295,6 +310,7 @@ def main(argv=None) -> int:
         for name, t in result["attacks"]["tables"].items():
             log(f"{name}: {t['total_hours']} h per row on this device (upper bound: " +
                 ", ".join(f"{k} {v} h" for k, v in t["hours"].items()) + ")")
+        done("attacks")
     if "flux" not in skip and a.flux != "none":
         try:
             flux = load_t2i(a.flux, dtype=torch.bfloat16 if device.type == "cuda" else None).to(device)
@@ -307,6 +323,7 @@ def main(argv=None) -> int:
                 raise
             result["flux"] = {"error": "out of memory loading or running the model"}
             log(f"flux: {result['flux']['error']}")
+        done("flux")
     result["total_s"] = round(time.perf_counter() - t_all, 1)
     log(f"total {result['total_s']:.0f} s")
     if a.out:
