@@ -439,9 +439,11 @@ def test_uce_debias_is_its_closed_form_and_logs_its_rounds():
     assert all(abs(sum(s) - 1) < 1e-9 for r in log["rounds"] for s in r["shares"])
 
 
-def test_per_case_kept_samples_are_drawn_once_by_the_unedited_model(tmp_path):
+def test_per_case_kept_samples_are_drawn_once_by_the_unedited_model(tmp_path, monkeypatch):
     """Two erased shapes, each case scoring the other four shapes: the unedited model draws each distinct
-    (prompt, seed) once, and the copies equal what drawing them again gives (the run without the cache)."""
+    (prompt, seed) once, and the copies equal what drawing them again gives (the run without the cache). Its own
+    baseline cache: another test of the session may have drawn some of these samples already."""
+    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
     args = ["eval", "--model", ROOT / "configs/editor/uce.yaml", "--data", ROOT / "configs/benchmark/toy_objects.yaml",
             "--data.erase", "[circle, square]", "--data.sampler.seeds", "[0]", "--data.paraphrases", "null"]
     assert run_cli(args + ["--out_dir", tmp_path / "a"]) == 0

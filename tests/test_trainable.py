@@ -350,7 +350,9 @@ def test_an_interrupted_concept_ablation_fit_resumes_to_the_same_delta(tmp_path,
 def _trained_editors():
     from edit_bench.editors import discover
 
-    slow = {"ESD"}  # the same FineTuner sampling as Concept Ablation, another loss: -m slow keeps the suite under 15 min
+    # ESD and MACE share Concept Ablation's FineTuner path through DDP (another loss; MACE: one LoRA per concept):
+    # -m slow runs them, keeping the default suite under 15 min
+    slow = {"ESD", "MACE"}
     return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n, c in sorted(discover().items()) if c.trains]
 
 

@@ -96,7 +96,7 @@ def full_size_table(family: str = "sd1") -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="toy")
     ap.add_argument("--params", default=None, help="ESD's parameter set (default: xattn; esd-x on an MMDiT)")
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", type=int, default=None, help="image side of the training latents (default: native)")
     ap.add_argument("--one", choices=["snapshot", "copy"], help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     family = "flux" if "flux" in a.base or a.base == "toy-mmdit" else "sd3" if "sd3" in a.base else "sd1"
     params = a.params or ("xattn" if family == "sd1" else "esd-x")
     if a.one:
