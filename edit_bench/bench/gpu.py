@@ -30,13 +30,13 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import sys
 import time
 
 import torch
 
 from ..errors import UsageError
+from .throughput import _peak as _process_peak, _peak_reset
 
 VARIANTS = ("fp32", "fp16", "bf16", "fp16_cl", "fp16_compiled")
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp16_cl": torch.float16,
@@ -48,16 +48,8 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _peak_reset(device):
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
 def _peak(device) -> dict:
-    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if device.type == "cuda":
-        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return out
+    return {k: round(v, 1) for k, v in _process_peak(device).items()}
 
 
 def _oom(e: BaseException) -> bool:
