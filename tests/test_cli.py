@@ -218,18 +218,19 @@ if __name__ == "__main__":  # spawned ranks import this file as a module
 """
 
 
-# ddp_spawn (the same sharding and merge through another launcher) runs with -m slow: the suite stays under 15 min
-@pytest.mark.parametrize("strategy", ["ddp", pytest.param("ddp_spawn", marks=pytest.mark.slow)])
+# ddp_spawn (the same sharding and merge through ddp_fork's launcher, which configs/trainer/cpu_processes.yaml names)
+# runs with -m slow: the suite stays under 15 min
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_fork", pytest.param("ddp_spawn", marks=pytest.mark.slow)])
 def test_two_processes_equal_one_process(tmp_path, strategy, monkeypatch):
     """22 samples of 2 cases over 2 ranks (gloo, CPU): each rank edits only its own case, no sample is padded or
     duplicated, and the metrics and the accounting equal one process's, whether the ranks are launched as
-    subprocesses (ddp) or spawned (ddp_spawn: only the main process writes the results).
+    subprocesses (ddp), forked (ddp_fork) or spawned (ddp_spawn; under both only the main process writes the results).
     Under ddp (ranks launched later) the baseline is scored too and case 0's is in the cache: rank 0 looks it
     up and tells the others what is left, so a rank's own view of the cache never decides what it generates
     (here rank 1 would find every sample, as when another run adds to the cache while the ranks start: that
     hung ddp runs). ddp_spawn runs without the baseline (a second spawn round costs 20 s on 2 cores)."""
     monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
-    with_baseline = strategy == "ddp"
+    with_baseline = strategy != "ddp_spawn"
     base = ["eval", "--model", EDITOR, *TINY, "--data", BENCH, "--data.baseline", str(with_baseline).lower(),
             "--data.batch_size", "4"]
     if with_baseline:

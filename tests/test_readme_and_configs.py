@@ -1,8 +1,11 @@
 """Docs that run: every README command and every config in configs/ is exercised here."""
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -153,6 +156,15 @@ def test_every_readme_command_runs(tmp_path, capsys, monkeypatch, half):
             assert run_cli(args, cwd=tmp_path) == 0, cmd
             out = json.loads((tmp_path / args[args.index("--out") + 1]).read_text())
             assert out["images"] == 22 and out["loops"]["authors"]["images_per_s"] > 0, cmd
+            continue
+        if "cpu_processes.yaml" in cmd:  # forked ranks: from a process of its own (a pytest worker is not forked);
+            # the main job: same code, one case, one seed
+            r = subprocess.run([sys.executable, "-m", module, *args, "--data.rows", "0:1", "--data.sampler.seeds", "[0]",
+                                "--trainer.enable_progress_bar", "false"], capture_output=True, text=True, cwd=tmp_path,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=400)
+            assert r.returncode == 0, (cmd, r.stderr[-3000:])
+            res = json.loads((tmp_path / args[args.index("--out_dir") + 1] / "results.json").read_text())
+            assert res["samples"]["total"] == 11 and res["metrics"]["f1"]["n"] == 10, cmd  # the second rank had no case
             continue
         if args[0] in ("eval", "bench") and "toy-mmdit" in cmd:  # the toy MMDiT's tables: same code, one case, one seed
             args = args + ["--data.rows", "0:1", "--data.sampler.seeds", "[0]"]

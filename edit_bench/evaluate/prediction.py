@@ -31,6 +31,8 @@ class _Pass(L.LightningModule):
     def __init__(self, editor: Editor, bench: Benchmark, pending: list[Sample], the_plan: Plan, run: RunDir, variant: str,
                  save_images: bool, cache: BaselineCache | None = None, stage: int = 0):
         super().__init__()
+        # more processes than cases (or a resumed run whose left samples are one rank's): a rank without batches idles
+        self.allow_zero_length_dataloader_with_multiple_devices = True
         self.editor = editor
         self.metrics = [bench.metrics]  # a list keeps it out of the module tree
         mode = the_plan.mode if variant != "baseline" else "as_is"
