@@ -25,6 +25,26 @@ def usage_error(e: BaseException) -> UsageError | None:
     return None
 
 
+def from_rank(e: BaseException) -> BaseException | None:
+    """The stop or the bad input a forked or spawned rank raised (``ddp_fork``, ``ddp_spawn``): torch hands the main
+    process only the rank's traceback as text, whose last line names the exception; ``None`` for anything else."""
+    if type(e).__name__ != "ProcessRaisedException":
+        return None
+    import re
+    import signal
+
+    from .signals import Interrupted
+
+    last = [line for line in str(e).splitlines() if line.strip()][-1:]
+    m = re.match(r"edit_bench\.(signals\.Interrupted|errors\.UsageError): (.*)", last[0] if last else "")
+    if m is None:
+        return None
+    if m.group(1) == "errors.UsageError":
+        return UsageError(m.group(2))
+    stop = re.match(r"stopped by (SIG[A-Z]+)(?:: (.*))?", m.group(2))
+    return Interrupted(signal.Signals[stop.group(1)], stop.group(2) or "") if stop else None
+
+
 def run(args=None) -> int:
     # Before any hub library is imported: a missing model must fail at once, not after minutes of retries.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,6 +73,7 @@ def run(args=None) -> int:
     except Exception as e:
         from .signals import Interrupted
 
+        e = from_rank(e) or e
         if isinstance(e, Interrupted):  # SIGTERM/SIGINT: what was done is kept; the rerun resumes
             print(f"edit_bench: {e}", file=sys.stderr)
             return e.exit_code

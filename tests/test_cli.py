@@ -218,9 +218,10 @@ if __name__ == "__main__":  # spawned ranks import this file as a module
 """
 
 
-# ddp_spawn (the same sharding and merge through ddp_fork's launcher, which configs/trainer/cpu_processes.yaml names)
-# runs with -m slow: the suite stays under 15 min
-@pytest.mark.parametrize("strategy", ["ddp", "ddp_fork", pytest.param("ddp_spawn", marks=pytest.mark.slow)])
+# ddp_fork and ddp_spawn (the same sharding and merge through the multiprocessing launcher) run with -m slow: the
+# suite stays under 15 min; the default run forks ranks in the SIGTERM test below and the README's cpu_processes run
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("ddp_fork", marks=pytest.mark.slow),
+                                      pytest.param("ddp_spawn", marks=pytest.mark.slow)])
 def test_two_processes_equal_one_process(tmp_path, strategy, monkeypatch):
     """22 samples of 2 cases over 2 ranks (gloo, CPU): each rank edits only its own case, no sample is padded or
     duplicated, and the metrics and the accounting equal one process's, whether the ranks are launched as
@@ -269,6 +270,59 @@ def test_two_processes_equal_one_process(tmp_path, strategy, monkeypatch):
                               **({"baseline_cache": res["samples"]["baseline_cache"]} if with_baseline else {})}
     assert set(res["editor_info"]) == {"rank0", "rank1"}  # each rank's editor reports its own edits
     assert all(r["ridge_condition"]["solves"] == 1 for r in res["editor_info"].values())
+
+
+def test_sigterm_to_forked_ranks_exits_143_in_one_line_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """SIGTERM to the process group of a ddp_fork eval (as a scheduler sends it) while its second pass runs: the ranks
+    stop after their batch in flight and the main process exits 143 with the one-line stop, not the ranks'
+    tracebacks (Lightning's SIGTERM handler in a forked rank used to test the previous pass's ranks and fail); the
+    same command resumes to every sample."""
+    import signal
+    import time
+
+    monkeypatch.setenv("EDIT_BENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edit_bench", "eval", "--model", str(EDITOR), *TINY, "--data", str(BENCH), "--data.rows", "0:2",
+           "--data.baseline", "true", "--data.batch_size", "1", "--data.sampler.steps", "10",
+           "--trainer", str(ROOT / "configs/trainer/cpu_processes.yaml"), "--trainer.enable_progress_bar", "false",
+           "--out_dir", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not list((out / "samples").glob("rank*.jsonl")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert "edit_bench: stopped by SIGTERM" in err and "Traceback" not in err, err[-3000:]
+    done = sum(len(f.read_text().splitlines()) for f in (out / "samples").glob("rank*.jsonl"))
+    assert 0 < done < 22
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["samples"]["total"] == 22 and res["samples"]["stored_before"] == done
+
+
+def test_a_ranks_stop_or_bad_input_reaches_the_main_process_as_one_line():
+    """torch gives the main process of ddp_fork/ddp_spawn only a rank's traceback as text: its last line is read back
+    into the stop (exit 128 + signal) or the usage error; anything else stays the bug it is."""
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from edit_bench.__main__ import from_rank
+    from edit_bench.errors import UsageError
+    from edit_bench.signals import Interrupted
+
+    def raised(last):
+        return ProcessRaisedException(f"\n-- Process 1 terminated with the following error:\nTraceback (most recent call "
+                                      f"last):\n  File \"x.py\", line 1, in f\n{last}\n", 1, 123)
+
+    stop = from_rank(raised("edit_bench.signals.Interrupted: stopped by SIGTERM: runs/x: rerun the same command"))
+    assert isinstance(stop, Interrupted) and stop.exit_code == 143 and str(stop).endswith("rerun the same command")
+    assert from_rank(raised("edit_bench.signals.Interrupted: stopped by SIGINT")).exit_code == 130
+    bad = from_rank(raised("edit_bench.errors.UsageError: give a guidance > 1"))
+    assert isinstance(bad, UsageError) and str(bad) == "give a guidance > 1"
+    assert from_rank(raised("ValueError: boom")) is None and from_rank(ValueError("x")) is None
 
 
 def test_fixed_protocol_edits_once_with_every_request(tmp_path):

@@ -83,6 +83,9 @@ class _Pass(L.LightningModule):
         return DataLoader(_Batches(batches), batch_size=None, collate_fn=_first)
 
     def on_predict_start(self) -> None:
+        launcher = self.trainer.strategy.launcher
+        if getattr(launcher, "procs", None):  # a forked rank (ddp_fork) inherits the launcher's list of the previous
+            launcher.procs = []  # pass's ranks; Lightning's SIGTERM handler would test them and fail ("can only test a child")
         self.metrics[0].to(self.device)
         self.editor.t2i.fast_path(**fast_path_args(self.trainer))
         if self.variant == "baseline":
