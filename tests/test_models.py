@@ -193,3 +193,21 @@ def test_random_full_size_models_have_the_real_parameter_counts(family, unet_m, 
     assert round(sum(p.numel() for p in t2i.unet.parameters()) / 1e6, 2) == unet_m
     assert round(sum(p.numel() for p in t2i.text_encoder.parameters()) / 1e6, 2) == text_m
     assert len(t2i.cross_attn()) == 16 and t2i.native_size == {"sd1": 512, "sd2": 768}[family]
+
+
+@pytest.mark.parametrize("spec", ["tiny:sd1", "toy"])
+def test_a_batch_encodes_each_distinct_prompt_once_to_the_same_bits(spec):
+    """generate encodes a batch's distinct prompts once (a TIMED batch repeats each prompt once per seed): the
+    conditioning equals encoding every row, to the bit, with its token ids (what SAFREE reads) in the same order.
+    (SDXL encodes every row: its pooled projection's rows round differently with the batch's size.)"""
+    m = load_t2i(spec)
+    prompts = ["a cat", "a dog", "a red circle"] * 3 + ["a cat"]
+    calls = []
+    encode = m.condition
+    m.condition = lambda ps, longest=False: calls.append(list(ps)) or encode(ps, longest)
+    got = m.condition_batch(prompts)
+    assert calls == [["a cat", "a dog", "a red circle"]]
+    want = encode(prompts)
+    assert torch.equal(got.context, want.context)
+    assert (got.pooled is None and want.pooled is None) or torch.equal(got.pooled, want.pooled)
+    assert (got.ids is None and want.ids is None) or torch.equal(got.ids, want.ids)

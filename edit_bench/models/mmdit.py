@@ -205,16 +205,6 @@ class MMDiTModel(T2IModel):
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return Conditioning(torch.cat([clip, t5.to(clip.dtype)], dim=-2), torch.cat([out1[0], out2[0]], dim=-1))
 
-    def condition_batch(self, prompts: list[str]) -> Conditioning:
-        """:meth:`condition` of a generation batch with each distinct prompt encoded once (a case's samples repeat
-        its prompts once per seed; FLUX's and SD3's T5-XXL is 4.8 B parameters, a third of FLUX's forward cost)."""
-        uniq = list(dict.fromkeys(prompts))
-        if len(uniq) == len(prompts):
-            return self.condition(prompts)
-        c = self.condition(uniq)
-        idx = torch.tensor([uniq.index(p) for p in prompts], device=c.context.device)
-        return Conditioning(c.context[idx], c.pooled[idx])
-
     def last_token_positions(self, prompt: str) -> list[int]:
         """Where a prompt's last token sits in ``context``, as UCE's and OCE's FLUX code reads it: the T5 tokenizer's
         ``attention_mask.sum() - 2`` (the token before EOS; for ``""`` that is -1: the last padding position, as
