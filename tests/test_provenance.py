@@ -203,7 +203,7 @@ def test_sigterm_during_eval_keeps_the_done_batches_and_the_rerun_equals_an_unin
 def _fit_args(out):
     return [sys.executable, "-m", "edit_bench", "fit", "--model", "configs/editor/esd_x.yaml", "--model.init_args.base", "tiny:sd1",
             "--model.init_args.sample_steps", "4", "--model.init_args.lr", "1e-3", "--data", "EditRequests",
-            "--data.path", "configs/requests/toy_blue_circle.yaml", "--trainer.max_steps", "60",
+            "--data.path", "configs/requests/toy_blue_circle.yaml", "--trainer.max_steps", "30",
             "--trainer.checkpoint_every", "1", "--trainer.enable_progress_bar", "false", "--out_dir", str(out)]
 
 
@@ -224,7 +224,7 @@ def test_sigterm_during_fit_exits_143_and_the_rerun_resumes_to_the_uninterrupted
     assert "stopped by SIGTERM" in err and "rerun the same command" in err
     assert last.is_file() and not (tmp_path / "cut/edit.safetensors").exists()
     steps_done = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < steps_done < 60
+    assert 0 < steps_done < 30
     rerun = subprocess.run(_fit_args(tmp_path / "cut"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     whole = subprocess.run(_fit_args(tmp_path / "whole"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
