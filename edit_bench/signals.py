@@ -73,3 +73,14 @@ def stop_at_safe_points():
             signal.signal(s, h)
         if not _active:
             _received.clear()  # handled: a later command in this process starts afresh
+
+
+def take_over_in_rank() -> None:
+    """In a rank that Lightning's multiprocessing launcher forked (``ddp_fork``) inside :func:`stop_at_safe_points`:
+    SIGTERM and SIGINT go to this module's handler alone. Lightning's handler, which the rank's trainer installs, kills
+    the rank's siblings (the main process's launcher already stops them once a rank fails) and broadcasts over gloo
+    from inside the handler, which raises a traceback once a sibling has stopped; here each rank stops at its next safe
+    point, and the launcher's own SIGTERM to a rank that already has one ends it at once (a second signal)."""
+    if _active and threading.current_thread() is threading.main_thread():
+        for s in SIGNALS:
+            signal.signal(s, _handler)

@@ -8,6 +8,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from torch.utils.data import DataLoader
 
 from .. import signals
@@ -83,9 +84,9 @@ class _Pass(L.LightningModule):
         return DataLoader(_Batches(batches), batch_size=None, collate_fn=_first)
 
     def on_predict_start(self) -> None:
-        launcher = self.trainer.strategy.launcher
-        if getattr(launcher, "procs", None):  # a forked rank (ddp_fork) inherits the launcher's list of the previous
-            launcher.procs = []  # pass's ranks; Lightning's SIGTERM handler would test them and fail ("can only test a child")
+        if isinstance(self.trainer.strategy.launcher, _MultiProcessingLauncher):  # a forked or spawned rank
+            self.trainer.strategy.launcher.procs = []  # (a forked one inherits the previous pass's list of ranks)
+            signals.take_over_in_rank()
         self.metrics[0].to(self.device)
         self.editor.t2i.fast_path(**fast_path_args(self.trainer))
         if self.variant == "baseline":
