@@ -218,10 +218,9 @@ if __name__ == "__main__":  # spawned ranks import this file as a module
 """
 
 
-# ddp_fork and ddp_spawn (the same sharding and merge through the multiprocessing launcher) run with -m slow: the
-# suite stays under 15 min; the default run forks ranks in the SIGTERM test below and the README's cpu_processes run
-@pytest.mark.parametrize("strategy", ["ddp", pytest.param("ddp_fork", marks=pytest.mark.slow),
-                                      pytest.param("ddp_spawn", marks=pytest.mark.slow)])
+# every launcher runs with -m slow (the suite was at 15 min); the default run forks ranks in the SIGTERM test below
+# (22 samples over 2 ranks, resumed) and in the README's cpu_processes run (one case over 2 ranks)
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=pytest.mark.slow) for s in ("ddp", "ddp_fork", "ddp_spawn")])
 def test_two_processes_equal_one_process(tmp_path, strategy, monkeypatch):
     """22 samples of 2 cases over 2 ranks (gloo, CPU): each rank edits only its own case, no sample is padded or
     duplicated, and the metrics and the accounting equal one process's, whether the ranks are launched as
